@@ -1,0 +1,198 @@
+"""Calls, their transcripts, the event log, and WhatsApp threads."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.db import models
+
+from personas.models import Organization, Persona, SessionToken
+
+
+def new_call_id() -> str:
+    """An id shaped like the agent seed's (`CA` + 32 hex digits)."""
+    return "CA" + secrets.token_hex(16)
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+class Direction(models.TextChoices):
+    INBOUND = "inbound", "Inbound"
+    OUTBOUND = "outbound", "Outbound"
+
+
+class Transport(models.TextChoices):
+    WEBRTC = "webrtc", "WebRTC"
+    CHAT = "chat", "Chat"
+    WHATSAPP = "whatsapp", "WhatsApp"
+    PHONE = "phone", "Phone"
+
+
+class CallStatus(models.TextChoices):
+    CONNECTING = "connecting", "Connecting"
+    IN_PROGRESS = "in_progress", "In progress"
+    ENDED = "ended", "Ended"
+
+
+class EndReason(models.TextChoices):
+    """The agent seed's list of reasons a call ends."""
+
+    HANGUP = "hangup", "Hang-up"
+    TIMEOUT = "timeout", "Timeout"
+    IDLE_TIMEOUT = "idle_timeout", "Idle timeout"
+    MAX_DURATION = "max_duration", "Maximum duration"
+    NO_ANSWER = "no_answer", "No answer"
+    BUSY = "busy", "Busy"
+    FAILED = "failed", "Failed"
+
+
+LIVE_STATUSES = (CallStatus.CONNECTING, CallStatus.IN_PROGRESS)
+
+
+class Call(models.Model):
+    """One conversation with a persona, over any transport."""
+
+    id = models.CharField(primary_key=True, max_length=34, default=new_call_id, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="calls")
+    persona = models.ForeignKey(Persona, on_delete=models.PROTECT, related_name="calls")
+    session_token = models.OneToOneField(
+        SessionToken, on_delete=models.SET_NULL, null=True, blank=True, related_name="call"
+    )
+    from_address = models.CharField("from", max_length=200, blank=True)
+    to_address = models.CharField("to", max_length=200, blank=True)
+    direction = models.CharField(max_length=10, choices=Direction.choices, default=Direction.INBOUND)
+    transport = models.CharField(max_length=10, choices=Transport.choices)
+    metadata = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=12, choices=CallStatus.choices, default=CallStatus.CONNECTING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    duration_seconds = models.FloatField(null=True, blank=True)
+    end_reason = models.CharField(max_length=14, choices=EndReason.choices, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"]),
+            models.Index(fields=["organization", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class Message(models.Model):
+    """One turn of the transcript. `spoken_text` is what the listener actually heard."""
+
+    class Role(models.TextChoices):
+        USER = "user", "User"
+        PERSONA = "persona", "Persona"
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="messages")
+    message_id = models.CharField(max_length=64, default=new_message_id)
+    role = models.CharField(max_length=10, choices=Role.choices)
+    text = models.TextField(help_text="The full text (for the persona: what it meant to say).")
+    spoken_text = models.TextField(blank=True, help_text="What was actually spoken before any interruption.")
+    interrupted = models.BooleanField(default=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["call", "created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["call", "message_id"], name="unique_message_id_per_call")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.text[:60]}"
+
+
+class CallEvent(models.Model):
+    """The call log. `cursor` is strictly increasing in commit order (see calls.services)."""
+
+    cursor = models.BigAutoField(primary_key=True)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    persona = models.ForeignKey(Persona, on_delete=models.CASCADE, related_name="+")
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=40, db_index=True)
+    data = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["cursor"]
+        indexes = [
+            models.Index(fields=["organization", "cursor"]),
+            models.Index(fields=["call", "cursor"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.cursor} {self.type}"
+
+
+class WhatsAppSession(models.Model):
+    """A contact's thread with a persona on one business phone number."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    persona = models.ForeignKey(Persona, on_delete=models.CASCADE, related_name="whatsapp_sessions")
+    call = models.OneToOneField(Call, on_delete=models.SET_NULL, null=True, blank=True, related_name="whatsapp")
+    phone_number_id = models.CharField(max_length=64, help_text="Meta's id of the business number.")
+    contact_phone = models.CharField(max_length=32)
+    contact_name = models.CharField(max_length=200, blank=True)
+    human_takeover = models.BooleanField(default=False, help_text="Staff answer; the persona stays quiet.")
+    started_at = models.DateTimeField(auto_now_add=True)
+    last_inbound_at = models.DateTimeField(
+        null=True, blank=True, help_text="Free-form replies are allowed for 24 hours after this."
+    )
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["phone_number_id", "contact_phone"], name="unique_whatsapp_contact_per_number"
+            )
+        ]
+        verbose_name = "WhatsApp session"
+
+    def __str__(self) -> str:
+        return f"{self.contact_name or self.contact_phone} ↔ {self.persona.slug}"
+
+
+class WhatsAppMessage(models.Model):
+    class Kind(models.TextChoices):
+        TEXT = "text", "Text"
+        AUDIO = "audio", "Audio"
+        IMAGE = "image", "Image"
+        VIDEO = "video", "Video"
+        DOCUMENT = "document", "Document"
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", "Received"
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        READ = "read", "Read"
+        FAILED = "failed", "Failed"
+
+    session = models.ForeignKey(WhatsAppSession, on_delete=models.CASCADE, related_name="messages")
+    meta_message_id = models.CharField(max_length=128, unique=True, help_text="Meta's wamid.")
+    direction = models.CharField(max_length=10, choices=Direction.choices)
+    type = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TEXT)
+    text = models.TextField(blank=True, help_text="The text, or a voice note's transcript.")
+    media_id = models.CharField(max_length=128, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["session", "created_at", "id"]
+        verbose_name = "WhatsApp message"
+
+    def __str__(self) -> str:
+        return f"{self.direction} {self.type}: {self.text[:60]}"

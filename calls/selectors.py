@@ -1,0 +1,47 @@
+"""Reads for calls, transcripts and the event log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db.models import Max, QuerySet
+
+from calls.models import LIVE_STATUSES, Call, CallEvent
+from personas.models import Organization
+
+# One page of the event log; a reader far behind gets it in several pages.
+EVENT_PAGE_SIZE = 500
+
+
+def live_call_count(*, organization: Organization) -> int:
+    return Call.objects.filter(organization=organization, status__in=LIVE_STATUSES).count()
+
+
+def call_list(*, organization_id: int) -> QuerySet[Call]:
+    return Call.objects.filter(organization_id=organization_id).select_related("persona")
+
+
+def call_get(*, organization_id: int, call_id: str) -> Call | None:
+    return call_list(organization_id=organization_id).filter(pk=call_id).first()
+
+
+def call_events_after(
+    *,
+    organization_id: int,
+    after: int,
+    agents: Iterable[str] | None = None,
+    call_id: str | None = None,
+    limit: int = EVENT_PAGE_SIZE,
+) -> list[CallEvent]:
+    """Kept events of an organization with a cursor above `after`, oldest first."""
+    queryset = CallEvent.objects.filter(organization_id=organization_id, cursor__gt=after)
+    if agents is not None:
+        queryset = queryset.filter(persona__slug__in=list(agents))
+    if call_id is not None:
+        queryset = queryset.filter(call_id=call_id)
+    return list(queryset.order_by("cursor")[:limit])
+
+
+def latest_event_cursor() -> int:
+    """The newest cursor anywhere (0 for an empty log): a live-only reader starts after it."""
+    return CallEvent.objects.aggregate(latest=Max("cursor"))["latest"] or 0

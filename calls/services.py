@@ -1,0 +1,209 @@
+"""Writes for calls: the one place that stores and publishes conversation events.
+
+Kept events are inserted into the call log, which assigns their cursor, and broadcast only
+after the transaction commits. Cursors must grow in commit order, or a reader resuming
+after cursor N could miss an N-1 that committed late; on PostgreSQL an advisory
+transaction lock serialises event inserts for that reason (SQLite serialises all writes).
+Ephemeral events are broadcast only. Broadcasts go to three Channels groups — the call,
+the persona and the organization — and are a doorbell, not the record: channel layers
+deliver at most once, so stream readers always read kept events back from the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection, transaction
+from django.utils import timezone
+
+from calls import events
+from calls.models import Call, CallEvent, CallStatus, EndReason, Message
+
+logger = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same in every process that writes events.
+EVENT_LOG_LOCK_KEY = 0x5061726C6579  # "Parley"
+
+# The type of the group message every stream consumer handles (`event_message`).
+BROADCAST_TYPE = "event.message"
+
+
+def group_for_call(call_id: str) -> str:
+    return f"events.call.{call_id}"
+
+
+def group_for_persona(persona_id: int) -> str:
+    return f"events.persona.{persona_id}"
+
+
+def group_for_organization(organization_id: int) -> str:
+    return f"events.org.{organization_id}"
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """What goes to the groups: enough for a reader to filter without a query."""
+
+    event: str
+    cursor: int | None
+    data: dict[str, Any]
+    organization_id: int
+    persona_id: int
+    call_id: str
+
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "type": BROADCAST_TYPE,
+            "event": self.event,
+            "cursor": self.cursor,
+            "data": self.data,
+            "organization": self.organization_id,
+            "persona": self.persona_id,
+            "call": self.call_id,
+        }
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return (
+            group_for_call(self.call_id),
+            group_for_persona(self.persona_id),
+            group_for_organization(self.organization_id),
+        )
+
+
+async def _broadcast_async(broadcast: Broadcast) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = broadcast.as_message()
+    for group in broadcast.groups:
+        try:
+            await layer.group_send(group, message)
+        except Exception:  # a broadcast is a doorbell: readers recover from the log
+            logger.exception("broadcast of %s to %s failed", broadcast.event, group)
+
+
+def _broadcast_sync(broadcast: Broadcast) -> None:
+    async_to_sync(_broadcast_async)(broadcast)
+
+
+def _lock_event_log() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK_KEY])
+
+
+def _call_parts(call: Call) -> tuple[int, int, str]:
+    # persona.slug is needed for the envelope; callers pass calls with persona loaded.
+    return call.organization_id, call.persona_id, call.persona.slug
+
+
+def call_event_publish(*, call: Call, event: events.Event) -> CallEvent | None:
+    """Store (if kept) and broadcast one event of a call. Returns the stored row, if any.
+
+    Inside an outer transaction the broadcast waits for its commit; a rollback sends nothing.
+    """
+    organization_id, persona_id, agent = _call_parts(call)
+    data = events.event_frame(event=event, call_id=call.id, agent=agent)
+    if not event.kept:
+        _broadcast_sync(
+            Broadcast(event.name, None, data, organization_id, persona_id, call.id)
+        )
+        return None
+    with transaction.atomic():
+        _lock_event_log()
+        row = CallEvent.objects.create(
+            organization_id=organization_id,
+            persona_id=persona_id,
+            call_id=call.id,
+            type=event.name,
+            data=data,
+        )
+        broadcast = Broadcast(event.name, row.cursor, data, organization_id, persona_id, call.id)
+        transaction.on_commit(lambda: _broadcast_sync(broadcast))
+    return row
+
+
+async def acall_event_publish(*, call: Call, event: events.Event) -> CallEvent | None:
+    """The async twin for the pipeline and consumers: ephemeral events skip the thread hop."""
+    if event.kept:
+        return await sync_to_async(call_event_publish, thread_sensitive=True)(call=call, event=event)
+    organization_id, persona_id, agent = _call_parts(call)
+    data = events.event_frame(event=event, call_id=call.id, agent=agent)
+    await _broadcast_async(Broadcast(event.name, None, data, organization_id, persona_id, call.id))
+    return None
+
+
+# --- Call lifecycle ---------------------------------------------------------------------
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def call_start(*, call: Call) -> Call:
+    """Mark a call connected and publish `call.started` (once)."""
+    with transaction.atomic():
+        locked = Call.objects.select_for_update().select_related("persona").get(pk=call.pk)
+        if locked.status != CallStatus.CONNECTING:
+            return locked
+        locked.status = CallStatus.IN_PROGRESS
+        locked.started_at = timezone.now()
+        locked.save(update_fields=["status", "started_at"])
+        call_event_publish(
+            call=locked,
+            event=events.CallStarted(
+                from_address=locked.from_address,
+                to_address=locked.to_address,
+                direction=locked.direction,
+                transport=locked.transport,
+                metadata=locked.metadata,
+                started_at=_iso(locked.started_at) or "",
+            ),
+        )
+    return locked
+
+
+def call_end(*, call: Call, reason: str) -> Call:
+    """End a call once, with one of the seed's reasons, and publish `call.ended`."""
+    if reason not in EndReason.values:
+        raise ValueError(f"unknown end reason {reason!r}; expected one of {', '.join(EndReason.values)}")
+    with transaction.atomic():
+        locked = Call.objects.select_for_update().select_related("persona").get(pk=call.pk)
+        if locked.status == CallStatus.ENDED:
+            return locked
+        now = timezone.now()
+        locked.status = CallStatus.ENDED
+        locked.ended_at = now
+        locked.end_reason = reason
+        locked.duration_seconds = (now - locked.started_at).total_seconds() if locked.started_at else 0.0
+        locked.save(update_fields=["status", "ended_at", "end_reason", "duration_seconds"])
+        transcript = [
+            events.TranscriptLine(
+                message_id=message.message_id,
+                role=message.role,
+                text=(message.spoken_text or message.text) if message.interrupted else message.text,
+                interrupted=message.interrupted,
+            )
+            for message in Message.objects.filter(call=locked).order_by("created_at", "id")
+        ]
+        call_event_publish(
+            call=locked,
+            event=events.CallEnded(
+                reason=reason,
+                from_address=locked.from_address,
+                to_address=locked.to_address,
+                direction=locked.direction,
+                transport=locked.transport,
+                metadata=locked.metadata,
+                started_at=_iso(locked.started_at),
+                ended_at=_iso(now) or "",
+                duration=round(locked.duration_seconds or 0.0, 3),
+                transcript=transcript,
+            ),
+        )
+    return locked

@@ -1,0 +1,13 @@
+"""REST routes of the calls app: calls, transcripts and the event log."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from calls import api
+
+urlpatterns = [
+    path("calls", api.CallListView.as_view(), name="call-list"),
+    path("calls/<str:call_id>", api.CallDetailView.as_view(), name="call-detail"),
+    path("calls/<str:call_id>/events", api.CallEventListView.as_view(), name="call-events"),
+]

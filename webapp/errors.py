@@ -1,0 +1,77 @@
+"""One error shape for the whole API: a sentence naming the problem, plus the fields at fault."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+logger = logging.getLogger(__name__)
+
+
+def _flatten(detail: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Turn DRF's nested error detail into (dotted.field, message) pairs."""
+    if isinstance(detail, dict):
+        pairs: list[tuple[str, str]] = []
+        for key, value in detail.items():
+            name = str(key) if key != "non_field_errors" else ""
+            pairs.extend(_flatten(value, f"{prefix}.{name}" if prefix and name else prefix or name))
+        return pairs
+    if isinstance(detail, list):
+        pairs = []
+        for index, value in enumerate(detail):
+            if isinstance(value, (dict, list)):
+                pairs.extend(_flatten(value, f"{prefix}[{index}]" if prefix else str(index)))
+            else:
+                pairs.extend(_flatten(value, prefix))
+        return pairs
+    return [(prefix, str(detail))]
+
+
+def _summary(pairs: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{field}: {message}" if field else message for field, message in pairs)
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF exception handler: `{"detail": "<sentence>", "errors": {field: [messages]}}`."""
+    if isinstance(exc, RequestDataTooBig):
+        exc = exceptions.APIException("request body too large")
+        exc.status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    elif isinstance(exc, SuspiciousOperation):
+        exc = exceptions.ParseError(str(exc) or "malformed request")
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        pairs = _flatten(exc.detail)
+        errors: dict[str, list[str]] = {}
+        for field, message in pairs:
+            errors.setdefault(field or "body", []).append(message)
+        response.data = {"detail": _summary(pairs) or "invalid request", "errors": errors}
+    elif isinstance(response.data, dict) and "detail" in response.data:
+        response.data = {"detail": str(response.data["detail"])}
+    return response
+
+
+def json_not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """404 for API paths in JSON; Django's page elsewhere."""
+    return JsonResponse({"detail": f"no such endpoint: {request.path}"}, status=404)
+
+
+def json_server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"detail": "internal error; it has been logged"}, status=500)
+
+
+def json_bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    message = str(exception) if exception else "bad request"
+    if isinstance(exception, RequestDataTooBig):
+        return JsonResponse({"detail": "request body too large"}, status=413)
+    return JsonResponse({"detail": message or "bad request"}, status=400)
+
+
+__all__ = ["api_exception_handler", "json_not_found", "json_server_error", "json_bad_request", "Http404"]

@@ -1,0 +1,288 @@
+"""Parley's one settings module: everything comes from the environment, with an embedded default."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from error
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from error
+
+
+def env_list(name: str, default: list[str] | None = None) -> list[str]:
+    value = os.environ.get(name)
+    if value is None:
+        return list(default or [])
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+# Where the embedded default keeps its SQLite file and generated local secrets.
+PARLEY_DATA_DIR = Path(os.environ.get("PARLEY_DATA_DIR", BASE_DIR / "var"))
+
+
+def _debug_secret_key() -> str:
+    """A per-checkout key for development, kept in the data directory so logins survive restarts."""
+    PARLEY_DATA_DIR.mkdir(parents=True, exist_ok=True)
+    key_file = PARLEY_DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off "
+            "(set DJANGO_DEBUG=1 for a local demo)."
+        )
+    SECRET_KEY = _debug_secret_key()
+
+ALLOWED_HOSTS = env_list(
+    "DJANGO_ALLOWED_HOSTS",
+    ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [],
+)
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "personas",
+    "calls",
+]
+
+MIDDLEWARE = [
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "webapp.urls"
+ASGI_APPLICATION = "webapp.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: SQLite by default, DATABASE_URL for PostgreSQL -------------------------
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+else:
+    PARLEY_DATA_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("PARLEY_SQLITE_PATH", str(PARLEY_DATA_DIR / "parley.sqlite3")),
+            "OPTIONS": {
+                # Several Daphne threads write (events, transcripts): take the write lock at
+                # BEGIN and wait for it instead of failing with "database is locked".
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+            "TEST": {"NAME": os.environ.get("PARLEY_SQLITE_TEST_PATH") or None},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer and cache: in-memory by default, REDIS_URL for Redis ----------------
+
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            # Pub/sub layer: measured ~3,300 group sends/s at p99 ~4 ms here, against ~490/s
+            # for the core layer (shared/NOTES.md). Delivery is at most once either way; the
+            # event streams treat broadcasts as a doorbell and read the database.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("PARLEY_REDIS_PREFIX", "parley")},
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": os.environ.get("PARLEY_REDIS_PREFIX", "parley"),
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Auth, i18n, static ---------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("PARLEY_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(os.environ.get("PARLEY_STATIC_ROOT", BASE_DIR / "staticfiles"))
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(os.environ.get("PARLEY_MEDIA_ROOT", PARLEY_DATA_DIR / "media"))
+# Daphne serves /static/ itself unless a reverse proxy does (then set this to 0).
+PARLEY_SERVE_STATIC = env_bool("PARLEY_SERVE_STATIC", True)
+
+# Request bodies: the API takes small JSON documents; refuse anything bigger early.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("PARLEY_MAX_BODY_BYTES", 256 * 1024)
+
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("PARLEY_BEHIND_TLS_PROXY", False) else None
+)
+SESSION_COOKIE_SECURE = env_bool("PARLEY_SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --- Browser origins (CORS for /v1/, Origin check for websockets) ---------------------
+
+PARLEY_ALLOWED_ORIGINS = env_list("PARLEY_ALLOWED_ORIGINS", [])
+# In the demo (DEBUG) any localhost origin may embed Parley.
+PARLEY_ALLOW_LOCALHOST_ORIGINS = env_bool("PARLEY_ALLOW_LOCALHOST_ORIGINS", DEBUG)
+LOCALHOST_ORIGIN_REGEX = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$"
+
+CORS_ALLOWED_ORIGINS = PARLEY_ALLOWED_ORIGINS
+CORS_ALLOWED_ORIGIN_REGEXES = [LOCALHOST_ORIGIN_REGEX] if PARLEY_ALLOW_LOCALHOST_ORIGINS else []
+CORS_URLS_REGEX = r"^/(v1/|talk).*$"
+CORS_ALLOW_CREDENTIALS = False
+CORS_EXPOSE_HEADERS = ["Retry-After"]
+
+# --- REST API ---------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["personas.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["personas.authentication.HasOrganization"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "webapp.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["personas.authentication.ApiKeyRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "api_key": os.environ.get("PARLEY_API_RATE", "600/min"),
+        "session_token": os.environ.get("PARLEY_SESSION_TOKEN_RATE", "60/min"),
+        "stream_token": os.environ.get("PARLEY_STREAM_TOKEN_RATE", "60/min"),
+    },
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Parley API",
+    "DESCRIPTION": (
+        "Self-hosted talking AI personas. Server-to-server endpoints are authorised with "
+        "`Authorization: Bearer <API key>`. See the README for the event stream and the "
+        "browser session protocol."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Tokens and streams -----------------------------------------------------------------
+
+# Session and stream tokens are HS256 JWTs signed with this key (derived from the secret
+# key unless set, so rotating DJANGO_SECRET_KEY also invalidates every token).
+PARLEY_TOKEN_SIGNING_KEY = os.environ.get("PARLEY_TOKEN_SIGNING_KEY", "")
+PARLEY_SESSION_TOKEN_TTL_SECONDS = env_int("PARLEY_SESSION_TOKEN_TTL_SECONDS", 3600)
+PARLEY_STREAM_TOKEN_TTL_SECONDS = env_int("PARLEY_STREAM_TOKEN_TTL_SECONDS", 600)
+# SSE keepalive comment interval (the protocol says 30 s; tests shorten it).
+PARLEY_SSE_PING_SECONDS = env_float("PARLEY_SSE_PING_SECONDS", 30.0)
+# How often an open stream re-reads the event log even without a broadcast, so an event
+# whose broadcast was dropped (channel layers deliver at most once) still arrives.
+PARLEY_STREAM_POLL_SECONDS = env_float("PARLEY_STREAM_POLL_SECONDS", 5.0)
+# Organizations' live-session limit when their own is not set.
+PARLEY_DEFAULT_MAX_CONCURRENT_SESSIONS = env_int("PARLEY_DEFAULT_MAX_CONCURRENT_SESSIONS", 10)
+
+# Demo data (python manage.py seed_demo).
+PARLEY_DEMO_API_KEY = os.environ.get("PARLEY_DEMO_API_KEY", "")
+
+# --- Logging: secrets never reach a log line --------------------------------------------
+
+LOG_LEVEL = os.environ.get("PARLEY_LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact_secrets": {"()": "webapp.logging.RedactSecretsFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_secrets"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "daphne": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
+}

@@ -1,0 +1,21 @@
+"""Settings for the test suite: the real settings, with fast hashing and short stream timers."""
+
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "parley-test-suite-secret-key-not-for-production")
+os.environ.setdefault("PARLEY_SSE_PING_SECONDS", "0.5")
+os.environ.setdefault("PARLEY_STREAM_POLL_SECONDS", "1.0")
+
+from webapp.settings import *  # noqa: E402,F403
+from webapp.settings import DATABASES, PARLEY_DATA_DIR  # noqa: E402
+
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1", "[::1]"]
+PARLEY_ALLOW_LOCALHOST_ORIGINS = True
+CORS_ALLOWED_ORIGIN_REGEXES = [r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
+
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # A file, not memory: browser tests run a real server process against the same database.
+    DATABASES["default"]["TEST"] = {"NAME": str(PARLEY_DATA_DIR / "test.sqlite3")}
