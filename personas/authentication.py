@@ -72,6 +72,12 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
         self.num_requests, self.duration = self.parse_rate(self.rate)
         return super().allow_request(request, view)
 
+    def get_rate(self) -> str | None:
+        # Read at request time (not import time) so a settings change takes effect.
+        from rest_framework.settings import api_settings
+
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
     def get_cache_key(self, request: Request, view: object) -> str | None:
         if not isinstance(request.user, OrganizationPrincipal):
             return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

@@ -42,6 +42,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, RequestDataTooBig):
         exc = exceptions.APIException("request body too large")
         exc.status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    elif isinstance(exc, exceptions.NotAuthenticated):
+        exc = exceptions.NotAuthenticated("an API key is required: send 'Authorization: Bearer <API key>'")
     elif isinstance(exc, SuspiciousOperation):
         exc = exceptions.ParseError(str(exc) or "malformed request")
     response = exception_handler(exc, context)

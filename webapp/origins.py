@@ -8,7 +8,6 @@ from urllib.parse import urlsplit
 
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
-from django.http.request import split_domain_port, validate_host
 
 
 def origin_allowed(origin: str, *, host: str | None = None) -> bool:
@@ -22,10 +21,7 @@ def origin_allowed(origin: str, *, host: str | None = None) -> bool:
     if not parts.scheme or not parts.netloc:
         return False
     # Same origin as the request (the persona page served by Parley itself).
-    if host is not None and parts.netloc.lower() == host.lower():
-        return True
-    origin_host, _ = split_domain_port(parts.netloc)
-    return bool(origin_host) and validate_host(origin_host, settings.ALLOWED_HOSTS) and host is None
+    return host is not None and parts.netloc.lower() == host.lower()
 
 
 class WebsocketOriginValidator:

@@ -1,0 +1,184 @@
+"""The event vocabulary: every event type is published through the one service and checked."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from calls import events
+from calls.models import CallEvent
+from calls.services import (
+    acall_event_publish,
+    call_end,
+    call_event_publish,
+    call_start,
+    group_for_organization,
+)
+
+# Generous: only a broken broadcast path takes this long.
+RECEIVE_TIMEOUT_SECONDS = 5.0
+
+SAMPLES: dict[str, events.Event] = {
+    "call.started": events.CallStarted(direction="inbound", transport="webrtc", started_at="2026-01-01T00:00:00Z"),
+    "call.ended": events.CallEnded(
+        reason="hangup", direction="inbound", transport="webrtc", ended_at="2026-01-01T00:01:00Z", duration=60.0
+    ),
+    "speech.started": events.SpeechStarted(),
+    "speech.ended": events.SpeechEnded(),
+    "user.speaking": events.UserSpeaking(text="when do"),
+    "user.message": events.UserMessage(text="When do you open?", message_id="msg_1"),
+    "eager.turn": events.EagerTurn(text="When do you open?", probability=0.62),
+    "turn.end": events.TurnEnd(text="When do you open?", probability=0.91),
+    "turn.continued": events.TurnContinued(),
+    "bot.speaking": events.BotSpeaking(message_id="msg_2", text="We open at seven."),
+    "bot.word": events.BotWord(message_id="msg_2", word="We"),
+    "bot.finished": events.BotFinished(message_id="msg_2"),
+    "bot.interrupted": events.BotInterrupted(message_id="msg_2", played_ms=640, words_spoken=2, last_word="open"),
+    "message.confirmed": events.MessageConfirmed(message_id="msg_3"),
+    "llm.tool_call": events.LlmToolCall(
+        msg_id="msg_4", tool_calls=[events.ToolCall(id="t1", name="lookup_order", arguments='{"id": 7}')]
+    ),
+    "session.idle_warning": events.SessionIdleWarning(remaining_seconds=15, idle_timeout_seconds=60),
+    "session.timeout": events.SessionTimeout(reason="idle_timeout"),
+    "whatsapp.session_started": events.WhatsAppSessionStarted(
+        session_id="wa_1", contact_phone="+15550001", contact_name="Ana"
+    ),
+    "whatsapp.message": events.WhatsAppMessageReceived(
+        session_id="wa_1", from_address="+15550001", name_="Ana", type="audio", text="hi", message_id="wamid.1"
+    ),
+    "whatsapp.response": events.WhatsAppResponse(session_id="wa_1", to_address="+15550001", text="Hello!"),
+    "whatsapp.status": events.WhatsAppStatus(status="read", recipient="+15550001", message_id="wamid.2"),
+    "audio.metrics": events.AudioMetrics(
+        source="user", energy_db=-32.5, rms=0.05, peak=0.2, is_speech=True, vad_prob=0.93
+    ),
+}
+
+# The field names of the agent seed, spelled exactly so.
+SEED_FIELDS = {
+    "user.speaking": {"text"},
+    "user.message": {"text", "messageId"},
+    "eager.turn": {"text", "probability"},
+    "turn.end": {"text", "probability"},
+    "bot.speaking": {"messageId", "text"},
+    "bot.word": {"messageId", "word"},
+    "bot.finished": {"messageId"},
+    "bot.interrupted": {"messageId", "playedMs", "wordsSpoken", "lastWord"},
+    "message.confirmed": {"messageId"},
+    "llm.tool_call": {"msgId", "toolCalls"},
+    "session.idle_warning": {"remainingSeconds", "idleTimeoutSeconds"},
+    "session.timeout": {"reason"},
+    "whatsapp.session_started": {"sessionId", "contactPhone", "contactName"},
+    "whatsapp.message": {"sessionId", "from", "name", "type", "text", "messageId"},
+    "whatsapp.response": {"sessionId", "to", "text"},
+    "whatsapp.status": {"status", "recipient", "messageId"},
+    "audio.metrics": {"source", "energyDb", "rms", "peak", "isSpeech", "vadProb"},
+}
+
+EPHEMERAL = {"user.speaking", "bot.word", "audio.metrics"}
+
+
+def test_the_samples_cover_the_whole_vocabulary():
+    assert set(SAMPLES) == set(events.EVENT_TYPES)
+    assert {name for name, cls in events.EVENT_TYPES.items() if not cls.kept} == EPHEMERAL
+
+
+@pytest.mark.parametrize("name", sorted(SEED_FIELDS))
+def test_payload_fields_are_spelled_as_the_seed(name):
+    assert set(SAMPLES[name].payload()) == SEED_FIELDS[name]
+
+
+def test_unknown_fields_and_types_are_refused():
+    with pytest.raises(events.EventValidationError, match="x: Extra inputs"):
+        events.event_validate("bot.word", {"callId": "CA1", "agent": "mara", "messageId": "m", "word": "a", "x": 1})
+    with pytest.raises(events.EventValidationError, match="unknown event type"):
+        events.event_validate("bot.sang", {"callId": "CA1", "agent": "mara"})
+    with pytest.raises(events.EventValidationError, match="agent"):
+        events.event_validate("speech.started", {"callId": "CA1"})
+    with pytest.raises(events.EventValidationError, match="probability"):
+        events.event_validate("turn.end", {"callId": "CA1", "agent": "m", "text": "t", "probability": 2})
+    with pytest.raises(ValueError):
+        events.UserMessage(text="hi", message_id="m", mood="happy")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_every_event_type_published_matches_the_vocabulary(persona_a, make_call):
+    """Publish each type through the one service; check the stored and broadcast frames."""
+    call = await database_sync_to_async(make_call)(persona_a)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    group = group_for_organization(persona_a.organization_id)
+    await layer.group_add(group, channel)
+    try:
+        for name, event in SAMPLES.items():
+            stored = await acall_event_publish(call=call, event=event)
+            message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT_SECONDS)
+            assert message["event"] == name
+            assert message["data"]["callId"] == call.id and message["data"]["agent"] == "mara"
+            events.event_validate(name, message["data"])
+            if name in EPHEMERAL:
+                assert stored is None and message["cursor"] is None
+            else:
+                assert stored is not None and message["cursor"] == stored.cursor
+                assert stored.data == message["data"]
+    finally:
+        await layer.group_discard(group, channel)
+
+    def stored_rows():
+        return list(CallEvent.objects.filter(call=call).order_by("cursor"))
+
+    rows = await database_sync_to_async(stored_rows)()
+    assert [row.type for row in rows] == [name for name in SAMPLES if name not in EPHEMERAL]
+    for row in rows:
+        events.event_validate(row.type, row.data)
+
+
+@pytest.mark.django_db
+def test_call_start_and_end_publish_once_with_the_transcript(persona_a, make_call):
+    from calls.models import Message
+
+    call = make_call(persona_a, from_address="browser", metadata={"page": "demo"})
+    call_start(call=call)
+    call_start(call=call)
+    Message.objects.create(call=call, message_id="m1", role="user", text="Hi")
+    Message.objects.create(
+        call=call, message_id="m2", role="persona", text="Hello there friend", spoken_text="Hello", interrupted=True
+    )
+    ended = call_end(call=call, reason="idle_timeout")
+    call_end(call=call, reason="hangup")
+    assert ended.end_reason == "idle_timeout" and ended.duration_seconds is not None
+    types = list(CallEvent.objects.filter(call=call).values_list("type", flat=True))
+    assert types == ["call.started", "call.ended"]
+    data = CallEvent.objects.get(call=call, type="call.ended").data
+    assert data["transcript"][1] == {"messageId": "m2", "role": "persona", "text": "Hello", "interrupted": True}
+    assert data["metadata"] == {"page": "demo"}
+    with pytest.raises(ValueError, match="unknown end reason"):
+        call_end(call=call, reason="tired")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_rolled_back_transaction_broadcasts_nothing(persona_a, make_call):
+    from django.db import transaction
+
+    call = await database_sync_to_async(make_call)(persona_a)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    group = group_for_organization(persona_a.organization_id)
+    await layer.group_add(group, channel)
+
+    class Abort(Exception):
+        pass
+
+    def publish_then_roll_back():
+        with pytest.raises(Abort), transaction.atomic():
+            call_event_publish(call=call, event=events.SpeechStarted())
+            raise Abort
+        call_event_publish(call=call, event=events.SpeechEnded())
+        return CallEvent.objects.filter(type="speech.started").exists()
+
+    assert await database_sync_to_async(publish_then_roll_back)() is False
+    message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT_SECONDS)
+    assert message["event"] == "speech.ended"
+    await layer.group_discard(group, channel)
