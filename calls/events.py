@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 __all__ = [
-    "Event",
     "EVENT_TYPES",
+    "Event",
     "EventValidationError",
     "event_class",
     "event_frame",

@@ -137,7 +137,9 @@ class WhatsAppSession(models.Model):
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     persona = models.ForeignKey(Persona, on_delete=models.CASCADE, related_name="whatsapp_sessions")
-    call = models.OneToOneField(Call, on_delete=models.SET_NULL, null=True, blank=True, related_name="whatsapp")
+    call = models.OneToOneField(
+        Call, on_delete=models.SET_NULL, null=True, blank=True, related_name="whatsapp"
+    )
     phone_number_id = models.CharField(max_length=64, help_text="Meta's id of the business number.")
     contact_phone = models.CharField(max_length=32)
     contact_name = models.CharField(max_length=200, blank=True)

@@ -17,7 +17,16 @@ class MessageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Message
-        fields = ["messageId", "role", "text", "spokenText", "interrupted", "startedAt", "endedAt", "createdAt"]
+        fields = [
+            "messageId",
+            "role",
+            "text",
+            "spokenText",
+            "interrupted",
+            "startedAt",
+            "endedAt",
+            "createdAt",
+        ]
 
 
 class CallSerializer(serializers.ModelSerializer):

@@ -110,9 +110,7 @@ def call_event_publish(*, call: Call, event: events.Event) -> CallEvent | None:
     organization_id, persona_id, agent = _call_parts(call)
     data = events.event_frame(event=event, call_id=call.id, agent=agent)
     if not event.kept:
-        _broadcast_sync(
-            Broadcast(event.name, None, data, organization_id, persona_id, call.id)
-        )
+        _broadcast_sync(Broadcast(event.name, None, data, organization_id, persona_id, call.id))
         return None
     with transaction.atomic():
         _lock_event_log()

@@ -50,7 +50,9 @@ class PersonaConfigSerializer(StrictSerializer):
     systemPrompt = serializers.CharField(max_length=20000, required=False, allow_blank=True)
     maxSessionLengthSeconds = serializers.IntegerField(min_value=10, max_value=24 * 3600, required=False)
     skipGreeting = serializers.BooleanField(required=False)
-    languageCode = serializers.RegexField(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=16, required=False)
+    languageCode = serializers.RegexField(
+        r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=16, required=False
+    )
     voiceDetectionOptions = VoiceDetectionOptionsSerializer(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +142,11 @@ class PersonaSerializer(serializers.ModelSerializer):
         ]
 
     def get_voice(self, persona: Persona) -> dict[str, str]:
-        return {"ttsProvider": persona.tts_provider, "voiceId": persona.voice, "sttProvider": persona.stt_provider}
+        return {
+            "ttsProvider": persona.tts_provider,
+            "voiceId": persona.voice,
+            "sttProvider": persona.stt_provider,
+        }
 
     def get_brain(self, persona: Persona) -> dict[str, Any]:
         return {
@@ -150,13 +156,13 @@ class PersonaSerializer(serializers.ModelSerializer):
             "temperature": persona.llm_temperature,
         }
 
-    def get_voiceDetection(self, persona: Persona) -> dict[str, float]:  # noqa: N802 (wire name)
+    def get_voiceDetection(self, persona: Persona) -> dict[str, float]:
         return {
             "endOfSpeechSensitivity": persona.end_of_speech_sensitivity,
             "silenceBeforeAutoEndTurnSeconds": persona.silence_before_auto_end_turn_seconds,
         }
 
-    def get_sessionLimits(self, persona: Persona) -> dict[str, Any]:  # noqa: N802 (wire name)
+    def get_sessionLimits(self, persona: Persona) -> dict[str, Any]:
         return {
             "maxDurationSeconds": persona.max_duration_seconds,
             "idleTimeoutSeconds": persona.idle_timeout_seconds,
@@ -165,10 +171,10 @@ class PersonaSerializer(serializers.ModelSerializer):
             "sendAudioMetrics": persona.send_audio_metrics,
         }
 
-    def get_pageUrl(self, persona: Persona) -> str:  # noqa: N802 (wire name)
+    def get_pageUrl(self, persona: Persona) -> str:
         return f"/p/{persona.slug}/"
 
-    def get_knowledgeCount(self, persona: Persona) -> int:  # noqa: N802 (wire name)
+    def get_knowledgeCount(self, persona: Persona) -> int:
         return len(persona.knowledge.all())
 
 

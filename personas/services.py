@@ -131,9 +131,7 @@ def session_token_check(*, token: str) -> SessionToken:
     """Verify a session token and return its unused record, without consuming it."""
     claims = token_decode(token, audience=SESSION_AUDIENCE)
     record = (
-        SessionToken.objects.select_related("organization", "persona")
-        .filter(jti=str(claims["jti"]))
-        .first()
+        SessionToken.objects.select_related("organization", "persona").filter(jti=str(claims["jti"])).first()
     )
     if record is None or str(record.organization.public_id) != claims.get("accountId"):
         raise TokenError("token is not known to this server")
@@ -172,7 +170,9 @@ def stream_token_issue(
     *, organization: Organization, agents: list[str] | None = None, ttl_seconds: int | None = None
 ) -> tuple[str, int]:
     """A short-lived token for browsers' EventSource; reusable until it expires."""
-    ttl = min(ttl_seconds or settings.PARLEY_STREAM_TOKEN_TTL_SECONDS, settings.PARLEY_STREAM_TOKEN_TTL_SECONDS)
+    ttl = min(
+        ttl_seconds or settings.PARLEY_STREAM_TOKEN_TTL_SECONDS, settings.PARLEY_STREAM_TOKEN_TTL_SECONDS
+    )
     now = timezone.now()
     expires = int(now.timestamp()) + ttl
     claims: dict[str, Any] = {

@@ -76,4 +76,4 @@ def json_bad_request(request: HttpRequest, exception: Exception | None = None) -
     return JsonResponse({"detail": message or "bad request"}, status=400)
 
 
-__all__ = ["api_exception_handler", "json_not_found", "json_server_error", "json_bad_request", "Http404"]
+__all__ = ["Http404", "api_exception_handler", "json_bad_request", "json_not_found", "json_server_error"]

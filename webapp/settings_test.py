@@ -6,8 +6,8 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "parley-test-suite-secret-key-not-for
 os.environ.setdefault("PARLEY_SSE_PING_SECONDS", "0.5")
 os.environ.setdefault("PARLEY_STREAM_POLL_SECONDS", "1.0")
 
-from webapp.settings import *  # noqa: E402,F403
-from webapp.settings import DATABASES, PARLEY_DATA_DIR  # noqa: E402
+from webapp.settings import *  # noqa: F403
+from webapp.settings import DATABASES, PARLEY_DATA_DIR
 
 ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1", "[::1]"]
 PARLEY_ALLOW_LOCALHOST_ORIGINS = True

@@ -57,8 +57,12 @@ def test_call_detail_has_the_transcript_in_order(client_a, persona_a, make_call)
     Message.objects.create(call=call, message_id="m1", role="persona", text="Hello, I'm Mara.")
     Message.objects.create(call=call, message_id="m2", role="user", text="When do you open?")
     Message.objects.create(
-        call=call, message_id="m3", role="persona", text="We open at seven and close at six.",
-        spoken_text="We open at seven", interrupted=True,
+        call=call,
+        message_id="m3",
+        role="persona",
+        text="We open at seven and close at six.",
+        spoken_text="We open at seven",
+        interrupted=True,
     )
     data = client_a.get(f"/v1/calls/{call.id}").json()
     assert [m["messageId"] for m in data["transcript"]] == ["m1", "m2", "m3"]
@@ -68,7 +72,9 @@ def test_call_detail_has_the_transcript_in_order(client_a, persona_a, make_call)
 
 
 @pytest.mark.django_db
-def test_organization_a_never_sees_organization_bs_calls_or_events(client_a, client_b, persona_a, persona_b, make_call):
+def test_organization_a_never_sees_organization_bs_calls_or_events(
+    client_a, client_b, persona_a, persona_b, make_call
+):
     call_b = make_call(persona_b)
     call_event_publish(call=call_b, event=events.SpeechStarted())
     assert client_a.get("/v1/calls").json()["count"] == 0

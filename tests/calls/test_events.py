@@ -22,9 +22,15 @@ from calls.services import (
 RECEIVE_TIMEOUT_SECONDS = 5.0
 
 SAMPLES: dict[str, events.Event] = {
-    "call.started": events.CallStarted(direction="inbound", transport="webrtc", started_at="2026-01-01T00:00:00Z"),
+    "call.started": events.CallStarted(
+        direction="inbound", transport="webrtc", started_at="2026-01-01T00:00:00Z"
+    ),
     "call.ended": events.CallEnded(
-        reason="hangup", direction="inbound", transport="webrtc", ended_at="2026-01-01T00:01:00Z", duration=60.0
+        reason="hangup",
+        direction="inbound",
+        transport="webrtc",
+        ended_at="2026-01-01T00:01:00Z",
+        duration=60.0,
     ),
     "speech.started": events.SpeechStarted(),
     "speech.ended": events.SpeechEnded(),
@@ -36,7 +42,9 @@ SAMPLES: dict[str, events.Event] = {
     "bot.speaking": events.BotSpeaking(message_id="msg_2", text="We open at seven."),
     "bot.word": events.BotWord(message_id="msg_2", word="We"),
     "bot.finished": events.BotFinished(message_id="msg_2"),
-    "bot.interrupted": events.BotInterrupted(message_id="msg_2", played_ms=640, words_spoken=2, last_word="open"),
+    "bot.interrupted": events.BotInterrupted(
+        message_id="msg_2", played_ms=640, words_spoken=2, last_word="open"
+    ),
     "message.confirmed": events.MessageConfirmed(message_id="msg_3"),
     "llm.tool_call": events.LlmToolCall(
         msg_id="msg_4", tool_calls=[events.ToolCall(id="t1", name="lookup_order", arguments='{"id": 7}')]
@@ -47,7 +55,12 @@ SAMPLES: dict[str, events.Event] = {
         session_id="wa_1", contact_phone="+15550001", contact_name="Ana"
     ),
     "whatsapp.message": events.WhatsAppMessageReceived(
-        session_id="wa_1", from_address="+15550001", name_="Ana", type="audio", text="hi", message_id="wamid.1"
+        session_id="wa_1",
+        from_address="+15550001",
+        name_="Ana",
+        type="audio",
+        text="hi",
+        message_id="wamid.1",
     ),
     "whatsapp.response": events.WhatsAppResponse(session_id="wa_1", to_address="+15550001", text="Hello!"),
     "whatsapp.status": events.WhatsAppStatus(status="read", recipient="+15550001", message_id="wamid.2"),
@@ -92,7 +105,9 @@ def test_payload_fields_are_spelled_as_the_seed(name):
 
 def test_unknown_fields_and_types_are_refused():
     with pytest.raises(events.EventValidationError, match="x: Extra inputs"):
-        events.event_validate("bot.word", {"callId": "CA1", "agent": "mara", "messageId": "m", "word": "a", "x": 1})
+        events.event_validate(
+            "bot.word", {"callId": "CA1", "agent": "mara", "messageId": "m", "word": "a", "x": 1}
+        )
     with pytest.raises(events.EventValidationError, match="unknown event type"):
         events.event_validate("bot.sang", {"callId": "CA1", "agent": "mara"})
     with pytest.raises(events.EventValidationError, match="agent"):
@@ -144,7 +159,12 @@ def test_call_start_and_end_publish_once_with_the_transcript(persona_a, make_cal
     call_start(call=call)
     Message.objects.create(call=call, message_id="m1", role="user", text="Hi")
     Message.objects.create(
-        call=call, message_id="m2", role="persona", text="Hello there friend", spoken_text="Hello", interrupted=True
+        call=call,
+        message_id="m2",
+        role="persona",
+        text="Hello there friend",
+        spoken_text="Hello",
+        interrupted=True,
     )
     ended = call_end(call=call, reason="idle_timeout")
     call_end(call=call, reason="hangup")
@@ -152,7 +172,12 @@ def test_call_start_and_end_publish_once_with_the_transcript(persona_a, make_cal
     types = list(CallEvent.objects.filter(call=call).values_list("type", flat=True))
     assert types == ["call.started", "call.ended"]
     data = CallEvent.objects.get(call=call, type="call.ended").data
-    assert data["transcript"][1] == {"messageId": "m2", "role": "persona", "text": "Hello", "interrupted": True}
+    assert data["transcript"][1] == {
+        "messageId": "m2",
+        "role": "persona",
+        "text": "Hello",
+        "interrupted": True,
+    }
     assert data["metadata"] == {"page": "demo"}
     with pytest.raises(ValueError, match="unknown end reason"):
         call_end(call=call, reason="tired")

@@ -118,8 +118,14 @@ def test_a_forged_token_is_refused(client_a, persona_a, forge):
 def test_a_token_signed_for_an_unknown_jti_is_refused(persona_a, org_a):
     now = int(time.time())
     forged = token_encode(
-        {"type": "stateful", "accountId": str(org_a.public_id), "jti": "nope", "iat": now, "exp": now + 60,
-         "aud": SESSION_AUDIENCE}
+        {
+            "type": "stateful",
+            "accountId": str(org_a.public_id),
+            "jti": "nope",
+            "iat": now,
+            "exp": now + 60,
+            "aud": SESSION_AUDIENCE,
+        }
     )
     with pytest.raises(TokenError, match="not known"):
         session_token_consume(token=forged)
@@ -162,9 +168,14 @@ def test_a_persona_of_another_organization_is_403(client_a, persona_a, persona_b
         ({"personaConfig": {"personaId": "nobody"}}, "personaConfig.personaId"),
         ({"personaConfig": {"personaId": 12.5}}, "personaConfig.personaId"),
         ({"personaConfig": {"personaId": "mara", "colour": "red"}}, "personaConfig.colour"),
-        ({"personaConfig": {"name": "X", "maxSessionLengthSeconds": "long"}}, "personaConfig.maxSessionLengthSeconds"),
-        ({"personaConfig": {"voiceDetectionOptions": {"endOfSpeechSensitivity": 3}}},
-         "personaConfig.voiceDetectionOptions.endOfSpeechSensitivity"),
+        (
+            {"personaConfig": {"name": "X", "maxSessionLengthSeconds": "long"}},
+            "personaConfig.maxSessionLengthSeconds",
+        ),
+        (
+            {"personaConfig": {"voiceDetectionOptions": {"endOfSpeechSensitivity": 3}}},
+            "personaConfig.voiceDetectionOptions.endOfSpeechSensitivity",
+        ),
         ({"personaConfig": {"personaId": "mara"}, "sessionOptions": []}, "sessionOptions"),
         ({"personaConfig": {"personaId": "mara"}, "extra": 1}, "extra"),
         ([1, 2], "body"),

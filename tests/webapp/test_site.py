@@ -31,8 +31,14 @@ def test_the_openapi_schema_and_docs_are_served():
     schema = client.get("/v1/schema", HTTP_ACCEPT="application/json")
     assert schema.status_code == 200
     paths = schema.json()["paths"]
-    for path in ("/v1/auth/session-token", "/v1/auth/stream-token", "/v1/personas", "/v1/calls",
-                 "/v1/calls/{call_id}", "/v1/calls/{call_id}/events"):
+    for path in (
+        "/v1/auth/session-token",
+        "/v1/auth/stream-token",
+        "/v1/personas",
+        "/v1/calls",
+        "/v1/calls/{call_id}",
+        "/v1/calls/{call_id}/events",
+    ):
         assert path in paths, path
     docs = client.get("/v1/docs")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
@@ -42,11 +48,17 @@ def test_the_openapi_schema_and_docs_are_served():
 def test_cors_allows_listed_origins_only(client_a, persona_a, settings):
     settings.CORS_ALLOWED_ORIGINS = ["https://shop.example"]
     settings.CORS_ALLOWED_ORIGIN_REGEXES = []
-    ok = client_a.options("/v1/auth/session-token", HTTP_ORIGIN="https://shop.example",
-                          HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST")
+    ok = client_a.options(
+        "/v1/auth/session-token",
+        HTTP_ORIGIN="https://shop.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+    )
     assert ok.headers.get("Access-Control-Allow-Origin") == "https://shop.example"
-    refused = client_a.options("/v1/auth/session-token", HTTP_ORIGIN="https://evil.example",
-                               HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST")
+    refused = client_a.options(
+        "/v1/auth/session-token",
+        HTTP_ORIGIN="https://evil.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+    )
     assert "Access-Control-Allow-Origin" not in refused.headers
 
 

@@ -1,0 +1,61 @@
+# Parley: `make run` starts the offline demo, `make test` runs the whole suite.
+# Both set everything up on a fresh clone (a virtualenv in .venv, the database, the demo data).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The demo runs with Django's debug mode unless told otherwise (it needs no secret key then).
+export DJANGO_DEBUG ?= 1
+
+.PHONY: run test test-fast lint format migrate seed venv clean help
+
+help:
+	@echo "make run    - install, migrate, seed the demo and serve on http://$(HOST):$(PORT)/"
+	@echo "make test   - install (incl. Chromium for browser tests) and run the whole test suite"
+	@echo "make lint   - ruff lint and format check"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed-runtime: requirements.txt constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt constraints.txt $(VENV)/.installed-runtime
+	$(BIN)/pip install --quiet -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+venv: $(VENV)/.installed-dev
+
+migrate: $(VENV)/.installed-runtime
+	$(BIN)/python manage.py migrate --noinput
+
+seed: migrate
+	$(BIN)/python manage.py seed_demo
+
+run: seed
+	@echo ""
+	@echo "Parley is starting on http://$(HOST):$(PORT)/"
+	@echo "  persona page:  http://$(HOST):$(PORT)/p/mara/"
+	@echo "  admin:         http://$(HOST):$(PORT)/admin/"
+	@echo "  API docs:      http://$(HOST):$(PORT)/v1/docs   (schema: /v1/schema)"
+	@echo ""
+	exec $(BIN)/daphne -b $(HOST) -p $(PORT) --access-log /dev/null webapp.asgi:application
+
+test: $(VENV)/.installed-dev
+	bash scripts/ensure-chromium
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache
