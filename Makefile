@@ -39,7 +39,6 @@ seed: migrate
 run: seed
 	@echo ""
 	@echo "Parley is starting on http://$(HOST):$(PORT)/"
-	@echo "  persona page:  http://$(HOST):$(PORT)/p/mara/"
 	@echo "  admin:         http://$(HOST):$(PORT)/admin/"
 	@echo "  API docs:      http://$(HOST):$(PORT)/v1/docs   (schema: /v1/schema)"
 	@echo ""
