@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -69,7 +69,12 @@ def json_server_error(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"detail": "internal error; it has been logged"}, status=500)
 
 
-def json_bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+def json_bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """400 (or 413 for an oversized body) in JSON for the API; Django's page elsewhere."""
+    if not request.path.startswith("/v1/"):
+        from django.views.defaults import bad_request
+
+        return bad_request(request, exception)
     message = str(exception) if exception else "bad request"
     if isinstance(exception, RequestDataTooBig):
         return JsonResponse({"detail": "request body too large"}, status=413)
