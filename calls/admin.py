@@ -1,0 +1,258 @@
+"""Admin for calls (transcript and event log on one page) and WhatsApp threads; history is read-only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from calls.models import Call, CallEvent, Message, WhatsAppMessage, WhatsAppSession
+
+
+class HistoryAdmin(admin.ModelAdmin):
+    """What happened is a record: it can be read (and a whole call deleted), never rewritten."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class HistoryInline(admin.TabularInline):
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def pretty_json(value: Any) -> SafeString:
+    return format_html(
+        '<pre class="parley-json" style="margin:0;white-space:pre-wrap">{}</pre>',
+        json.dumps(value, indent=1, ensure_ascii=False, sort_keys=True),
+    )
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}:{rest:02d}"
+
+
+# --- Calls ------------------------------------------------------------------------------
+
+
+class MessageInline(HistoryInline):
+    model = Message
+    fields = ("role", "text", "spoken_text", "interrupted", "started_at", "ended_at")
+    readonly_fields = fields
+    ordering = ("created_at", "id")
+    verbose_name = "transcript line"
+    verbose_name_plural = "transcript"
+
+
+class CallEventInline(HistoryInline):
+    model = CallEvent
+    fields = ("cursor", "type", "data_json", "created_at")
+    readonly_fields = fields
+    ordering = ("cursor",)
+    verbose_name = "event"
+    verbose_name_plural = "events"
+
+    @admin.display(description="data")
+    def data_json(self, event: CallEvent) -> SafeString:
+        return pretty_json(event.data)
+
+
+@admin.register(Call)
+class CallAdmin(HistoryAdmin):
+    list_display = ("id", "persona", "transport", "status", "started_at", "duration", "end_reason")
+    list_filter = ("persona", "transport", "status", "end_reason", "direction", "started_at", "organization")
+    search_fields = ("id", "from_address", "to_address", "messages__text")
+    list_select_related = ("persona",)
+    date_hierarchy = "created_at"
+    fieldsets = (
+        (None, {"fields": ("id", "organization", "persona", "transport", "direction", "status")}),
+        ("Parties", {"fields": ("from_address", "to_address", "session_token")}),
+        ("Time", {"fields": ("created_at", "started_at", "ended_at", "duration", "end_reason")}),
+        ("Metadata", {"fields": ("metadata_json",)}),
+    )
+    readonly_fields = (
+        "id",
+        "organization",
+        "persona",
+        "transport",
+        "direction",
+        "status",
+        "from_address",
+        "to_address",
+        "session_token",
+        "created_at",
+        "started_at",
+        "ended_at",
+        "duration",
+        "end_reason",
+        "metadata_json",
+    )
+    inlines = (MessageInline, CallEventInline)
+
+    @admin.display(description="duration", ordering="duration_seconds")
+    def duration(self, call: Call) -> str:
+        return format_duration(call.duration_seconds)
+
+    @admin.display(description="metadata")
+    def metadata_json(self, call: Call) -> SafeString:
+        return pretty_json(call.metadata)
+
+
+@admin.register(Message)
+class MessageAdmin(HistoryAdmin):
+    list_display = ("short_text", "role", "call", "interrupted", "created_at")
+    list_filter = ("role", "interrupted", "created_at")
+    search_fields = ("text", "spoken_text", "call__id", "message_id")
+    list_select_related = ("call",)
+    readonly_fields = (
+        "call",
+        "message_id",
+        "role",
+        "text",
+        "spoken_text",
+        "interrupted",
+        "started_at",
+        "ended_at",
+        "created_at",
+    )
+    fields = readonly_fields
+
+    @admin.display(description="text")
+    def short_text(self, message: Message) -> str:
+        return message.text if len(message.text) <= 80 else f"{message.text[:79]}…"
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A transcript with holes is worse than none: delete the whole call instead.
+        return False
+
+
+@admin.register(CallEvent)
+class CallEventAdmin(HistoryAdmin):
+    list_display = ("cursor", "type", "call", "persona", "created_at")
+    list_filter = ("type", "persona", "created_at")
+    search_fields = ("call__id", "type")
+    list_select_related = ("call", "persona")
+    readonly_fields = ("cursor", "organization", "persona", "call", "type", "data_json", "created_at")
+    fields = readonly_fields
+
+    @admin.display(description="data")
+    def data_json(self, event: CallEvent) -> SafeString:
+        return pretty_json(event.data)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The log's cursors are what stream readers resume from: it is append-only.
+        return False
+
+
+# --- WhatsApp ---------------------------------------------------------------------------
+
+
+class WhatsAppMessageInline(HistoryInline):
+    model = WhatsAppMessage
+    fields = (
+        "created_at",
+        "direction",
+        "type",
+        "text",
+        "status",
+        "sent_at",
+        "delivered_at",
+        "read_at",
+        "error",
+    )
+    readonly_fields = fields
+    ordering = ("created_at", "id")
+    show_change_link = True
+
+
+@admin.register(WhatsAppSession)
+class WhatsAppSessionAdmin(admin.ModelAdmin):
+    list_display = (
+        "contact_phone",
+        "contact_name",
+        "persona",
+        "phone_number_id",
+        "human_takeover",
+        "started_at",
+        "last_inbound_at",
+    )
+    list_filter = ("human_takeover", "persona", "phone_number_id", "started_at")
+    search_fields = ("contact_phone", "contact_name", "phone_number_id", "messages__text")
+    list_select_related = ("persona",)
+    # Staff may take a thread over; everything else is what Meta told us.
+    fields = (
+        "organization",
+        "persona",
+        "call",
+        "phone_number_id",
+        "contact_phone",
+        "contact_name",
+        "human_takeover",
+        "started_at",
+        "last_inbound_at",
+    )
+    readonly_fields = (
+        "organization",
+        "persona",
+        "call",
+        "phone_number_id",
+        "contact_phone",
+        "contact_name",
+        "started_at",
+        "last_inbound_at",
+    )
+    inlines = (WhatsAppMessageInline,)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(WhatsAppMessage)
+class WhatsAppMessageAdmin(HistoryAdmin):
+    list_display = ("short_text", "direction", "type", "status", "session", "created_at", "failed_at")
+    list_filter = ("status", "direction", "type", "created_at")
+    search_fields = ("text", "meta_message_id", "session__contact_phone", "session__contact_name")
+    list_select_related = ("session", "session__persona")
+    readonly_fields = (
+        "session",
+        "meta_message_id",
+        "direction",
+        "type",
+        "text",
+        "media_id",
+        "status",
+        "error",
+        "created_at",
+        "sent_at",
+        "delivered_at",
+        "read_at",
+        "failed_at",
+    )
+    fields = readonly_fields
+
+    @admin.display(description="text")
+    def short_text(self, message: WhatsAppMessage) -> str:
+        return message.text if len(message.text) <= 80 else f"{message.text[:79]}…"
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

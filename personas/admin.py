@@ -1,0 +1,334 @@
+"""Admin for tenants, API keys (issued once, stored hashed), personas and their knowledge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import models
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from personas.models import ApiKey, KnowledgeEntry, Organization, Persona, SessionToken
+from personas.services import api_key_create, api_key_revoke
+
+admin.site.site_header = "Parley admin"
+admin.site.site_title = "Parley admin"
+admin.site.index_title = "Personas, keys and conversations"
+
+
+class ReadOnlyInline(admin.TabularInline):
+    """A list of related rows with links to their own pages; rows are made elsewhere."""
+
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- Organization -----------------------------------------------------------------------
+
+
+class PersonaListInline(ReadOnlyInline):
+    model = Persona
+    fields = ("name", "slug", "language_code", "brain_provider", "is_active")
+    readonly_fields = fields
+    verbose_name_plural = "personas (add them under Personas)"
+
+
+class ApiKeyListInline(ReadOnlyInline):
+    model = ApiKey
+    fields = ("name", "prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = fields
+    verbose_name_plural = "API keys (issue them under API keys)"
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ("name", "slug", "persona_count", "active_key_count", "session_limit", "created_at")
+    search_fields = ("name", "slug", "public_id")
+    prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ("public_id", "created_at")
+    fields = ("name", "slug", "max_concurrent_sessions", "public_id", "created_at")
+    inlines = (PersonaListInline, ApiKeyListInline)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Organization]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                persona_total=Count("personas", distinct=True),
+                active_key_total=Count(
+                    "api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True
+                ),
+            )
+        )
+
+    @admin.display(description="personas", ordering="persona_total")
+    def persona_count(self, organization: Organization) -> int:
+        return organization.persona_total  # type: ignore[attr-defined]
+
+    @admin.display(description="active API keys", ordering="active_key_total")
+    def active_key_count(self, organization: Organization) -> int:
+        return organization.active_key_total  # type: ignore[attr-defined]
+
+    @admin.display(description="live session limit")
+    def session_limit(self, organization: Organization) -> int:
+        return organization.session_limit
+
+
+# --- API keys ---------------------------------------------------------------------------
+
+
+class ApiKeyStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("active", "Active"), ("revoked", "Revoked")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("name", "organization", "prefix", "created_at", "last_used_at", "revoked_at", "active")
+    list_filter = (ApiKeyStatusFilter, "organization", "created_at")
+    search_fields = ("name", "prefix", "organization__name", "organization__slug")
+    list_select_related = ("organization",)
+    actions = ("revoke_keys",)
+    add_fields = ("organization", "name")
+    change_fields = ("organization", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
+        # The key itself is generated on save, so adding asks only whose it is and what for.
+        return self.add_fields if obj is None else self.change_fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        # Revoking goes through the action, so it is recorded the same way every time.
+        return ("organization", "prefix", "created_at", "last_used_at", "revoked_at")
+
+    @admin.display(boolean=True, description="active", ordering="revoked_at")
+    def active(self, api_key: ApiKey) -> bool:
+        return api_key.is_active
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        issued = api_key_create(organization=obj.organization, name=obj.name)
+        # The admin goes on with `obj` (history entry, redirect): make it the stored row.
+        for field in ApiKey._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(issued.api_key, field.attname))
+        obj._state.adding = False
+        obj._state.db = issued.api_key._state.db
+        messages.success(
+            request,
+            format_html(
+                "New API key for {}: <code class='parley-raw-key'>{}</code> Copy it now: "
+                "only its hash is stored, so it cannot be shown again.",
+                obj.organization,
+                issued.raw_key,
+            ),
+        )
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = 0
+        for api_key in queryset.filter(revoked_at__isnull=True):
+            api_key_revoke(api_key=api_key)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
+
+
+# --- Personas ---------------------------------------------------------------------------
+
+
+class KnowledgeEntryInline(admin.TabularInline):
+    model = KnowledgeEntry
+    fields = ("position", "kind", "question", "answer")
+    extra = 1
+    formfield_overrides = {
+        # Answers are a sentence or two; the default textarea would make each row huge.
+        models.TextField: {"widget": forms.Textarea(attrs={"rows": 2, "cols": 70})},
+    }
+
+
+class PersonaAdminForm(forms.ModelForm):
+    # The LLM key is a secret: never sent back to the browser; left empty, it stays as it was.
+    llm_api_key = forms.CharField(
+        label="LLM API key",
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Leave empty to keep the current key.",
+    )
+    clear_llm_api_key = forms.BooleanField(label="Remove the stored LLM API key", required=False)
+
+    class Meta:
+        model = Persona
+        fields = ("llm_api_key",)  # the admin adds the rest from its fieldsets
+
+    def clean_llm_api_key(self) -> str:
+        value = self.cleaned_data.get("llm_api_key", "")
+        if not value and self.instance.pk:
+            return self.instance.llm_api_key
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if cleaned.get("clear_llm_api_key"):
+            cleaned["llm_api_key"] = ""
+        return cleaned
+
+
+@admin.register(Persona)
+class PersonaAdmin(admin.ModelAdmin):
+    form = PersonaAdminForm
+    list_display = (
+        "name",
+        "slug",
+        "organization",
+        "language_code",
+        "brain_provider",
+        "tts_provider",
+        "stt_provider",
+        "knowledge_count",
+        "is_active",
+        "updated_at",
+    )
+    list_filter = (
+        "is_active",
+        "organization",
+        "brain_provider",
+        "tts_provider",
+        "stt_provider",
+        "language_code",
+    )
+    search_fields = ("name", "slug", "description", "organization__name")
+    list_select_related = ("organization",)
+    prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ("has_llm_api_key", "created_at", "updated_at")
+    inlines = (KnowledgeEntryInline,)
+    fieldsets = (
+        (
+            "Identity",
+            {
+                "fields": (
+                    "organization",
+                    ("name", "slug"),
+                    "description",
+                    "language_code",
+                    "greeting",
+                    "skip_greeting",
+                    "system_prompt",
+                    "is_active",
+                )
+            },
+        ),
+        ("Voice", {"fields": ("tts_provider", "voice", "stt_provider")}),
+        ("Face", {"fields": ("avatar_look", "avatar_portrait")}),
+        (
+            "Brain",
+            {
+                "fields": (
+                    "brain_provider",
+                    "llm_base_url",
+                    "llm_model",
+                    "has_llm_api_key",
+                    "llm_api_key",
+                    "clear_llm_api_key",
+                    "llm_temperature",
+                )
+            },
+        ),
+        (
+            "Voice detection",
+            {"fields": ("end_of_speech_sensitivity", "silence_before_auto_end_turn_seconds")},
+        ),
+        (
+            "Session limits",
+            {
+                "fields": (
+                    "max_duration_seconds",
+                    "idle_timeout_seconds",
+                    "idle_warning_seconds",
+                    "send_audio_metrics",
+                )
+            },
+        ),
+        ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Persona]:
+        return super().get_queryset(request).annotate(knowledge_total=Count("knowledge"))
+
+    @admin.display(description="knowledge", ordering="knowledge_total")
+    def knowledge_count(self, persona: Persona) -> int:
+        return persona.knowledge_total  # type: ignore[attr-defined]
+
+    @admin.display(boolean=True, description="LLM API key stored")
+    def has_llm_api_key(self, persona: Persona) -> bool:
+        return bool(persona.llm_api_key)
+
+
+@admin.register(KnowledgeEntry)
+class KnowledgeEntryAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "persona", "kind", "position")
+    list_filter = ("kind", "persona")
+    search_fields = ("question", "answer", "persona__name", "persona__slug")
+    list_select_related = ("persona",)
+    list_editable = ("position",)
+    autocomplete_fields = ("persona",)
+
+
+# --- Session tokens ---------------------------------------------------------------------
+
+
+@admin.register(SessionToken)
+class SessionTokenAdmin(admin.ModelAdmin):
+    """Read-only: tokens are issued by the API and consumed by a session starting."""
+
+    list_display = (
+        "short_jti",
+        "kind",
+        "organization",
+        "persona",
+        "client_label",
+        "issued_at",
+        "expires_at",
+        "used_at",
+    )
+    list_filter = ("kind", "organization", "persona", "issued_at")
+    search_fields = ("jti", "client_label", "persona__slug")
+    list_select_related = ("organization", "persona")
+    date_hierarchy = "issued_at"
+
+    @admin.display(description="token id", ordering="jti")
+    def short_jti(self, token: SessionToken) -> str:
+        return f"{token.jti[:12]}…"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: SessionToken | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: SessionToken | None = None) -> bool:
+        return False
