@@ -4,5 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-http_urlpatterns: list[Any] = []
-websocket_urlpatterns: list[Any] = []
+from django.urls import path
+
+from calls.consumers import EventStreamSSEConsumer, EventStreamWebsocketConsumer
+
+http_urlpatterns: list[Any] = [
+    path("v1/events/stream", EventStreamSSEConsumer.as_asgi()),
+]
+websocket_urlpatterns: list[Any] = [
+    path("ws/events/", EventStreamWebsocketConsumer.as_asgi()),
+]

@@ -1,0 +1,192 @@
+"""Thin Channels consumers for the event stream: server-sent events and a websocket, one feed each."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from channels.exceptions import StopConsumer
+from channels.generic.http import AsyncHttpConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from calls.streams import EventFeed, StreamEvent, StreamRefused, astream_request_authorise, scope_headers
+from webapp.origins import origin_allowed
+
+logger = logging.getLogger(__name__)
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    # nginx buffers proxied responses unless told not to; a buffered stream is a stalled one.
+    (b"x-accel-buffering", b"no"),
+]
+# Sent at once, because a server sends the status and headers only with the first body chunk.
+SSE_OPENING = b":ok\n\n"
+SSE_PING = b":ping\n\n"
+# How long a browser may cache a CORS preflight answer, in seconds.
+CORS_PREFLIGHT_MAX_AGE_SECONDS = 86400
+
+
+def sse_frame(event: StreamEvent) -> bytes:
+    """One event in the text/event-stream format; ephemeral events carry no `id:`."""
+    lines = [f"event: {event.event}"]
+    if event.cursor is not None:
+        lines.append(f"id: {event.cursor}")
+    # Compact JSON has no raw newlines, so one `data:` line always holds the whole object.
+    lines.append("data: " + json.dumps(event.data, separators=(",", ":"), ensure_ascii=False))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _cors_headers(scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    # This consumer sits in front of Django, so corsheaders' middleware never sees it.
+    headers = scope_headers(scope)
+    origin = headers.get("origin")
+    if not origin or not origin_allowed(origin, host=headers.get("host")):
+        return [(b"vary", b"Origin")]
+    return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+
+
+class EventStreamSSEConsumer(AsyncHttpConsumer):
+    """`GET /v1/events/stream`: the organization's events as server-sent events."""
+
+    feed: EventFeed | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # also when cancelled (server shutdown): no task outlives the response
+            await self._close_feed()
+
+    async def http_request(self, message: dict[str, Any]) -> None:
+        # AsyncHttpConsumer ends the consumer as soon as handle() returns; a stream must go on
+        # (relaying group messages) until the client disconnects.
+        if "body" in message:
+            self.body.append(message["body"])
+        if message.get("more_body"):
+            return
+        try:
+            await self.handle(b"".join(self.body))
+        except BaseException:
+            await self._close_feed()
+            raise
+        if self.feed is None:  # an error or preflight answer, already complete
+            raise StopConsumer()
+
+    async def handle(self, body: bytes) -> None:
+        method = self.scope.get("method", "GET")
+        if method == "OPTIONS":
+            await self._send_preflight()
+            return
+        if method != "GET":
+            await self._send_error(
+                405, f"method {method} is not allowed; use GET", [(b"allow", b"GET, OPTIONS")]
+            )
+            return
+        try:
+            request = await astream_request_authorise(scope=self.scope)
+        except StreamRefused as refusal:
+            extra = [(b"www-authenticate", b'Bearer realm="parley"')] if refusal.status == 401 else []
+            await self._send_error(refusal.status, refusal.detail, extra)
+            return
+        self.feed = EventFeed(
+            request=request,
+            channel_layer=self.channel_layer,
+            channel_name=getattr(self, "channel_name", None),
+            emit=self._send_event,
+            keepalive=self._send_ping,
+        )
+        await self.feed.open()
+        await self.send_headers(status=200, headers=[*SSE_HEADERS, *_cors_headers(self.scope)])
+        await self.send_body(SSE_OPENING, more_body=True)
+        self.feed.start()
+
+    async def event_message(self, message: dict[str, Any]) -> None:
+        if self.feed is not None:
+            await self.feed.doorbell(message)
+
+    async def disconnect(self) -> None:
+        await self._close_feed()
+
+    async def _close_feed(self) -> None:
+        feed, self.feed = self.feed, None
+        if feed is not None:
+            await feed.close()
+
+    async def _send_event(self, event: StreamEvent) -> None:
+        await self.send_body(sse_frame(event), more_body=True)
+
+    async def _send_ping(self) -> None:
+        await self.send_body(SSE_PING, more_body=True)
+
+    async def _send_error(self, status: int, detail: str, extra: list[tuple[bytes, bytes]]) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        headers = [(b"content-type", b"application/json"), *extra, *_cors_headers(self.scope)]
+        await self.send_response(status, body, headers=headers)
+
+    async def _send_preflight(self) -> None:
+        headers = [
+            *_cors_headers(self.scope),
+            (b"access-control-allow-methods", b"GET, OPTIONS"),
+            (b"access-control-allow-headers", b"authorization, last-event-id, cache-control"),
+            (b"access-control-max-age", str(CORS_PREFLIGHT_MAX_AGE_SECONDS).encode()),
+        ]
+        await self.send_response(204, b"", headers=headers)
+
+
+class EventStreamWebsocketConsumer(AsyncJsonWebsocketConsumer):
+    """`/ws/events/`: the same events as JSON messages `{"event", "cursor", "data"}`."""
+
+    feed: EventFeed | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # also when cancelled (server shutdown): no task outlives the connection
+            await self._close_feed()
+
+    async def connect(self) -> None:
+        try:
+            request = await astream_request_authorise(scope=self.scope)
+        except StreamRefused as refusal:
+            # Accept first: a refused handshake reaches a browser as a bare 403 with no reason.
+            await self.accept()
+            await self.send_json({"type": "error", "status": refusal.status, "detail": refusal.detail})
+            await self.close(code=refusal.close_code)
+            return
+        self.feed = EventFeed(
+            request=request,
+            channel_layer=self.channel_layer,
+            channel_name=getattr(self, "channel_name", None),
+            emit=self._send_event,
+        )
+        await self.feed.open()
+        await self.accept()
+        self.feed.start()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            content = json.loads(text_data) if text_data is not None else None
+        except ValueError:
+            content = None
+        if isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"type": "pong"})
+            return
+        await self.send_json(
+            {"type": "error", "detail": 'unknown message; the only one understood is {"type": "ping"}'}
+        )
+
+    async def event_message(self, message: dict[str, Any]) -> None:
+        if self.feed is not None:
+            await self.feed.doorbell(message)
+
+    async def disconnect(self, code: int) -> None:
+        await self._close_feed()
+
+    async def _close_feed(self) -> None:
+        feed, self.feed = self.feed, None
+        if feed is not None:
+            await feed.close()
+
+    async def _send_event(self, event: StreamEvent) -> None:
+        await self.send_json({"event": event.event, "cursor": event.cursor, "data": event.data})
