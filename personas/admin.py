@@ -226,6 +226,10 @@ class PersonaAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("has_llm_api_key", "created_at", "updated_at")
     inlines = (KnowledgeEntryInline,)
+    formfield_overrides = {
+        # Local LLM servers (Ollama, llama.cpp) usually speak plain http on 127.0.0.1.
+        models.URLField: {"assume_scheme": "http"},
+    }
     fieldsets = (
         (
             "Identity",
