@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -45,6 +47,14 @@ def pretty_json(value: Any) -> SafeString:
     )
 
 
+def clock_time(moment: datetime | None, *, milliseconds: bool = False) -> str:
+    """A time of day in the site's zone: the call page already says which day."""
+    if moment is None:
+        return "-"
+    local = timezone.localtime(moment)
+    return local.strftime("%H:%M:%S.%f")[:-3] if milliseconds else local.strftime("%H:%M:%S")
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -57,20 +67,37 @@ def format_duration(seconds: float | None) -> str:
 
 class MessageInline(HistoryInline):
     model = Message
-    fields = ("role", "text", "spoken_text", "interrupted", "started_at", "ended_at")
+    fields = ("role", "text", "spoken_text", "interrupted", "started", "ended")
     readonly_fields = fields
     ordering = ("created_at", "id")
     verbose_name = "transcript line"
     verbose_name_plural = "transcript"
 
+    @admin.display(description="started")
+    def started(self, message: Message) -> str:
+        return clock_time(message.started_at)
+
+    @admin.display(description="ended")
+    def ended(self, message: Message) -> str:
+        return clock_time(message.ended_at)
+
 
 class CallEventInline(HistoryInline):
     model = CallEvent
-    fields = ("cursor", "type", "data_json", "created_at")
+    # `cursor` is the primary key, which a formset renders as a hidden input: show it via a method.
+    fields = ("event_cursor", "type", "data_json", "time")
     readonly_fields = fields
     ordering = ("cursor",)
     verbose_name = "event"
     verbose_name_plural = "events"
+
+    @admin.display(description="cursor")
+    def event_cursor(self, event: CallEvent) -> int:
+        return event.cursor
+
+    @admin.display(description="time")
+    def time(self, event: CallEvent) -> str:
+        return clock_time(event.created_at, milliseconds=True)
 
     @admin.display(description="data")
     def data_json(self, event: CallEvent) -> SafeString:
