@@ -168,6 +168,8 @@ class KnowledgeEntryInline(admin.TabularInline):
     formfield_overrides = {
         # Answers are a sentence or two; the default textarea would make each row huge.
         models.TextField: {"widget": forms.Textarea(attrs={"rows": 2, "cols": 70})},
+        models.CharField: {"widget": forms.TextInput(attrs={"size": 40})},
+        models.PositiveIntegerField: {"widget": forms.NumberInput(attrs={"style": "width: 4em"})},
     }
 
 
