@@ -18,4 +18,6 @@ CSRF_COOKIE_SECURE = False
 
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory: browser tests run a real server process against the same database.
-    DATABASES["default"]["TEST"] = {"NAME": str(PARLEY_DATA_DIR / "test.sqlite3")}
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get("PARLEY_SQLITE_TEST_PATH") or str(PARLEY_DATA_DIR / "test.sqlite3")
+    }
