@@ -190,6 +190,12 @@ async def astream_request_authorise(*, scope: Mapping[str, Any]) -> StreamReques
 # --- The feed ---------------------------------------------------------------------------
 
 
+def _log_task_failure(task: asyncio.Task[None]) -> None:
+    # A feed task ends only by cancellation; anything else stopped a stream and must be seen.
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("%s stopped", task.get_name(), exc_info=task.exception())
+
+
 def _events_after(*, organization_id: int, after: int, agents: Iterable[str] | None) -> list[StreamEvent]:
     return [
         StreamEvent(event=row.type, cursor=row.cursor, data=row.data)
@@ -233,6 +239,7 @@ class EventFeed:
         self._tasks: set[asyncio.Task[None]] = set()
         self._joined = False
         self._closed = False
+        self._dropping = False
 
     async def open(self) -> None:
         """Join the group, then fix the start cursor: any later event rings a bell we hear."""
@@ -259,7 +266,11 @@ class EventFeed:
         try:
             self._doorbells.put_nowait(dict(message))
         except asyncio.QueueFull:
-            logger.warning("event feed of organization %s is behind; dropping a doorbell", self._group)
+            if not self._dropping:  # once per overload, not once per dropped doorbell
+                logger.warning("an event feed of %s is behind; dropping doorbells", self._group)
+            self._dropping = True
+        else:
+            self._dropping = False
 
     async def close(self) -> None:
         """Cancel every task and leave the group. Safe to call more than once."""
@@ -276,7 +287,9 @@ class EventFeed:
     # --- inside -------------------------------------------------------------------------
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.add(asyncio.create_task(coroutine, name=name))
+        task = asyncio.create_task(coroutine, name=name)
+        task.add_done_callback(_log_task_failure)
+        self._tasks.add(task)
 
     def _wants(self, message: Mapping[str, Any]) -> bool:
         if message.get("organization") != self.request.organization_id:

@@ -294,6 +294,15 @@ async def test_the_sse_response_is_an_uncached_unbuffered_event_stream_with_cors
     await stranger.close()
 
 
+async def test_a_cors_preflight_from_an_allowed_origin_may_send_authorization_and_last_event_id():
+    preflight = SSEClient(method="OPTIONS", headers={"Origin": "http://localhost:3000"})
+    assert await preflight.start() == 204
+    assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert "authorization" in preflight.headers["access-control-allow-headers"]
+    assert "last-event-id" in preflight.headers["access-control-allow-headers"]
+    await preflight.communicator.wait(CLOSE_TIMEOUT_SECONDS)
+
+
 # --- Filters and tenancy ----------------------------------------------------------------
 
 
