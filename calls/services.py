@@ -15,7 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from django.utils import timezone
@@ -129,7 +130,8 @@ def call_event_publish(*, call: Call, event: events.Event) -> CallEvent | None:
 async def acall_event_publish(*, call: Call, event: events.Event) -> CallEvent | None:
     """The async twin for the pipeline and consumers: ephemeral events skip the thread hop."""
     if event.kept:
-        return await sync_to_async(call_event_publish, thread_sensitive=True)(call=call, event=event)
+        # database_sync_to_async also closes connections that went stale in a long call.
+        return await database_sync_to_async(call_event_publish)(call=call, event=event)
     organization_id, persona_id, agent = _call_parts(call)
     data = events.event_frame(event=event, call_id=call.id, agent=agent)
     await _broadcast_async(Broadcast(event.name, None, data, organization_id, persona_id, call.id))

@@ -169,7 +169,15 @@ class StreamGrant:
 def stream_token_issue(
     *, organization: Organization, agents: list[str] | None = None, ttl_seconds: int | None = None
 ) -> tuple[str, int]:
-    """A short-lived token for browsers' EventSource; reusable until it expires."""
+    """A short-lived token for browsers' EventSource; reusable until it expires.
+
+    `agents=None` grants every persona of the organization; an empty list is refused rather
+    than silently widened to everything.
+    """
+    if agents is not None and not agents:
+        raise ValueError("agents must name at least one persona, or be None for all of them")
+    if ttl_seconds is not None and ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be positive")
     ttl = min(
         ttl_seconds or settings.PARLEY_STREAM_TOKEN_TTL_SECONDS, settings.PARLEY_STREAM_TOKEN_TTL_SECONDS
     )
