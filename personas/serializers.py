@@ -114,7 +114,6 @@ class PersonaSerializer(serializers.ModelSerializer):
     voiceDetection = serializers.SerializerMethodField()
     sessionLimits = serializers.SerializerMethodField()
     isActive = serializers.BooleanField(source="is_active")
-    pageUrl = serializers.SerializerMethodField()
     knowledgeCount = serializers.SerializerMethodField()
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
@@ -135,7 +134,6 @@ class PersonaSerializer(serializers.ModelSerializer):
             "voiceDetection",
             "sessionLimits",
             "isActive",
-            "pageUrl",
             "knowledgeCount",
             "createdAt",
             "updatedAt",

@@ -84,7 +84,7 @@ def test_first_run_creates_the_demo_organization_persona_knowledge_key_and_admin
         "pay",
     ):
         assert topic in questions, topic
-    assert "/p/mara/" in output
+    assert "/v1/personas/mara" in output
     assert get_user_model().objects.get(username="admin").is_superuser
 
 
