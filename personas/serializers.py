@@ -169,9 +169,6 @@ class PersonaSerializer(serializers.ModelSerializer):
             "sendAudioMetrics": persona.send_audio_metrics,
         }
 
-    def get_pageUrl(self, persona: Persona) -> str:
-        return f"/p/{persona.slug}/"
-
     def get_knowledgeCount(self, persona: Persona) -> int:
         return len(persona.knowledge.all())
 
