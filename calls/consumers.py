@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
@@ -190,3 +191,83 @@ class EventStreamWebsocketConsumer(AsyncJsonWebsocketConsumer):
 
     async def _send_event(self, event: StreamEvent) -> None:
         await self.send_json({"event": event.event, "cursor": event.cursor, "data": event.data})
+
+
+# --- Signalling (Anam protocol §1.3) -----------------------------------------------------
+
+# An SDP offer is a few kB; anything near this is not a signalling frame.
+MAX_SIGNAL_FRAME_BYTES = 64 * 1024
+SIGNAL_ACTIONS = {"offer", "icecandidate", "heartbeat", "talkstream", "agentaudioinput", "agentaudioinputend"}
+
+
+def signal_payload_problem(action_type: str, payload: Any) -> str | None:
+    """Why a client frame's payload is unusable, or None if it is fine."""
+    if action_type == "offer":
+        description = payload.get("connectionDescription") if isinstance(payload, dict) else None
+        if not isinstance(description, dict) or description.get("type") != "offer":
+            return "offer: payload.connectionDescription must be {type: 'offer', sdp}"
+        if not isinstance(description.get("sdp"), str) or not description["sdp"].startswith("v=0"):
+            return "offer: payload.connectionDescription.sdp must be an SDP document"
+    elif action_type == "icecandidate":
+        if not isinstance(payload, dict) or not isinstance(payload.get("candidate", ""), str):
+            return "icecandidate: payload must be an RTCIceCandidateInit object"
+    elif action_type == "talkstream":
+        if not isinstance(payload, dict) or not isinstance(payload.get("content", ""), str):
+            return "talkstream: payload must be {content, startOfSpeech, endOfSpeech, correlationId}"
+    return None
+
+
+class SignallingConsumer(AsyncJsonWebsocketConsumer):
+    """`/ws/engine/?session_id=…`: offer/answer, ICE, heartbeats and talk streams for one session."""
+
+    live: Any = None
+
+    async def connect(self) -> None:
+        from calls.live import live_session_open
+
+        session_id = (
+            parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("session_id") or [""]
+        )[0]
+        self.live = await live_session_open(session_id=session_id) if session_id else None
+        if self.live is None:
+            await self.close(code=4404)
+            return
+        self.session_id = session_id
+        await self.accept()
+        self.live.attach(self.send_signal)
+
+    async def send_signal(self, action_type: str, payload: Any) -> None:
+        await self.send_json({"actionType": action_type, "sessionId": self.session_id, "payload": payload})
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None or len(text_data) > MAX_SIGNAL_FRAME_BYTES:
+            await self.send_signal("warning", "frames must be JSON text under 64 kB")
+            return
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            await self.send_signal("warning", "frames must be JSON objects {actionType, sessionId, payload}")
+            return
+        await self.receive_json(frame)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if self.live is None:
+            return
+        action_type = content.get("actionType") if isinstance(content, dict) else None
+        if action_type not in SIGNAL_ACTIONS:
+            await self.send_signal("warning", f"actionType: unknown {action_type!r}")
+            return
+        payload = content.get("payload")
+        problem = signal_payload_problem(action_type, payload)
+        if problem is not None:
+            await self.send_signal("warning", problem)
+            return
+        try:
+            await self.live.on_signal(action_type, payload)
+        except Exception:
+            logger.exception("session %s: handling %s failed", self.session_id, action_type)
+            await self.send_signal("warning", f"{action_type}: the server could not handle it")
+
+    async def disconnect(self, code: int) -> None:
+        if self.live is not None:
+            self.live.detach(self.send_signal)

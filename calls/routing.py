@@ -6,11 +6,12 @@ from typing import Any
 
 from django.urls import path
 
-from calls.consumers import EventStreamSSEConsumer, EventStreamWebsocketConsumer
+from calls.consumers import EventStreamSSEConsumer, EventStreamWebsocketConsumer, SignallingConsumer
 
 http_urlpatterns: list[Any] = [
     path("v1/events/stream", EventStreamSSEConsumer.as_asgi()),
 ]
 websocket_urlpatterns: list[Any] = [
     path("ws/events/", EventStreamWebsocketConsumer.as_asgi()),
+    path("ws/engine/", SignallingConsumer.as_asgi()),
 ]

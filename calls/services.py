@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -22,7 +23,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from calls import events
-from calls.models import Call, CallEvent, CallStatus, EndReason, Message
+from calls.models import Call, CallEvent, CallStatus, Direction, EndReason, Message, Transport
+from personas.models import SessionToken
+from personas.services import session_token_consume
+from personas.tokens import SESSION_AUDIENCE, TokenError, token_decode
 
 logger = logging.getLogger(__name__)
 
@@ -207,3 +211,106 @@ def call_end(*, call: Call, reason: str) -> Call:
             ),
         )
     return locked
+
+
+# --- Browser sessions -------------------------------------------------------------------
+
+# A start that failed on the client's side (timeout, lost answer) is retried by the Anam SDK
+# with the same single-use token; within this window the retry gets the same session back.
+SESSION_START_RETRY_WINDOW = timedelta(seconds=60)
+
+
+class SessionStartRefused(Exception):
+    """The token cannot start a session; `status` is the HTTP status, `error` a short code."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+def engine_session_start(*, token: str, client_metadata: dict[str, Any] | None = None) -> Call:
+    """Consume a session token and create its Call (transport webrtc, status connecting).
+
+    A retry with the same token inside SESSION_START_RETRY_WINDOW, while the call has not
+    connected yet, returns the same call instead of refusing the replay.
+    """
+    try:
+        record = session_token_consume(token=token)
+    except TokenError as error:
+        if "already been used" in str(error):
+            retry = _engine_session_retry(token=token)
+            if retry is not None:
+                return retry
+        raise SessionStartRefused(401, "invalid_token", f"session token: {error}") from None
+    with transaction.atomic():
+        call = Call.objects.create(
+            organization=record.organization,
+            persona=record.persona,
+            session_token=record,
+            transport=Transport.WEBRTC,
+            direction=Direction.INBOUND,
+            from_address=(record.client_label or "browser")[:200],
+            to_address=record.persona.slug,
+            metadata={
+                "client": client_metadata or {},
+                "tokenType": record.kind,
+                **(
+                    {"personaConfig": record.persona_config}
+                    if record.kind == SessionToken.Kind.EPHEMERAL
+                    else {}
+                ),
+                **({"sessionOptions": record.session_options} if record.session_options else {}),
+            },
+        )
+    return Call.objects.select_related("persona", "organization", "session_token").get(pk=call.pk)
+
+
+def _engine_session_retry(*, token: str) -> Call | None:
+    try:
+        claims = token_decode(token, audience=SESSION_AUDIENCE)
+    except TokenError:
+        return None
+    return (
+        Call.objects.select_related("persona", "organization", "session_token")
+        .filter(
+            session_token__jti=str(claims.get("jti")),
+            status=CallStatus.CONNECTING,
+            session_token__used_at__gte=timezone.now() - SESSION_START_RETRY_WINDOW,
+        )
+        .first()
+    )
+
+
+def message_record(
+    *,
+    call: Call,
+    message_id: str,
+    role: str,
+    text: str,
+    spoken_text: str | None = None,
+    interrupted: bool = False,
+    started_at: Any = None,
+    ended_at: Any = None,
+) -> Message:
+    """Store (or complete) one transcript line; an interrupted persona line keeps what was spoken."""
+    message, created = Message.objects.get_or_create(
+        call=call,
+        message_id=message_id,
+        defaults={
+            "role": role,
+            "text": text,
+            "spoken_text": text if spoken_text is None else spoken_text,
+            "interrupted": interrupted,
+            "started_at": started_at or timezone.now(),
+            "ended_at": ended_at,
+        },
+    )
+    if not created:
+        message.text = text or message.text
+        message.spoken_text = message.text if spoken_text is None else spoken_text
+        message.interrupted = interrupted
+        message.ended_at = ended_at or message.ended_at
+        message.save(update_fields=["text", "spoken_text", "interrupted", "ended_at"])
+    return message

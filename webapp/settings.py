@@ -261,6 +261,44 @@ PARLEY_STREAM_POLL_SECONDS = env_float("PARLEY_STREAM_POLL_SECONDS", 5.0)
 # Organizations' live-session limit when their own is not set.
 PARLEY_DEFAULT_MAX_CONCURRENT_SESSIONS = env_int("PARLEY_DEFAULT_MAX_CONCURRENT_SESSIONS", 10)
 
+# --- Browser sessions (WebRTC) ------------------------------------------------------
+
+
+def _ice_servers() -> list[dict[str, object]]:
+    import json
+
+    raw = os.environ.get("PARLEY_ICE_SERVERS", "").strip()
+    if not raw:
+        return []
+    try:
+        servers = json.loads(raw)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"PARLEY_ICE_SERVERS must be a JSON list: {error}") from error
+    if not isinstance(servers, list) or not all(isinstance(s, dict) and "urls" in s for s in servers):
+        raise ImproperlyConfigured('PARLEY_ICE_SERVERS must be a JSON list of {"urls": ...} objects')
+    return servers
+
+
+# STUN/TURN servers for browsers and for aiortc. Empty is right on a LAN or loopback; never
+# aiortc's hidden default (a public STUN server that an offline machine waits on).
+PARLEY_ICE_SERVERS = _ice_servers()
+# The host[:port] and scheme browsers use to reach the signalling websocket and /talk; by
+# default the Host and scheme of the session-start request.
+PARLEY_ENGINE_HOST = os.environ.get("PARLEY_ENGINE_HOST", "").strip()
+PARLEY_ENGINE_PROTOCOL = os.environ.get("PARLEY_ENGINE_PROTOCOL", "").strip()
+PARLEY_HEARTBEAT_SECONDS = env_int("PARLEY_HEARTBEAT_SECONDS", 5)
+PARLEY_WS_RECONNECT_ATTEMPTS = env_int("PARLEY_WS_RECONNECT_ATTEMPTS", 5)
+# A session whose socket is gone and whose media has stopped for this long is ended.
+PARLEY_SESSION_STALE_SECONDS = env_float("PARLEY_SESSION_STALE_SECONDS", 20.0)
+# How long a closed signalling socket may take to come back before the call ends (the SDK
+# retries within ~1.5 s).
+PARLEY_SIGNALLING_GRACE_SECONDS = env_float("PARLEY_SIGNALLING_GRACE_SECONDS", 4.0)
+# Remote ICE candidates on loopback/private/link-local addresses are refused in production
+# (they let a browser aim the server's media at internal hosts); development allows them.
+PARLEY_ALLOW_PRIVATE_ICE = env_bool("PARLEY_ALLOW_PRIVATE_ICE", DEBUG)
+# Gather only 127.0.0.1 (tests and single-machine demos: aioice skips loopback otherwise).
+PARLEY_ICE_LOOPBACK_ONLY = env_bool("PARLEY_ICE_LOOPBACK_ONLY", False)
+
 # Demo data (python manage.py seed_demo).
 PARLEY_DEMO_API_KEY = os.environ.get("PARLEY_DEMO_API_KEY", "")
 

@@ -12,6 +12,8 @@ from webapp.settings import DATABASES, PARLEY_DATA_DIR
 ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1", "[::1]"]
 PARLEY_ALLOW_LOCALHOST_ORIGINS = True
 CORS_ALLOWED_ORIGIN_REGEXES = [r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$"]
+PARLEY_ALLOW_PRIVATE_ICE = True
+PARLEY_ICE_LOOPBACK_ONLY = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False

@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from calls import engine_api
 from webapp import views
 
 urlpatterns = [
@@ -18,6 +19,7 @@ urlpatterns = [
     path("v1/", include("personas.urls")),
     path("v1/", include("calls.urls")),
     path("v1/<path:rest>", views.api_not_found),
+    path("talk", engine_api.TalkView.as_view(), name="talk"),
 ]
 
 handler400 = "webapp.errors.json_bad_request"

@@ -1,0 +1,129 @@
+"""The browser-facing engine endpoints of the Anam protocol: session start, talk, client metrics.
+
+Errors here are shaped for the Anam SDK, which reads `message` (and `error` for 429s) and
+must get JSON with CORS headers even on failure; `detail` is kept for Parley's own clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from calls import services
+from calls.live import live_session_get
+from personas.serializers import StrictSerializer
+
+logger = logging.getLogger(__name__)
+
+# What `/talk` accepts in one request: a few paragraphs, not a book.
+MAX_TALK_CHARACTERS = 5000
+
+
+def engine_error(status_code: int, error: str, message: str) -> Response:
+    return Response({"error": error, "message": message, "detail": message}, status=status_code)
+
+
+class SessionStartSerializer(StrictSerializer):
+    personaConfig = serializers.DictField(required=False)
+    sessionOptions = serializers.DictField(required=False)
+    clientMetadata = serializers.DictField(required=False)
+
+
+def _engine_location(request: Request) -> tuple[str, str]:
+    host = settings.PARLEY_ENGINE_HOST or request.get_host()
+    protocol = settings.PARLEY_ENGINE_PROTOCOL or ("https" if request.is_secure() else "http")
+    return host, protocol
+
+
+class EngineSessionView(APIView):
+    """`POST /v1/engine/session`: consume a session token, create the call, say where to connect."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    def post(self, request: Request) -> Response:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return engine_error(401, "missing_token", "send 'Authorization: Bearer <session token>'")
+        body = SessionStartSerializer(data=request.data)
+        if not body.is_valid():
+            field, messages = next(iter(body.errors.items()))
+            return engine_error(400, "invalid_body", f"{field}: {messages[0]}")
+        if body.validated_data.get("personaConfig"):
+            return engine_error(
+                400,
+                "invalid_body",
+                "personaConfig: the session token already fixes the persona; mint a new token to change it",
+            )
+        try:
+            call = services.engine_session_start(
+                token=token.strip(), client_metadata=body.validated_data.get("clientMetadata")
+            )
+        except services.SessionStartRefused as refusal:
+            return engine_error(refusal.status, refusal.error, refusal.message)
+        host, protocol = _engine_location(request)
+        return Response(
+            {
+                "sessionId": call.id,
+                "engineHost": host,
+                "engineProtocol": protocol,
+                "signallingEndpoint": "/ws/engine/",
+                "clientConfig": {
+                    "heartbeatIntervalSeconds": settings.PARLEY_HEARTBEAT_SECONDS,
+                    "maxWsReconnectionAttempts": settings.PARLEY_WS_RECONNECT_ATTEMPTS,
+                    "iceServers": settings.PARLEY_ICE_SERVERS,
+                },
+            },
+            status=status.HTTP_200_OK,
+        )
+
+
+class TalkSerializer(StrictSerializer):
+    content = serializers.CharField(max_length=MAX_TALK_CHARACTERS, allow_blank=False, trim_whitespace=True)
+
+
+class TalkView(APIView):
+    """`POST /talk?session_id=…`: the persona says this text verbatim (the session id authorises)."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    async def _say(self, session_id: str, content: str) -> bool:
+        live = live_session_get(session_id)
+        if live is None:
+            return False
+        await live.say(content)
+        return True
+
+    def post(self, request: Request) -> Response:
+        from asgiref.sync import async_to_sync
+
+        session_id = request.query_params.get("session_id", "")
+        if not session_id:
+            return engine_error(400, "invalid_request", "session_id: required in the query string")
+        body = TalkSerializer(data=request.data)
+        if not body.is_valid():
+            field, messages = next(iter(body.errors.items()))
+            return engine_error(400, "invalid_body", f"{field}: {messages[0]}")
+        if not async_to_sync(self._say)(session_id, body.validated_data["content"]):
+            return engine_error(404, "no_session", f"no live session {session_id!r} on this server")
+        return Response({"status": "queued"}, status=status.HTTP_200_OK)
+
+
+class ClientMetricsView(APIView):
+    """`POST /v1/metrics/client`: the Anam SDK's telemetry. Accepted and dropped (nothing leaves)."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+    throttle_classes: list[Any] = []
+
+    def post(self, request: Request) -> Response:
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,525 @@
+"""Live browser sessions: one per call, owning its peer connection, data channel and conversation.
+
+A `LiveSession` outlives any one signalling socket (the Anam SDK reconnects its websocket
+within a session) and ends when the call ends: the client goes away for longer than the
+grace period, media and heartbeats stop, a limit is hit, or the server shuts it down. It is
+the bridge between the pipeline (plain asyncio, no ORM) and the database: what happens in
+the conversation becomes events and transcript rows through `calls.services`, run off the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcdatachannel import RTCDataChannel
+from aiortc.sdp import candidate_from_sdp
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from calls import events, services
+from calls.models import Call, EndReason
+from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
+from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
+
+logger = logging.getLogger(__name__)
+
+# Data channel and signalling frames bigger than this are refused (typed text is short).
+MAX_CLIENT_FRAME_BYTES = 64 * 1024
+# How often the watchdog looks at a session's liveness, in seconds.
+WATCHDOG_INTERVAL_SECONDS = 1.0
+
+SendSignal = Callable[[str, Any], Awaitable[None]]
+
+_LIVE: dict[str, LiveSession] = {}
+
+
+def live_session_get(session_id: str) -> LiveSession | None:
+    return _LIVE.get(session_id)
+
+
+def live_sessions() -> list[LiveSession]:
+    return list(_LIVE.values())
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def candidate_address_allowed(address: str) -> bool:
+    """Refuse remote candidates aimed at this host's private side, unless configured otherwise."""
+    if settings.PARLEY_ALLOW_PRIVATE_ICE:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        # mDNS names (x.local) cannot be resolved here anyway; anything else is refused.
+        return False
+    return not (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+class LiveSession(ConversationListener):
+    """One call's real-time side. Created by the first signalling socket of its session."""
+
+    def __init__(self, *, call: Call, config: ConversationConfig) -> None:
+        self.call = call
+        self.session_id = call.id
+        self.config = config
+        self.audio_track = PacedAudioTrack()
+        self.microphone = MicrophoneDrain()
+        self.peer: RTCPeerConnection | None = None
+        self.channel: RTCDataChannel | None = None
+        self.conversation: Conversation | None = None
+        self._send_signal: SendSignal | None = None
+        self._socket_lost_at: float | None = time.monotonic()
+        self._last_heartbeat = time.monotonic()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ended = asyncio.Event()
+        self._connected = False
+        self._started_at = time.monotonic()
+        self._video_track: Any = None
+        _LIVE[self.session_id] = self
+        self._spawn(self._watchdog(), "watchdog")
+
+    # --- signalling socket ---------------------------------------------------------------
+
+    def attach(self, send_signal: SendSignal) -> None:
+        """A signalling socket (first, or a reconnect) now speaks for this session."""
+        self._send_signal = send_signal
+        self._socket_lost_at = None
+        self._last_heartbeat = time.monotonic()
+
+    def detach(self, send_signal: SendSignal) -> None:
+        if self._send_signal is send_signal:
+            self._send_signal = None
+            self._socket_lost_at = time.monotonic()
+
+    async def signal(self, action_type: str, payload: Any) -> None:
+        if self._send_signal is not None:
+            try:
+                await self._send_signal(action_type, payload)
+            except Exception:  # the socket went away mid-send; the client will reconnect
+                logger.info("signalling send of %s failed for %s", action_type, self.session_id)
+
+    async def on_signal(self, action_type: str, payload: Any) -> None:
+        """One frame from the client (already parsed and shape-checked by the consumer)."""
+        self._last_heartbeat = time.monotonic()
+        if action_type == "offer":
+            await self._on_offer(payload)
+        elif action_type == "icecandidate":
+            await self._on_remote_candidate(payload)
+        elif action_type == "heartbeat":
+            return
+        elif action_type == "talkstream":
+            await self._on_talk_stream(payload)
+        elif action_type in {"agentaudioinput", "agentaudioinputend"}:
+            await self.signal("warning", f"{action_type} is not supported by this server")
+        else:
+            await self.signal("warning", f"unknown actionType {action_type!r}")
+
+    # --- WebRTC --------------------------------------------------------------------------
+
+    def _ice_configuration(self) -> RTCConfiguration:
+        servers = [
+            RTCIceServer(
+                urls=server["urls"], username=server.get("username"), credential=server.get("credential")
+            )
+            for server in settings.PARLEY_ICE_SERVERS
+        ]
+        return RTCConfiguration(iceServers=servers)
+
+    async def _on_offer(self, payload: dict[str, Any]) -> None:
+        description = payload["connectionDescription"]
+        if self.peer is not None:
+            # An ICE-restart re-offer: aiortc cannot restart ICE; say so instead of failing.
+            await self.signal("warning", "ICE restart is not supported; the session continues as it is")
+            return
+        from calls.pipeline.avatar.track import AvatarVideoTrack  # heavy drawing setup, once
+
+        self.peer = peer = RTCPeerConnection(self._ice_configuration())
+
+        @peer.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if channel.label != "session":
+                return
+            self.channel = channel
+
+            @channel.on("message")
+            def on_message(message: str | bytes) -> None:
+                self._spawn(self._on_data_message(message), "data-message")
+
+        @peer.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "audio":
+                self.microphone.track = track
+            else:  # nothing to do with a video upstream; drain it so it does not pile up
+                self._spawn(_drain(track), "drain-video")
+
+        @peer.on("connectionstatechange")
+        async def on_state() -> None:
+            state = peer.connectionState
+            logger.info("session %s: peer %s", self.session_id, state)
+            if state == "connected" and not self._connected:
+                self._connected = True
+                await self._on_connected()
+            elif state in {"failed", "closed"}:
+                await self.end(reason=EndReason.HANGUP if state == "closed" else EndReason.FAILED)
+
+        self._video_track = AvatarVideoTrack(look=self.config.avatar_look, audio=self.audio_track)
+        # Voice and face in one MediaStream (aiortc gives every track of a PC one stream id), so
+        # the SDK's streamToVideoElement plays both.
+        peer.addTrack(self._video_track)
+        peer.addTrack(self.audio_track)
+        await peer.setRemoteDescription(
+            RTCSessionDescription(sdp=description["sdp"], type=description["type"])
+        )
+        answer = await peer.createAnswer()
+        await peer.setLocalDescription(answer)  # aiortc gathers here; its candidates are in the SDP
+        await self.signal("answer", {"type": "answer", "sdp": peer.localDescription.sdp})
+        self.conversation = Conversation(
+            config=self.config, track=self.audio_track, microphone=self.microphone, listener=self
+        )
+        await self.conversation.start()
+
+    async def _on_remote_candidate(self, payload: dict[str, Any]) -> None:
+        if self.peer is None:
+            return
+        text = payload.get("candidate") or ""
+        if not text:
+            return  # end-of-candidates
+        try:
+            candidate = candidate_from_sdp(text.removeprefix("candidate:"))
+        except (ValueError, IndexError):
+            await self.signal("warning", "icecandidate: not a valid candidate line")
+            return
+        if not candidate_address_allowed(candidate.ip):
+            logger.info("session %s: refused a remote candidate on a private address", self.session_id)
+            return
+        candidate.sdpMid = payload.get("sdpMid")
+        candidate.sdpMLineIndex = payload.get("sdpMLineIndex")
+        try:
+            await self.peer.addIceCandidate(candidate)
+        except Exception as error:  # a candidate for an unknown m-line is the client's mistake
+            await self.signal("warning", f"icecandidate: {error}")
+
+    async def _on_connected(self) -> None:
+        self.call = await database_sync_to_async(services.call_start)(call=self.call)
+        await self.signal("sessionready", self.session_id)
+        if self.conversation is not None:
+            self.conversation.peer_ready()
+            if not self.config.skip_greeting and self.config.greeting:
+                await self.conversation.say(self.config.greeting)
+
+    # --- data channel ----------------------------------------------------------------------
+
+    def send_data(self, message_type: str, data: dict[str, Any]) -> None:
+        channel = self.channel
+        if channel is not None and channel.readyState == "open":
+            channel.send(json.dumps({"messageType": message_type, "data": data}))
+
+    async def _on_data_message(self, raw: str | bytes) -> None:
+        if isinstance(raw, bytes) or len(raw) > MAX_CLIENT_FRAME_BYTES:
+            return
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(message, dict) or self.conversation is None:
+            return
+        kind = message.get("message_type")
+        content = message.get("content")
+        if kind == "speech" and isinstance(content, str) and content.strip():
+            await self.user_typed(content.strip())
+        elif kind == "interrupt":
+            await self.conversation.interrupt()
+        elif kind == "context" and isinstance(content, str) and content.strip():
+            await self.conversation.add_context(content.strip())
+        elif kind == "tool_result":
+            await self.conversation.tool_result(
+                tool_call_id=str(message.get("tool_call_id") or ""),
+                result=message.get("result"),
+                error=message.get("error"),
+            )
+        # remote_rtp_stats, director_note_cue and anything unknown are ignored on purpose.
+
+    async def user_typed(self, text: str) -> None:
+        """Typed text is treated as if said: user.message, a transcript row, then a reply."""
+        assert self.conversation is not None
+        message_id = services.new_message_id()
+        await self.publish(events.UserMessage(text=text, message_id=message_id))
+        await database_sync_to_async(services.message_record)(
+            call=self.call, message_id=message_id, role="user", text=text
+        )
+        self.send_data(
+            "speechText",
+            {
+                "message_id": message_id,
+                "content_index": 0,
+                "content": text,
+                "role": "user",
+                "end_of_speech": True,
+                "interrupted": False,
+            },
+        )
+        await self.conversation.user_text(text)
+
+    async def say(self, text: str) -> None:
+        if self.conversation is not None:
+            await self.conversation.say(text)
+
+    async def _on_talk_stream(self, payload: dict[str, Any]) -> None:
+        if self.conversation is None:
+            return
+        await self.conversation.talk_stream_chunk(
+            content=str(payload.get("content") or ""),
+            end_of_speech=bool(payload.get("endOfSpeech")),
+            correlation_id=str(payload.get("correlationId") or ""),
+        )
+
+    # --- conversation listener (pipeline → events, transcript, data channel) ----------------
+
+    async def publish(self, event: events.Event) -> None:
+        try:
+            await services.acall_event_publish(call=self.call, event=event)
+        except Exception:  # the conversation goes on even if one event cannot be stored
+            logger.exception("session %s: could not publish %s", self.session_id, event.name)
+
+    async def on_bot_speaking(self, *, message_id: str, text: str) -> None:
+        await self.publish(events.BotSpeaking(message_id=message_id, text=text))
+
+    async def on_bot_word(
+        self, *, message_id: str, word: str, index: int, correlation_id: str | None
+    ) -> None:
+        await self.publish(events.BotWord(message_id=message_id, word=word))
+        chunk: dict[str, Any] = {
+            "message_id": message_id,
+            "content_index": index,
+            "content": word if index == 0 else f" {word}",
+            "role": "persona",
+            "end_of_speech": False,
+            "interrupted": False,
+        }
+        if correlation_id:
+            chunk["correlationId"] = correlation_id
+        self.send_data("speechText", chunk)
+
+    async def on_bot_finished(
+        self, *, message_id: str, text: str, spoken: str, index: int, correlation_id: str | None
+    ) -> None:
+        self.send_data(
+            "speechText",
+            {
+                "message_id": message_id,
+                "content_index": index,
+                "content": "",
+                "role": "persona",
+                "end_of_speech": True,
+                "interrupted": False,
+                **({"correlationId": correlation_id} if correlation_id else {}),
+            },
+        )
+        await self.publish(events.BotFinished(message_id=message_id))
+        await database_sync_to_async(services.message_record)(
+            call=self.call, message_id=message_id, role="persona", text=text or spoken, spoken_text=spoken
+        )
+
+    async def on_bot_interrupted(
+        self,
+        *,
+        message_id: str,
+        text: str,
+        spoken: str,
+        index: int,
+        played_ms: int,
+        correlation_id: str | None,
+    ) -> None:
+        words = spoken.split()
+        self.send_data(
+            "speechText",
+            {
+                "message_id": message_id,
+                "content_index": index,
+                "content": "",
+                "role": "persona",
+                "end_of_speech": True,
+                "interrupted": True,
+                **({"correlationId": correlation_id} if correlation_id else {}),
+            },
+        )
+        if correlation_id:
+            await self.signal("talkinputstreaminterrupted", {"correlationId": correlation_id})
+        await self.publish(
+            events.BotInterrupted(
+                message_id=message_id,
+                played_ms=played_ms,
+                words_spoken=len(words),
+                last_word=words[-1] if words else None,
+            )
+        )
+        await database_sync_to_async(services.message_record)(
+            call=self.call,
+            message_id=message_id,
+            role="persona",
+            text=text or spoken,
+            spoken_text=spoken,
+            interrupted=True,
+        )
+
+    async def on_tool_call(self, *, message_id: str, calls: list[dict[str, str]]) -> None:
+        await self.publish(
+            events.LlmToolCall(
+                msg_id=message_id,
+                tool_calls=[
+                    events.ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in calls
+                ],
+            )
+        )
+
+    # --- ending -----------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        while not self._ended.is_set():
+            await asyncio.sleep(WATCHDOG_INTERVAL_SECONDS)
+            now = time.monotonic()
+            elapsed = now - self._started_at
+            if elapsed > self.config.max_duration_seconds:
+                await self.publish(events.SessionTimeout(reason="max_duration"))
+                await self.end(
+                    reason=EndReason.MAX_DURATION, message="the session reached its maximum duration"
+                )
+                return
+            if self._socket_lost_at is not None:
+                media_at = self.microphone.last_frame_at
+                media_stale = media_at is None or now - media_at > settings.PARLEY_SESSION_STALE_SECONDS
+                lost_for = now - self._socket_lost_at
+                if lost_for > settings.PARLEY_SIGNALLING_GRACE_SECONDS and (
+                    not self._connected or media_stale or lost_for > settings.PARLEY_SESSION_STALE_SECONDS
+                ):
+                    await self.end(reason=EndReason.HANGUP)
+                    return
+            elif now - self._last_heartbeat > settings.PARLEY_SESSION_STALE_SECONDS:
+                await self.end(reason=EndReason.TIMEOUT, message="no heartbeat from the client")
+                return
+
+    async def end(self, *, reason: str, message: str = "") -> None:
+        """End the call once: tell the client, stop the pipeline, close media, publish call.ended."""
+        if self._ended.is_set():
+            return
+        self._ended.set()
+        _LIVE.pop(self.session_id, None)
+        await self.signal("endsession", message or reason)
+        if self.conversation is not None:
+            await self.conversation.stop()
+        if self._video_track is not None:
+            self._video_track.stop()
+        self.audio_track.stop()
+        if self.peer is not None:
+            await self.peer.close()
+        try:
+            self.call = await database_sync_to_async(services.call_end)(call=self.call, reason=reason)
+        except Exception:
+            logger.exception("session %s: could not record its end", self.session_id)
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        self._tasks.clear()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    def _spawn(self, coroutine: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coroutine)
+        task.set_name(f"{self.session_id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _drain(track: Any) -> None:
+    from aiortc.mediastreams import MediaStreamError
+
+    while True:
+        try:
+            await track.recv()
+        except MediaStreamError:
+            return
+
+
+def _build_config(call: Call) -> ConversationConfig:
+    """The persona as plain values, with an ephemeral token's inline overrides applied."""
+    persona = call.persona
+    overrides: dict[str, Any] = {}
+    token = call.session_token
+    if token is not None and token.kind == "ephemeral":
+        overrides = token.persona_config or {}
+    detection = overrides.get("voiceDetectionOptions") or {}
+    llm_id = overrides.get("llmId")
+    return ConversationConfig(
+        agent=persona.slug,
+        name=overrides.get("name") or persona.name,
+        greeting=persona.greeting,
+        system_prompt=overrides.get("systemPrompt", persona.system_prompt),
+        language=overrides.get("languageCode") or persona.language_code,
+        voice=overrides.get("voiceId") or persona.voice,
+        tts_provider=persona.tts_provider,
+        brain_provider="builtin" if llm_id == "builtin" else persona.brain_provider,
+        llm_base_url=persona.llm_base_url,
+        llm_model=llm_id if llm_id and llm_id != "builtin" else persona.llm_model,
+        llm_api_key=persona.llm_api_key,
+        llm_temperature=persona.llm_temperature,
+        knowledge=tuple((entry.question, entry.answer) for entry in persona.knowledge.all()),
+        avatar_look=dict(persona.avatar_look or {}),
+        skip_greeting=bool(overrides.get("skipGreeting", persona.skip_greeting)),
+        max_duration_seconds=float(overrides.get("maxSessionLengthSeconds") or persona.max_duration_seconds),
+        idle_timeout_seconds=float(
+            detection.get("silenceBeforeSessionEndSeconds") or persona.idle_timeout_seconds
+        ),
+        idle_warning_seconds=float(persona.idle_warning_seconds),
+    )
+
+
+async def live_session_open(*, session_id: str) -> LiveSession | None:
+    """The live session for a signalling socket: the existing one, or a new one for a new call."""
+    existing = _LIVE.get(session_id)
+    if existing is not None and not existing.ended:
+        return existing
+    call = await database_sync_to_async(_connectable_call)(session_id)
+    if call is None:
+        return None
+    config = await database_sync_to_async(_build_config)(call)
+    return LiveSession(call=call, config=config)
+
+
+def _connectable_call(session_id: str) -> Call | None:
+    from calls.models import CallStatus
+
+    return (
+        Call.objects.select_related("persona", "organization", "session_token")
+        .prefetch_related("persona__knowledge")
+        .filter(pk=session_id, status=CallStatus.CONNECTING)
+        .first()
+    )
+
+
+async def live_sessions_shutdown() -> None:
+    for live in live_sessions():
+        await live.end(reason=EndReason.FAILED, message="the server is shutting down")
+
+
+__all__ = ["LiveSession", "_now_iso", "candidate_address_allowed", "live_session_get", "live_session_open"]

@@ -1,0 +1,332 @@
+"""One call's conversation on pipecat: brain → speech synthesis → paced voice, with word tracking.
+
+The pipeline is `input → user context → [response text] → brain → speech → output →
+[playback tracker] → assistant context`. The two bracketed processors are Parley's: the
+first notes what the persona is about to say, the second sees each word *as it is played*
+(pipecat's output transport releases word frames on the audio clock) and tells the listener,
+which turns that into `bot.*` events, data-channel captions and transcript rows. No ORM here:
+configuration comes in as a plain dataclass, results leave through `ConversationListener`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    EndFrame,
+    Frame,
+    InterruptionFrame,
+    LLMFullResponseStartFrame,
+    LLMMessagesAppendFrame,
+    LLMTextFrame,
+    TTSSpeakFrame,
+    TTSTextFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from calls.pipeline.transport import (
+    INPUT_SAMPLE_RATE,
+    OUTPUT_SAMPLE_RATE,
+    MicrophoneDrain,
+    PacedAudioTrack,
+    ParleyTransport,
+    transport_params,
+)
+
+logger = logging.getLogger(__name__)
+
+# How long stopping a pipeline may take before it is cancelled, in seconds.
+STOP_TIMEOUT_SECONDS = 3.0
+# Talk-stream text is spoken a sentence at a time; this ends a sentence.
+_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s+")
+
+
+@dataclass(frozen=True)
+class ConversationConfig:
+    """Everything a conversation needs to know about its persona, as plain values."""
+
+    agent: str
+    name: str
+    greeting: str = ""
+    system_prompt: str = ""
+    language: str = "en-US"
+    voice: str = "en-us+f3"
+    tts_provider: str = "espeak"
+    brain_provider: str = "builtin"
+    llm_base_url: str = ""
+    llm_model: str = ""
+    llm_api_key: str = ""
+    llm_temperature: float = 0.7
+    knowledge: tuple[tuple[str, str], ...] = ()
+    avatar_look: dict[str, Any] = field(default_factory=dict)
+    skip_greeting: bool = False
+    max_duration_seconds: float = 600.0
+    idle_timeout_seconds: float = 60.0
+    idle_warning_seconds: float = 15.0
+
+
+class ConversationListener:
+    """What a conversation reports; the live session implements it."""
+
+    async def on_bot_speaking(self, *, message_id: str, text: str) -> None: ...
+
+    async def on_bot_word(
+        self, *, message_id: str, word: str, index: int, correlation_id: str | None
+    ) -> None: ...
+
+    async def on_bot_finished(
+        self, *, message_id: str, text: str, spoken: str, index: int, correlation_id: str | None
+    ) -> None: ...
+
+    async def on_bot_interrupted(
+        self,
+        *,
+        message_id: str,
+        text: str,
+        spoken: str,
+        index: int,
+        played_ms: int,
+        correlation_id: str | None,
+    ) -> None: ...
+
+    async def on_tool_call(self, *, message_id: str, calls: list[dict[str, str]]) -> None: ...
+
+
+class _SpeechPlan:
+    """What the persona means to say (filled before synthesis) and what it has said so far."""
+
+    def __init__(self) -> None:
+        self.planned: list[str] = []
+        self.correlation_id: str | None = None
+        self.message_id: str | None = None
+        self.spoken: list[str] = []
+        self.start_samples = 0
+
+    @property
+    def planned_text(self) -> str:
+        return "".join(self.planned).strip()
+
+
+class ResponseTextCollector(FrameProcessor):
+    """Before synthesis: remembers the text of the reply (LLM output or verbatim speech)."""
+
+    def __init__(self, plan: _SpeechPlan) -> None:
+        super().__init__(name="ResponseTextCollector")
+        self._plan = plan
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMTextFrame):
+            self._plan.planned.append(frame.text)
+        elif isinstance(frame, TTSSpeakFrame):
+            self._plan.planned.append((" " if self._plan.planned else "") + frame.text)
+        elif isinstance(frame, LLMFullResponseStartFrame) and self._plan.message_id is None:
+            self._plan.planned.clear()
+        await self.push_frame(frame, direction)
+
+
+class PlaybackTracker(FrameProcessor):
+    """After the output: turns played words and speaking state into listener calls."""
+
+    def __init__(self, plan: _SpeechPlan, track: PacedAudioTrack, listener: ConversationListener) -> None:
+        super().__init__(name="PlaybackTracker")
+        self._plan = plan
+        self._track = track
+        self._listener = listener
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        plan = self._plan
+        if isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
+            if plan.message_id is None:
+                plan.message_id = "msg_" + secrets.token_hex(12)
+                plan.spoken = []
+                plan.start_samples = self._track.samples_played
+                await self._listener.on_bot_speaking(message_id=plan.message_id, text=plan.planned_text)
+        elif isinstance(frame, TTSTextFrame) and direction == FrameDirection.DOWNSTREAM:
+            if plan.message_id is not None:
+                for word in frame.text.split():
+                    await self._listener.on_bot_word(
+                        message_id=plan.message_id,
+                        word=word,
+                        index=len(plan.spoken),
+                        correlation_id=plan.correlation_id,
+                    )
+                    plan.spoken.append(word)
+        elif isinstance(frame, BotStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
+            if plan.message_id is not None:
+                message_id, spoken = plan.message_id, " ".join(plan.spoken)
+                text, correlation_id = plan.planned_text, plan.correlation_id
+                self._reset()
+                await self._listener.on_bot_finished(
+                    message_id=message_id,
+                    text=text,
+                    spoken=spoken,
+                    index=len(spoken.split()),
+                    correlation_id=correlation_id,
+                )
+        elif isinstance(frame, InterruptionFrame):
+            if plan.message_id is not None:
+                message_id, spoken = plan.message_id, " ".join(plan.spoken)
+                text, correlation_id = plan.planned_text, plan.correlation_id
+                played_ms = int((self._track.samples_played - plan.start_samples) * 1000 / OUTPUT_SAMPLE_RATE)
+                self._reset()
+                await self._listener.on_bot_interrupted(
+                    message_id=message_id,
+                    text=text,
+                    spoken=spoken,
+                    index=len(spoken.split()),
+                    played_ms=played_ms,
+                    correlation_id=correlation_id,
+                )
+            else:
+                self._plan.planned.clear()
+        await self.push_frame(frame, direction)
+
+    def _reset(self) -> None:
+        self._plan.message_id = None
+        self._plan.planned.clear()
+        self._plan.spoken = []
+        self._plan.correlation_id = None
+
+
+class Conversation:
+    """Builds and runs one call's pipeline; the live session drives it."""
+
+    def __init__(
+        self,
+        *,
+        config: ConversationConfig,
+        track: PacedAudioTrack,
+        microphone: MicrophoneDrain,
+        listener: ConversationListener,
+    ) -> None:
+        self.config = config
+        self.track = track
+        self.listener = listener
+        self._plan = _SpeechPlan()
+        self.transport = ParleyTransport(params=transport_params(), track=track, microphone=microphone)
+        self._worker: PipelineWorker | None = None
+        self._runner_task: asyncio.Task[None] | None = None
+        self._talk_stream_buffer = ""
+        self._pending_tool_results: dict[str, asyncio.Future[Any]] = {}
+        self.context: Any = None
+
+    def _build(self) -> PipelineWorker:
+        from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+
+        from calls.pipeline.brain import build_context, build_llm_service
+        from calls.pipeline.speech.tts import build_tts_service
+
+        self.context = build_context(self.config)
+        aggregators = LLMContextAggregatorPair(self.context)
+        llm = build_llm_service(self.config)
+        tts = build_tts_service(self.config)
+        pipeline = Pipeline(
+            [
+                self.transport.input(),
+                aggregators.user(),
+                llm,
+                ResponseTextCollector(self._plan),
+                tts,
+                self.transport.output(),
+                PlaybackTracker(self._plan, self.track, self.listener),
+                aggregators.assistant(),
+            ]
+        )
+        return PipelineWorker(
+            pipeline,
+            params=PipelineParams(
+                audio_in_sample_rate=INPUT_SAMPLE_RATE,
+                audio_out_sample_rate=OUTPUT_SAMPLE_RATE,
+                enable_metrics=False,
+            ),
+            enable_rtvi=False,
+            idle_timeout_secs=None,
+            conversation_id=self.config.agent,
+        )
+
+    async def start(self) -> None:
+        from pipecat.workers.runner import WorkerRunner
+
+        self._worker = await asyncio.to_thread(self._build)  # loads models/clients off the loop
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(self._worker)
+        self._runner_task = asyncio.create_task(runner.run(), name=f"pipeline:{self.config.agent}")
+
+    def peer_ready(self) -> None:
+        self.transport.output().peer_ready.set()
+
+    async def _queue(self, frame: Frame) -> None:
+        if self._worker is not None:
+            await self._worker.queue_frame(frame)
+
+    async def say(self, text: str) -> None:
+        """Speak this text verbatim (greeting, /talk)."""
+        await self._queue(TTSSpeakFrame(text))
+
+    async def user_text(self, text: str) -> None:
+        """Typed user text: add it to the context and answer it."""
+        await self._queue(LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True))
+
+    async def add_context(self, text: str) -> None:
+        await self._queue(
+            LLMMessagesAppendFrame(messages=[{"role": "system", "content": text}], run_llm=False)
+        )
+
+    async def interrupt(self) -> None:
+        """Stop the voice now; what was played stays, the rest is dropped."""
+        self.track.flush()
+        await self._queue(InterruptionFrame())
+
+    async def talk_stream_chunk(self, *, content: str, end_of_speech: bool, correlation_id: str) -> None:
+        """Talk-stream text, spoken sentence by sentence as it streams in."""
+        if correlation_id:
+            self._plan.correlation_id = correlation_id
+        self._talk_stream_buffer += content
+        while True:
+            match = _SENTENCE_END.search(self._talk_stream_buffer)
+            if match is None:
+                break
+            sentence = self._talk_stream_buffer[: match.end()].strip()
+            self._talk_stream_buffer = self._talk_stream_buffer[match.end() :]
+            if sentence:
+                await self.say(sentence)
+        if end_of_speech and self._talk_stream_buffer.strip():
+            await self.say(self._talk_stream_buffer.strip())
+            self._talk_stream_buffer = ""
+
+    async def tool_result(self, *, tool_call_id: str, result: Any, error: Any) -> None:
+        pending = self._pending_tool_results.pop(tool_call_id, None)
+        if pending is not None and not pending.done():
+            pending.set_result({"error": str(error)} if error else result)
+
+    async def stop(self) -> None:
+        worker, task = self._worker, self._runner_task
+        self._worker = self._runner_task = None
+        for pending in self._pending_tool_results.values():
+            pending.cancel()
+        if worker is None or task is None:
+            return
+        try:
+            await worker.cancel(reason="session ended")
+        except Exception:
+            logger.exception("pipeline cancel failed")
+        try:
+            await asyncio.wait_for(task, STOP_TIMEOUT_SECONDS)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+        except Exception:
+            logger.exception("pipeline ended with an error")
+
+    async def end_gracefully(self) -> None:
+        await self._queue(EndFrame())

@@ -1,0 +1,236 @@
+"""A pipecat transport over a peer connection that Parley negotiated itself (Anam signalling).
+
+pipecat's SmallWebRTC transport insists on creating its own RTCPeerConnection and reads the
+data channel itself, so Parley brings its own (docs/pipecat-notes.md §1): the microphone
+track is read, resampled to 16 kHz and pushed into the pipeline; the pipeline's audio goes to
+a `PacedAudioTrack` that hands aiortc one 20 ms Opus-sized piece at a time, in real time, and
+tells whoever listens (the avatar, the word clock) what is being played now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from pipecat.frames.frames import CancelFrame, EndFrame, InputAudioRawFrame, StartFrame
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_output import BaseOutputTransport
+from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_SAMPLE_RATE = 48_000  # aiortc's Opus encoder works at 48 kHz
+INPUT_SAMPLE_RATE = 16_000  # Silero VAD and the recognisers take 16 kHz
+PIECE_SECONDS = 0.02  # one Opus frame
+PIECE_SAMPLES = int(OUTPUT_SAMPLE_RATE * PIECE_SECONDS)
+PIECE_BYTES = PIECE_SAMPLES * 2
+# If the sender fell this far behind the clock (a stalled loop), restart the clock instead of
+# bursting the backlog out.
+MAX_LAG_SECONDS = 0.2
+# How long to wait for the microphone track before checking again.
+MIC_WAIT_SECONDS = 0.05
+
+
+class PlaybackListener:
+    """Told about every 20 ms piece when it is handed to the encoder (lip sync, word timing)."""
+
+    def on_piece(self, *, pcm: bytes, started_at: float, speaking: bool) -> None:  # pragma: no cover
+        pass
+
+
+class PacedAudioTrack(MediaStreamTrack):
+    """The persona's voice: queued PCM played out in real time, silence in between."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pieces: deque[tuple[bytes, asyncio.Future[None] | None]] = deque()
+        self._sent_samples = 0
+        self._clock_start: float | None = None
+        self.listeners: list[PlaybackListener] = []
+        self.samples_played = 0  # voice samples (not silence) handed to the encoder
+
+    def play(self, pcm: bytes) -> asyncio.Future[None]:
+        """Queue 16-bit mono 48 kHz audio; the future resolves when its last piece is sent."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not pcm:
+            done.set_result(None)
+            return done
+        for offset in range(0, len(pcm), PIECE_BYTES):
+            piece = pcm[offset : offset + PIECE_BYTES]
+            if len(piece) < PIECE_BYTES:
+                piece = piece + bytes(PIECE_BYTES - len(piece))
+            last = offset + PIECE_BYTES >= len(pcm)
+            self._pieces.append((piece, done if last else None))
+        return done
+
+    def flush(self) -> None:
+        """Drop everything queued (barge-in); waiting writers are released."""
+        while self._pieces:
+            _, done = self._pieces.popleft()
+            if done is not None and not done.done():
+                done.set_result(None)
+
+    @property
+    def queued_seconds(self) -> float:
+        return len(self._pieces) * PIECE_SECONDS
+
+    def stop(self) -> None:
+        self.flush()
+        super().stop()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._clock_start is None:
+            self._clock_start = now
+        else:
+            due = self._clock_start + self._sent_samples / OUTPUT_SAMPLE_RATE
+            if due > now:
+                await asyncio.sleep(due - now)
+            elif now - due > MAX_LAG_SECONDS:
+                self._clock_start = now - self._sent_samples / OUTPUT_SAMPLE_RATE
+        speaking = bool(self._pieces)
+        piece, done = self._pieces.popleft() if speaking else (bytes(PIECE_BYTES), None)
+        if speaking:
+            self.samples_played += PIECE_SAMPLES
+        started_at = time.monotonic()
+        for listener in self.listeners:
+            try:
+                listener.on_piece(pcm=piece, started_at=started_at, speaking=speaking)
+            except Exception:  # a listener must never stop the voice
+                logger.exception("playback listener failed")
+        if done is not None and not done.done():
+            done.set_result(None)
+        frame = av.AudioFrame.from_ndarray(
+            np.frombuffer(piece, dtype=np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = OUTPUT_SAMPLE_RATE
+        frame.pts = self._sent_samples
+        frame.time_base = Fraction(1, OUTPUT_SAMPLE_RATE)
+        self._sent_samples += PIECE_SAMPLES
+        return frame
+
+
+class MicrophoneDrain:
+    """Reads a remote audio track so aiortc's unbounded receive queue never grows."""
+
+    def __init__(self) -> None:
+        self.track: MediaStreamTrack | None = None
+        self.frames_received = 0
+        self.last_frame_at: float | None = None
+
+
+class ParleyInput(BaseInputTransport):
+    """Microphone in: frames from the browser's audio track, as 16 kHz mono pipeline audio."""
+
+    def __init__(self, params: TransportParams, microphone: MicrophoneDrain, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._microphone = microphone
+        self._reader: asyncio.Task[None] | None = None
+        self._resampler: av.AudioResampler | None = None
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self.sample_rate)
+        self._reader = self.create_task(self._read_microphone())
+
+    async def _read_microphone(self) -> None:
+        assert self._resampler is not None
+        while True:
+            track = self._microphone.track
+            if track is None or track.readyState != "live":
+                await asyncio.sleep(MIC_WAIT_SECONDS)
+                continue
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                self._microphone.track = None
+                continue
+            self._microphone.frames_received += 1
+            self._microphone.last_frame_at = time.monotonic()
+            for resampled in self._resampler.resample(frame):
+                await self.push_audio_frame(
+                    InputAudioRawFrame(
+                        audio=resampled.to_ndarray().tobytes(),
+                        sample_rate=self.sample_rate,
+                        num_channels=1,
+                    )
+                )
+
+    async def _stop_reader(self) -> None:
+        if self._reader is not None:
+            await self.cancel_task(self._reader)
+            self._reader = None
+
+    async def stop(self, frame: EndFrame) -> None:
+        await self._stop_reader()
+        await super().stop(frame)
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        await self._stop_reader()
+        await super().cancel(frame)
+
+
+class ParleyOutput(BaseOutputTransport):
+    """Voice out: each chunk the pipeline writes is played by the paced track, in real time."""
+
+    def __init__(self, params: TransportParams, track: PacedAudioTrack, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._track = track
+        self.peer_ready = asyncio.Event()
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+
+    async def write_audio_frame(self, frame: Any) -> bool:
+        # Before DTLS is up aiortc pulls nothing, so a write would wait forever and pipecat
+        # would mark the output broken; the session queues its first words only once ready.
+        if not self.peer_ready.is_set() or self._track.readyState != "live":
+            return False
+        await self._track.play(frame.audio)
+        return True
+
+
+class ParleyTransport(BaseTransport):
+    """Input and output processors sharing one peer connection's tracks."""
+
+    def __init__(
+        self,
+        *,
+        params: TransportParams,
+        track: PacedAudioTrack,
+        microphone: MicrophoneDrain,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        self._input = ParleyInput(params, microphone, name=f"{self.name}#input")
+        self._output = ParleyOutput(params, track, name=f"{self.name}#output")
+
+    def input(self) -> ParleyInput:
+        return self._input
+
+    def output(self) -> ParleyOutput:
+        return self._output
+
+
+def transport_params() -> TransportParams:
+    return TransportParams(
+        audio_in_enabled=True,
+        audio_in_sample_rate=INPUT_SAMPLE_RATE,
+        audio_out_enabled=True,
+        audio_out_sample_rate=OUTPUT_SAMPLE_RATE,
+        audio_out_10ms_chunks=2,  # 20 ms: one Opus frame per write
+        audio_out_end_silence_secs=0,  # the paced track plays silence by itself
+    )
