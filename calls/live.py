@@ -73,6 +73,19 @@ def candidate_address_allowed(address: str) -> bool:
     )
 
 
+def ice_address_policy_apply() -> None:
+    """With PARLEY_ICE_LOOPBACK_ONLY, gather only 127.0.0.1.
+
+    aioice never offers loopback addresses, so a server and a browser on one machine with no
+    network (tests, an offline demo) would have no candidate pair. Workaround for aioice's
+    fixed host-address list; it can go when aioice lets callers choose interfaces.
+    """
+    if settings.PARLEY_ICE_LOOPBACK_ONLY:
+        import aioice.ice
+
+        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+
 class LiveSession(ConversationListener):
     """One call's real-time side. Created by the first signalling socket of its session."""
 
@@ -151,6 +164,7 @@ class LiveSession(ConversationListener):
             return
         from calls.pipeline.avatar.track import AvatarVideoTrack  # heavy drawing setup, once
 
+        ice_address_policy_apply()
         self.peer = peer = RTCPeerConnection(self._ice_configuration())
 
         @peer.on("datachannel")
