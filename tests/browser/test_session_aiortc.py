@@ -218,11 +218,11 @@ def test_an_aiortc_client_hears_and_sees_the_persona_answer_a_typed_question(
     assert "seven" in roles[2][1].lower()
 
 
-async def _wait_until(predicate, timeout: float = STEP_TIMEOUT_SECONDS) -> bool:
+async def _wait_until(predicate, limit_seconds: float = STEP_TIMEOUT_SECONDS) -> bool:
     from asgiref.sync import sync_to_async
 
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit_seconds
     while loop.time() < deadline:
         if await sync_to_async(predicate)():
             return True
