@@ -61,6 +61,9 @@ class ConversationConfig:
     language: str = "en-US"
     voice: str = "en-us+f3"
     tts_provider: str = "espeak"
+    tts_model: str = ""
+    tts_base_url: str = ""
+    tts_api_key: str = ""
     brain_provider: str = "builtin"
     llm_base_url: str = ""
     llm_model: str = ""
@@ -220,17 +223,18 @@ class Conversation:
         self._talk_stream_buffer = ""
         self._pending_tool_results: dict[str, asyncio.Future[Any]] = {}
         self.context: Any = None
+        self._tts: Any = None
 
     def _build(self) -> PipelineWorker:
         from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 
         from calls.pipeline.brain import build_context, build_llm_service
-        from calls.pipeline.speech.tts import build_tts_service
+        from calls.pipeline.speech.providers import build_tts_service
 
         self.context = build_context(self.config)
         aggregators = LLMContextAggregatorPair(self.context)
         llm = build_llm_service(self.config)
-        tts = build_tts_service(self.config)
+        tts = self._tts = build_tts_service(self.config)
         pipeline = Pipeline(
             [
                 self.transport.input(),
@@ -311,6 +315,15 @@ class Conversation:
             pending.set_result({"error": str(error)} if error else result)
 
     async def stop(self) -> None:
+        from calls.pipeline.speech.providers import tts_service_close
+
+        try:
+            await self._stop_pipeline()
+        finally:
+            if self._tts is not None:
+                await tts_service_close(self._tts)
+
+    async def _stop_pipeline(self) -> None:
         worker, task = self._worker, self._runner_task
         self._worker = self._runner_task = None
         for pending in self._pending_tool_results.values():
