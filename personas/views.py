@@ -1,0 +1,122 @@
+"""The browser chat page of a persona, and the endpoint that gives it a fresh session token.
+
+The page's session token is minted here, server-side, for the persona's own organization:
+no API key ever reaches the browser. A token is single use, so Start after a Stop asks
+`POST /p/<slug>/token` (same-origin, CSRF-protected, rate-limited) for a new one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from personas.models import Persona, default_avatar_look
+from personas.services import SessionLimitReached, session_token_issue
+
+PAGE_CLIENT_LABEL = "parley-page"
+# Fresh tokens one visitor may ask for, per persona, per window: a person restarts a
+# conversation a few times a minute at most; a script minting tokens in a loop is stopped.
+TOKEN_REQUESTS_PER_WINDOW = 12
+TOKEN_RATE_WINDOW_SECONDS = 60
+HEX_COLOR = re.compile(r"#[0-9a-fA-F]{3,8}")
+BUSY_MESSAGE = "{name} is busy with other conversations right now. Please try again in a minute."
+
+
+def active_persona_or_404(slug: str) -> Persona:
+    return get_object_or_404(Persona.objects.select_related("organization"), slug=slug, is_active=True)
+
+
+def page_token_issue(persona: Persona) -> str:
+    """A stateful session token for this persona, as the page's own backend would mint it."""
+    return session_token_issue(
+        organization=persona.organization,
+        persona=persona,
+        kind="stateful",
+        client_label=PAGE_CLIENT_LABEL,
+    )
+
+
+def poster_colors(persona: Persona) -> dict[str, str]:
+    """The avatar's colours for the page's placeholder portrait; anything not a hex colour is ignored."""
+    colors = default_avatar_look()
+    for key, value in (persona.avatar_look or {}).items():
+        if key in colors and isinstance(value, str) and HEX_COLOR.fullmatch(value):
+            colors[key] = value
+    return colors
+
+
+def client_address(request: HttpRequest) -> str:
+    # REMOTE_ADDR only: X-Forwarded-For is whatever the client says unless a proxy rewrites it.
+    return request.META.get("REMOTE_ADDR") or "unknown"
+
+
+def token_rate_exceeded(request: HttpRequest, persona: Persona) -> bool:
+    """Count this request in a fixed window; True once the window's budget is spent."""
+    key = f"parley:page-token:{persona.pk}:{client_address(request)}"
+    if cache.add(key, 1, timeout=TOKEN_RATE_WINDOW_SECONDS):
+        return False
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr: this request opens a new window
+        cache.add(key, 1, timeout=TOKEN_RATE_WINDOW_SECONDS)
+        return False
+    return count > TOKEN_REQUESTS_PER_WINDOW
+
+
+@never_cache
+@require_GET
+def persona_page(request: HttpRequest, slug: str) -> HttpResponse:
+    """`GET /p/<slug>/`: talk to a persona in the browser (video, voice and text)."""
+    persona = active_persona_or_404(slug)
+    session_token = ""
+    error = ""
+    try:
+        session_token = page_token_issue(persona)
+    except SessionLimitReached:
+        error = BUSY_MESSAGE.format(name=persona.name)
+    portrait_url = persona.avatar_portrait.url if persona.avatar_portrait else ""
+    page_config: dict[str, Any] = {
+        "sessionToken": session_token,
+        "tokenUrl": reverse("persona-page-token", kwargs={"slug": persona.slug}),
+        "persona": {"slug": persona.slug, "name": persona.name},
+        "error": error,
+    }
+    look = poster_colors(persona)
+    return render(
+        request,
+        "personas/persona_page.html",
+        {
+            "persona": persona,
+            "page_config": page_config,
+            "portrait_url": portrait_url,
+            "look": look,
+            "error": error,
+        },
+    )
+
+
+@never_cache
+@require_POST
+def persona_page_token(request: HttpRequest, slug: str) -> JsonResponse:
+    """`POST /p/<slug>/token`: a fresh single-use session token for the page (CSRF-protected)."""
+    persona = active_persona_or_404(slug)
+    if token_rate_exceeded(request, persona):
+        return JsonResponse(
+            {"error": "rate_limited", "message": "Too many new sessions; wait a minute and try again."},
+            status=429,
+        )
+    try:
+        session_token = page_token_issue(persona)
+    except SessionLimitReached:
+        return JsonResponse(
+            {"error": "busy", "message": BUSY_MESSAGE.format(name=persona.name)},
+            status=429,
+        )
+    return JsonResponse({"sessionToken": session_token})
