@@ -20,6 +20,7 @@ urlpatterns = [
     path("v1/", include("calls.urls")),
     path("v1/<path:rest>", views.api_not_found),
     path("talk", engine_api.TalkView.as_view(), name="talk"),
+    path("", include("personas.page_urls")),
 ]
 
 handler400 = "webapp.errors.json_bad_request"
