@@ -1,0 +1,135 @@
+"""The persona chat page: a token minted server-side, fresh tokens on demand, no API key in sight."""
+
+from __future__ import annotations
+
+import json
+import re
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.cache import cache
+from django.core.management import call_command
+from django.test import Client
+from django.utils.html import escape
+
+from calls.models import CallStatus
+from personas.models import Persona, SessionToken
+from personas.services import session_token_check
+from personas.views import TOKEN_REQUESTS_PER_WINDOW
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def mara(settings, tmp_path: Path) -> tuple[Persona, str]:
+    """The demo persona, seeded as the README says, and the demo API key it printed."""
+    settings.PARLEY_DATA_DIR = tmp_path
+    settings.PARLEY_DEMO_API_KEY = ""
+    out = StringIO()
+    call_command("seed_demo", stdout=out)
+    api_key = re.search(r"API key:\s+(\S+)", out.getvalue()).group(1)
+    return Persona.objects.get(slug="mara"), api_key
+
+
+def page_config(html: str) -> dict:
+    match = re.search(r'<script id="parley-page-config" type="application/json">(.*?)</script>', html, re.S)
+    assert match, "the page carries no parley-page-config"
+    return json.loads(match.group(1))
+
+
+def test_the_page_renders_the_persona_with_a_valid_session_token(client: Client, mara):
+    persona, _ = mara
+    response = client.get("/p/mara/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert '<h1 class="identity-name">Mara</h1>' in html
+    assert escape(persona.description) in html
+    assert "no-store" in response.headers["Cache-Control"]  # a single-use token must not be cached
+    config = page_config(html)
+    record = session_token_check(token=config["sessionToken"])
+    assert record.persona == persona and record.organization == persona.organization
+    assert record.kind == SessionToken.Kind.STATEFUL
+    assert record.client_label == "parley-page"
+    assert config["tokenUrl"] == "/p/mara/token"
+    assert config["error"] == ""
+
+
+def test_the_api_key_never_reaches_the_page(client: Client, mara):
+    _, api_key = mara
+    html = client.get("/p/mara/").content.decode()
+    assert api_key not in html
+    assert api_key[:12] not in html  # not even its public prefix
+
+
+def test_an_unknown_persona_is_404(client: Client, mara):
+    assert client.get("/p/nobody/").status_code == 404
+    assert client.post("/p/nobody/token").status_code == 404
+
+
+def test_an_inactive_persona_is_404(client: Client, mara):
+    persona, _ = mara
+    persona.is_active = False
+    persona.save(update_fields=["is_active"])
+    assert client.get("/p/mara/").status_code == 404
+
+
+def test_the_token_endpoint_gives_a_fresh_single_use_token(mara):
+    browser = Client(enforce_csrf_checks=True)
+    html = browser.get("/p/mara/").content.decode()
+    page_token = page_config(html)["sessionToken"]
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)
+
+    response = browser.post("/p/mara/token", HTTP_X_CSRFTOKEN=csrf)
+    assert response.status_code == 200
+    fresh = response.json()["sessionToken"]
+    assert fresh != page_token
+    assert session_token_check(token=fresh).persona.slug == "mara"
+    again = browser.post("/p/mara/token", HTTP_X_CSRFTOKEN=csrf).json()["sessionToken"]
+    assert again not in {fresh, page_token}
+
+
+def test_the_token_endpoint_needs_the_csrf_token(mara):
+    browser = Client(enforce_csrf_checks=True)
+    browser.get("/p/mara/")
+    before = SessionToken.objects.count()
+    assert browser.post("/p/mara/token").status_code == 403
+    assert SessionToken.objects.count() == before
+
+
+def test_the_token_endpoint_only_takes_post(client: Client, mara):
+    assert client.get("/p/mara/token").status_code == 405
+
+
+def test_the_token_endpoint_is_rate_limited(client: Client, mara):
+    for _ in range(TOKEN_REQUESTS_PER_WINDOW):
+        assert client.post("/p/mara/token").status_code == 200
+    response = client.post("/p/mara/token")
+    assert response.status_code == 429
+    assert response.json()["error"] == "rate_limited"
+
+
+def test_a_busy_organization_gets_a_clear_message_not_a_token(client: Client, mara, settings, make_call):
+    persona, _ = mara
+    persona.organization.max_concurrent_sessions = 1
+    persona.organization.save(update_fields=["max_concurrent_sessions"])
+    make_call(persona, status=CallStatus.IN_PROGRESS)
+
+    response = client.get("/p/mara/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    config = page_config(html)
+    assert config["sessionToken"] == ""
+    assert "busy" in config["error"] and "try again" in config["error"]
+    assert 'id="start-button" disabled' in html
+
+    refused = client.post("/p/mara/token")
+    assert refused.status_code == 429
+    assert refused.json()["error"] == "busy"
