@@ -64,7 +64,7 @@ _EE_OK = 0
 _STOP = 1  # callback return value that aborts the synthesis
 
 PAUSE_PHONEME = "_"  # espeak's IPA names for pauses are empty strings; we name them
-_IPA_STRESS_MARKS = str.maketrans("", "", "ˈˌ")  # stress is not a mouth shape
+_IPA_STRESS_MARKS = str.maketrans("", "", "\u02c8\u02cc")  # IPA stress marks: not a mouth shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,8 +289,13 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'\u201d\u2019)\]]*\s+|\n\s*\n")
 _CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
 
 
+_SPACE_BEFORE_PUNCTUATION = re.compile(r" +(?=[.,!?;:])")
+
+
 def _plain_text(text: str) -> str:
-    return _CONTROL.sub(" ", _TAG.sub(" ", text)).strip()
+    # A tag becomes a space (so "a<br>b" stays two words); "<b>now</b>." must not leave "now .".
+    untagged = _SPACE_BEFORE_PUNCTUATION.sub("", _TAG.sub(" ", text))
+    return _CONTROL.sub(" ", untagged).strip()
 
 
 @dataclass(frozen=True, slots=True)
