@@ -37,9 +37,10 @@ OUTPUT_SAMPLE_RATE_HZ = 48_000  # WebRTC's Opus rate: the browser gets it withou
 # espeak's buffer length, in ms. It rounds this up to 60 ms (1,324 samples at 22,050 Hz):
 # small enough that a barge-in stops within one buffer, big enough to keep callbacks cheap.
 ESPEAK_BUFFER_MILLISECONDS = 50
-# Utterances are cut into segments of whole sentences up to this many characters (~20 s of
-# speech, ~30 ms of worker time) so one long reply cannot hold the worker while others wait.
-SEGMENT_TARGET_CHARACTERS = 300
+# Utterances are cut into segments of whole sentences up to this many characters (~10 s of
+# speech, ~35 ms of worker time) so one long reply cannot hold the worker while others wait:
+# a short reply queued behind a long one waits for at most one segment (see bench/tts_espeak.py).
+SEGMENT_TARGET_CHARACTERS = 160
 RATE_WPM_RANGE = (80, 450)  # espeakRATE_MINIMUM .. espeakRATE_MAXIMUM, words per minute
 PITCH_RANGE = (0, 100)  # espeak's pitch scale (50 is the voice's normal pitch)
 DEFAULT_VOICE = "en-us+f3"

@@ -147,7 +147,9 @@ async def test_two_syntheses_started_together_both_complete_as_if_alone(synthesi
 
     for together, alone in [(greeting, alone_greeting), (long, alone_long)]:
         assert [w.text for c in together for w in c.words] == [w.text for c in alone for w in c.words]
-        assert len(samples(together)) == pytest.approx(len(samples(alone)), rel=0.01)
+        # espeak keeps some state across calls: the same text can end one buffer (~60 ms)
+        # earlier or later depending on what was spoken before it.
+        assert len(samples(together)) == pytest.approx(len(samples(alone)), rel=0.05)
 
 
 async def test_a_long_text_is_spoken_in_segments_on_one_seamless_timeline(synthesizer):
