@@ -26,7 +26,7 @@ from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import LLMSettings
 
 from calls.pipeline.brain.config import BrainConfig
-from calls.pipeline.brain.knowledge import KnowledgeIndex, knowledge_index_build_async
+from calls.pipeline.brain.knowledge import KnowledgeIndex, knowledge_index_build_async, lexical_index_build
 from calls.pipeline.brain.replies import (
     Intent,
     PersonaProfile,
@@ -75,6 +75,9 @@ class BuiltinBrain:
             topics=topics_from_knowledge(entries=config.knowledge),
         )
         self._use_embeddings = use_embeddings
+        # Answers questions while the embedding index is still being built, so the first
+        # question never waits seconds for a big knowledge base to be encoded.
+        self._lexical_index = lexical_index_build(entries=config.knowledge)
         self._index_future: asyncio.Future[KnowledgeIndex] | None = None
         self._turn = 0
 
@@ -90,10 +93,21 @@ class BuiltinBrain:
             )
 
     async def index(self) -> KnowledgeIndex:
+        """The full index once built; the lexical one until then (or if building failed)."""
         self.warm_up()
         assert self._index_future is not None
-        # Shielded: an interruption cancels the reply, not the index every later reply needs.
-        return await asyncio.shield(self._index_future)
+        if not self._index_future.done():
+            return self._lexical_index
+        if self._index_future.cancelled() or self._index_future.exception() is not None:
+            return self._lexical_index
+        return self._index_future.result()
+
+    async def ready(self) -> None:
+        """Wait until the full index is built (tests and warm-up; replies never wait)."""
+        self.warm_up()
+        assert self._index_future is not None
+        # Shielded: a cancelled waiter must not cancel the build every later reply needs.
+        await asyncio.shield(self._index_future)
 
     async def reply(self, *, user_text: str | None) -> str:
         """The reply to `user_text`; None means the conversation is opening."""

@@ -43,9 +43,11 @@ LEXICAL_UNSURE_THRESHOLD = 0.28
 # Personas whose entry embeddings stay in memory (each is entries * 2 * 384 float32).
 EMBEDDING_CACHE_PERSONAS = 256
 
-# One thread for all query and knowledge encoding: the encoder is CPU-bound and a single
-# worker keeps it off asyncio's default pool, which aiortc uses for audio encoding (NOTES.md).
-_encoding_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-embedding")
+# The encoder is CPU-bound: it runs on these threads, never on the event loop nor asyncio's
+# default pool (aiortc encodes audio there, NOTES.md). Queries (~30 ms) get their own thread so
+# they never queue behind another persona's knowledge being encoded (seconds for a big one).
+_query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-embedding-query")
+_build_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-embedding-build")
 _embedding_cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 _embedding_cache_lock = threading.Lock()
 
@@ -266,9 +268,16 @@ class KnowledgeIndex:
         )
 
     async def search_async(self, query: str) -> KnowledgeMatch:
-        """`search` on the encoding thread, so the event loop never runs the model."""
+        """`search` on the query thread, so the event loop never runs the model."""
+        if self._encoder is None:
+            return self.search(query)  # lexical scoring takes microseconds: no thread hop
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_encoding_executor, self.search, query)
+        return await loop.run_in_executor(_query_executor, self.search, query)
+
+
+def lexical_index_build(*, entries: tuple[KnowledgeEntry, ...]) -> KnowledgeIndex:
+    """A lexical-only index: cheap enough to build on the event loop while the full one loads."""
+    return KnowledgeIndex(entries=entries, encoder=None, entry_embeddings=None)
 
 
 def knowledge_index_build(
@@ -289,9 +298,9 @@ def knowledge_index_build(
 async def knowledge_index_build_async(
     *, persona_id: str, entries: tuple[KnowledgeEntry, ...], use_embeddings: bool = True
 ) -> KnowledgeIndex:
-    """`knowledge_index_build` on the encoding thread (model load and entry encoding are CPU work)."""
+    """`knowledge_index_build` on the build thread (model load and entry encoding are CPU work)."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
-        _encoding_executor,
+        _build_executor,
         lambda: knowledge_index_build(persona_id=persona_id, entries=entries, use_embeddings=use_embeddings),
     )

@@ -13,6 +13,7 @@ from pipecat.frames.frames import (
     EndFrame,
     Frame,
     FunctionCallsStartedFrame,
+    InterruptionFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -160,8 +161,15 @@ def test_entry_embeddings_are_reused_for_the_same_persona_and_content():
 # --- Builtin replies ---------------------------------------------------------------------------
 
 
+async def ready_brain(config: BrainConfig | None = None) -> BuiltinBrain:
+    """A brain whose embedding index is built, so replies do not depend on timing."""
+    brain = BuiltinBrain(config=config or bakery_config())
+    await brain.ready()
+    return brain
+
+
 async def test_off_topic_questions_get_an_honest_dont_know_that_offers_what_it_knows():
-    brain = BuiltinBrain(config=bakery_config())
+    brain = await ready_brain()
     for question in OFF_TOPIC_QUESTIONS:
         reply = await brain.reply(user_text=question)
         lowered = reply.lower()
@@ -176,7 +184,7 @@ async def test_off_topic_questions_get_an_honest_dont_know_that_offers_what_it_k
 
 
 async def test_paraphrased_questions_are_answered_with_the_entry_answer():
-    brain = BuiltinBrain(config=bakery_config())
+    brain = await ready_brain()
     reply = await brain.reply(user_text="When are you open on Sunday?")
     assert BAKERY_KNOWLEDGE[0].answer in reply
     assert "when are you open" not in reply.lower()
@@ -185,7 +193,7 @@ async def test_paraphrased_questions_are_answered_with_the_entry_answer():
 
 
 async def test_greetings_thanks_goodbyes_and_who_are_you_are_small_talk():
-    brain = BuiltinBrain(config=bakery_config())
+    brain = await ready_brain()
 
     async def reply_to(text: str | None) -> str:
         return (await brain.reply(user_text=text)).lower()
@@ -208,11 +216,26 @@ async def test_greetings_thanks_goodbyes_and_who_are_you_are_small_talk():
 
 async def test_replies_are_the_same_on_every_run_and_vary_between_turns():
     questions = ["hello", "hello", "what's the capital of France", "do you deliver?", "thanks", "bye"]
-    first, second = BuiltinBrain(config=bakery_config()), BuiltinBrain(config=bakery_config())
+    first, second = await ready_brain(), await ready_brain()
     first_replies = [await first.reply(user_text=question) for question in questions]
     second_replies = [await second.reply(user_text=question) for question in questions]
     assert first_replies == second_replies
     assert first_replies[0] != first_replies[1]
+
+
+async def test_questions_are_answered_lexically_while_the_embedding_index_is_still_building():
+    brain = BuiltinBrain(config=bakery_config(persona_id="still-building"))
+    reply = await brain.reply(user_text="can I pay with my card?")
+    assert BAKERY_KNOWLEDGE[7].answer in reply
+    await brain.ready()
+    assert (await brain.index()).uses_embeddings
+
+
+async def test_a_persona_without_knowledge_still_talks_and_admits_what_it_does_not_know():
+    brain = await ready_brain(BrainConfig(persona_id="blank", name="Nova"))
+    assert "Nova" in await brain.reply(user_text="who are you?")
+    reply = await brain.reply(user_text="what's the capital of France?")
+    assert "france" not in reply.lower() and reply
 
 
 # --- Builtin service in a pipeline -------------------------------------------------------------
@@ -221,6 +244,7 @@ async def test_replies_are_the_same_on_every_run_and_vary_between_turns():
 async def test_the_builtin_service_streams_an_answer_as_several_text_frames_between_start_and_end():
     service = build_llm_service(bakery_config())
     assert isinstance(service, BuiltinLLMService)
+    await service.brain.ready()
     frames = await run_pipeline(
         [service],
         frames=[LLMContextFrame(user_context("my son is allergic to peanuts, is your food safe?"))],
@@ -247,6 +271,27 @@ async def test_the_builtin_service_says_the_greeting_when_nobody_has_spoken_yet(
         until=lambda frames: count_of(LLMFullResponseEndFrame)(frames) >= 1,
     )
     assert response_text(frames) == "Welcome to the Mill Bakery! What can I get you?"
+
+
+async def test_the_builtin_service_passes_an_interruption_on_and_answers_the_next_turn():
+    service = build_llm_service(bakery_config())
+    await service.brain.ready()
+    frames = await run_pipeline(
+        [service],
+        frames=[
+            LLMContextFrame(user_context("do you deliver?")),
+            InterruptionFrame(),
+            LLMContextFrame(user_context("what's your phone number?")),
+        ],
+        until=lambda frames: (
+            BAKERY_KNOWLEDGE[11].answer in response_text(frames)
+            and count_of(LLMFullResponseEndFrame)(frames) >= 1
+            and isinstance(frames[-1], LLMFullResponseEndFrame)
+        ),
+    )
+    assert any(isinstance(frame, InterruptionFrame) for frame in frames)
+    # Every response that started was closed, interrupted or not.
+    assert count_of(LLMFullResponseStartFrame)(frames) == count_of(LLMFullResponseEndFrame)(frames)
 
 
 # --- OpenAI provider against the local fake ----------------------------------------------------
