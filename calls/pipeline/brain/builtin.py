@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 # The model name the service reports in metrics and traces.
 BUILTIN_MODEL_NAME = "parley-builtin"
-_NOTHING_HEARD_REPLIES = ("Sorry, I didn't catch that. Could you say it again?",)
+# Said when the user turn held no words (a recogniser can finalise an empty transcript).
+NOTHING_HEARD_REPLY = "Sorry, I didn't catch that. Could you say it again?"
 
 
 def last_user_text(context: LLMContext) -> str | None:
@@ -118,7 +119,7 @@ class BuiltinBrain:
         if turn.intent is not Intent.QUESTION:
             return small_talk_reply(intent=turn.intent, profile=self.profile, turn=self._turn)
         if not turn.remainder:
-            return _NOTHING_HEARD_REPLIES[0]
+            return NOTHING_HEARD_REPLY
         index = await self.index()
         match = await index.search_async(turn.remainder)
         return knowledge_reply(match=match, profile=self.profile, turn=self._turn, greeted=turn.greeted)

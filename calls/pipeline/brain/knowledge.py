@@ -80,7 +80,7 @@ SYNONYM_GROUPS: dict[str, tuple[str, ...]] = {
     "loyalty": ("loyalty", "reward", "rewards", "stamp", "stamps", "points", "member", "membership"),
     "cake": ("cake", "cakes", "birthday", "wedding"),
 }
-_CANONICAL: dict[str, str] = {word: canon for canon, words in SYNONYM_GROUPS.items() for word in words}
+CANONICAL_TERMS: dict[str, str] = {word: canon for canon, words in SYNONYM_GROUPS.items() for word in words}
 
 
 def _stem(word: str) -> str:
@@ -97,13 +97,13 @@ def normalise_terms(text: str) -> list[str]:
     """Lowercase, tokenise, drop stop words, map synonyms to one term, strip light suffixes."""
     terms = []
     for token in _TOKEN.findall(text.lower().replace("wi-fi", "wifi")):
-        if token in _CANONICAL:
-            terms.append(_CANONICAL[token])
+        if token in CANONICAL_TERMS:
+            terms.append(CANONICAL_TERMS[token])
             continue
         if token in STOP_WORDS:
             continue
         stemmed = _stem(token)
-        terms.append(_CANONICAL.get(stemmed, stemmed))
+        terms.append(CANONICAL_TERMS.get(stemmed, stemmed))
     return terms
 
 

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from calls.pipeline.brain.knowledge import _CANONICAL, KnowledgeEntry, KnowledgeMatch, Verdict
+from calls.pipeline.brain.knowledge import CANONICAL_TERMS, KnowledgeEntry, KnowledgeMatch, Verdict
 
 # How many topics a "what can you do" or don't-know reply lists before saying "and more".
 TOPICS_LISTED = 3
@@ -112,7 +112,7 @@ def topics_from_knowledge(*, entries: Sequence[KnowledgeEntry]) -> tuple[str, ..
 def _topic_of(entry: KnowledgeEntry) -> str | None:
     words = re.findall(r"[a-z0-9'-]+", (entry.question or entry.answer).lower())
     for word in words:
-        canonical = _CANONICAL.get(word) or _CANONICAL.get(word.rstrip("s"))
+        canonical = CANONICAL_TERMS.get(word) or CANONICAL_TERMS.get(word.rstrip("s"))
         if canonical in TOPIC_LABELS:
             return TOPIC_LABELS[canonical]
     # An unknown domain: the question minus its question words, if that leaves a short phrase.
