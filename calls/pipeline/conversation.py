@@ -228,12 +228,25 @@ class Conversation:
     def _build(self) -> PipelineWorker:
         from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 
-        from calls.pipeline.brain import build_context, build_llm_service
+        from calls.pipeline.brain import BrainConfig, build_context, build_llm_service
         from calls.pipeline.speech.providers import build_tts_service
 
-        self.context = build_context(self.config)
+        brain = BrainConfig.from_pairs(
+            knowledge=self.config.knowledge,
+            persona_id=self.config.agent,
+            name=self.config.name,
+            greeting=self.config.greeting,
+            system_prompt=self.config.system_prompt,
+            language=self.config.language,
+            provider=self.config.brain_provider,
+            llm_base_url=self.config.llm_base_url,
+            llm_model=self.config.llm_model,
+            llm_api_key=self.config.llm_api_key,
+            llm_temperature=self.config.llm_temperature,
+        )
+        self.context = build_context(brain)
         aggregators = LLMContextAggregatorPair(self.context)
-        llm = build_llm_service(self.config)
+        llm = build_llm_service(brain)
         tts = self._tts = build_tts_service(self.config)
         pipeline = Pipeline(
             [
