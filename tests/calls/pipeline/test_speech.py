@@ -1,4 +1,4 @@
-"""Offline speech synthesis with espeak-ng: audio, word and phoneme marks, voices, concurrency and barge-in."""
+"""Offline speech with espeak-ng: audio, word and phoneme marks, voices, concurrency, barge-in, the pipecat service."""
 
 from __future__ import annotations
 
@@ -8,9 +8,21 @@ import re
 
 import numpy as np
 import pytest
+from pipecat.frames.frames import (
+    ErrorFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.tests.utils import run_test
 
+from calls.pipeline.frames import VisemeTimelineFrame
 from calls.pipeline.speech import espeak
 from calls.pipeline.speech.espeak import OUTPUT_SAMPLE_RATE_HZ, EspeakSynthesizer, SpeechChunk
+from calls.pipeline.speech.tts import EspeakTTSService
 
 GREETING = "Hello there, how are you today?"
 # One sentence of ~280 characters: a single segment, so only the callback can stop it early.
@@ -249,3 +261,61 @@ def test_word_alignment_handles_numbers_phrases_and_quotes():
     aligner = espeak._WordAligner("I said “hello” to you —")
     assert [aligner.claim(position) for position in (1, 3, 9, 16)] == [["I"], ["said"], ["“hello”"], ["to"]]
     assert aligner.rest() == ["you", "—"]
+
+
+# --- the pipecat service -------------------------------------------------------------------------
+
+
+async def test_the_espeak_service_streams_48khz_audio_with_timed_words_and_viseme_timelines():
+    service = EspeakTTSService(voice="en-us+f3")
+
+    down, _ = await run_test(
+        service,
+        frames_to_send=[TTSSpeakFrame(GREETING)],
+        pipeline_params=PipelineParams(audio_out_sample_rate=OUTPUT_SAMPLE_RATE_HZ),
+        start_timeout=5.0,
+    )
+
+    audio = [frame for frame in down if isinstance(frame, TTSAudioRawFrame)]
+    assert audio and all(
+        frame.sample_rate == OUTPUT_SAMPLE_RATE_HZ and frame.num_channels == 1 for frame in audio
+    )
+    assert 1.0 <= sum(len(frame.audio) for frame in audio) / 2 / OUTPUT_SAMPLE_RATE_HZ <= 4.0
+    words = [frame for frame in down if isinstance(frame, TTSTextFrame)]
+    assert [frame.text for frame in words] == GREETING.split()
+    # Timed for the output transport's clock: in order, spread over the utterance.
+    pts = [frame.pts for frame in words]
+    assert all(pts) and pts == sorted(pts) and (pts[-1] - pts[0]) / 1e9 > 1.0
+    # Every viseme timeline comes right before the audio it describes.
+    for index, frame in enumerate(down):
+        if isinstance(frame, VisemeTimelineFrame):
+            assert isinstance(down[index + 1], TTSAudioRawFrame)
+            assert frame.phonemes and all(-0.1 < offset < 0.2 for offset, _ in frame.phonemes)
+    timelines = [frame for frame in down if isinstance(frame, VisemeTimelineFrame)]
+    assert [phoneme for timeline in timelines for _, phoneme in timeline.phonemes][:3] == ["h", "ə", "l"]
+    kinds = [type(frame) for frame in down]
+    assert kinds.index(TTSStartedFrame) < kinds.index(TTSAudioRawFrame) < kinds.index(TTSStoppedFrame)
+
+
+async def test_the_espeak_service_reports_an_unknown_voice_as_an_error():
+    service = EspeakTTSService(voice="klingon-x", stop_frame_timeout_s=0.2)  # no audio will come
+
+    down, up = await run_test(
+        service,
+        frames_to_send=[TTSSpeakFrame("Hello.")],
+        pipeline_params=PipelineParams(audio_out_sample_rate=OUTPUT_SAMPLE_RATE_HZ),
+        start_timeout=5.0,
+    )
+
+    errors = [frame for frame in up if isinstance(frame, ErrorFrame)]
+    assert any("klingon-x" in frame.error for frame in errors)
+    assert not [frame for frame in down if isinstance(frame, TTSAudioRawFrame)]
+
+
+def test_personas_with_the_espeak_provider_get_the_espeak_service():
+    from calls.pipeline.conversation import ConversationConfig
+    from calls.pipeline.speech.providers import build_tts_service
+
+    service = build_tts_service(ConversationConfig(agent="mara", name="Mara", voice="en+m3"))
+
+    assert isinstance(service, EspeakTTSService)

@@ -1,0 +1,32 @@
+"""Parley's own pipecat frames, passed between the pipeline's processors like pipecat's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipecat.frames.frames import DataFrame
+
+
+@dataclass
+class VisemeTimelineFrame(DataFrame):
+    """The phonemes of the TTS audio that follows this frame, for lip sync.
+
+    Pushed right before the `TTSAudioRawFrame` it describes. A frame without `pts` waits in
+    the output transport's audio queue behind earlier audio, so it leaves the output just as
+    its audio starts to play: schedule each phoneme `offset_seconds` after that moment.
+    Offsets may run a little past the audio's end (the 48 kHz resampler holds back a few
+    milliseconds) and, rarely, below zero (play those at once).
+
+    Parameters:
+        phonemes: (offset_seconds, phoneme) pairs in time order; phonemes are IPA without
+            stress marks, and "_" is a pause.
+        utterance_offset_seconds: Where the following audio starts within its utterance.
+        context_id: The TTS context the audio belongs to.
+    """
+
+    phonemes: list[tuple[float, str]] = field(default_factory=list)
+    utterance_offset_seconds: float = 0.0
+    context_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name}(phonemes: {len(self.phonemes)}, at: {self.utterance_offset_seconds:.3f}s)"
