@@ -1,0 +1,192 @@
+"""A Python WebRTC client that talks to Parley exactly as the Anam SDK does (used by bench and tests).
+
+Session start with the token, the signalling websocket (`offer` sent at once, answer
+applied), a data channel `session` created first, video recvonly then audio sendrecv. It
+records what arrives — signalling frames, data-channel messages, video and audio frames —
+with monotonic timestamps, so callers can measure and assert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import websockets
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+# A received 20 ms audio frame whose peak passes this (of 32767) counts as voice, not silence.
+LOUD_PEAK = 500
+
+
+@dataclass
+class SessionRecord:
+    """What one client saw, with `time.monotonic()` stamps."""
+
+    session_id: str = ""
+    started_at: float = 0.0
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    data: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    video_frames: list[float] = field(default_factory=list)
+    audio_frames: list[float] = field(default_factory=list)
+    loud_audio_frames: list[float] = field(default_factory=list)
+
+    def speech_texts(self, role: str) -> list[dict[str, Any]]:
+        return [
+            item["data"]
+            for _, item in self.data
+            if item.get("messageType") == "speechText" and item["data"].get("role") == role
+        ]
+
+    def persona_messages(self) -> list[str]:
+        texts: dict[str, str] = {}
+        for chunk in self.speech_texts("persona"):
+            texts[chunk["message_id"]] = texts.get(chunk["message_id"], "") + chunk["content"]
+        return list(texts.values())
+
+    def persona_finished_count(self) -> int:
+        return sum(1 for chunk in self.speech_texts("persona") if chunk["end_of_speech"])
+
+
+class ParleyWebRTCClient:
+    """One browser-like session. Use `async with`; call `ask(text)` to type a question."""
+
+    def __init__(self, *, base_url: str, session_token: str, step_timeout_seconds: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session_token = session_token
+        self.step_timeout_seconds = step_timeout_seconds
+        self.record = SessionRecord()
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._peer: RTCPeerConnection | None = None
+        self._socket: Any = None
+        self._channel: Any = None
+
+    async def __aenter__(self) -> ParleyWebRTCClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _note(self) -> None:
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], what: str) -> None:
+        async def loop() -> None:
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(loop(), self.step_timeout_seconds)
+        except TimeoutError:
+            raise AssertionError(
+                f"timed out waiting for {what}; last data: {self.record.data[-3:]}"
+            ) from None
+
+    async def connect(self) -> None:
+        record = self.record
+        record.started_at = time.monotonic()
+        async with httpx.AsyncClient(base_url=self.base_url) as http:
+            response = await http.post(
+                "/v1/engine/session",
+                json={"clientMetadata": {"client": "parley-python", "version": "1"}},
+                headers={"Authorization": f"Bearer {self.session_token}"},
+            )
+        if response.status_code != 200:
+            raise AssertionError(f"session start failed: {response.status_code} {response.text}")
+        session = response.json()
+        record.session_id = session["sessionId"]
+        scheme = "ws" if session["engineProtocol"] == "http" else "wss"
+        url = f"{scheme}://{session['engineHost']}{session['signallingEndpoint']}?session_id={record.session_id}"
+        self._peer = peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._channel = channel = peer.createDataChannel("session", ordered=True)
+        peer.addTransceiver("video", direction="recvonly")
+        peer.addTransceiver("audio", direction="sendrecv")
+
+        @peer.on("track")
+        def on_track(track: Any) -> None:
+            self._tasks.append(asyncio.ensure_future(self._read_track(track)))
+
+        @channel.on("message")
+        def on_message(message: str) -> None:
+            record.data.append((time.monotonic(), json.loads(message)))
+            self._note()
+
+        self._socket = await websockets.connect(url)
+        self._tasks.append(asyncio.ensure_future(self._read_signals()))
+        await peer.setLocalDescription(await peer.createOffer())
+        await self.signal(
+            "offer",
+            {
+                "connectionDescription": {"type": "offer", "sdp": peer.localDescription.sdp},
+                "userUid": record.session_id,
+            },
+        )
+        await self.wait_for(lambda: channel.readyState == "open", "the data channel to open")
+
+    async def signal(self, action_type: str, payload: Any) -> None:
+        await self._socket.send(
+            json.dumps({"actionType": action_type, "sessionId": self.record.session_id, "payload": payload})
+        )
+
+    async def _read_signals(self) -> None:
+        try:
+            async for raw in self._socket:
+                frame = json.loads(raw)
+                self.record.signals.append(frame)
+                if frame["actionType"] == "answer":
+                    assert self._peer is not None
+                    await self._peer.setRemoteDescription(RTCSessionDescription(**frame["payload"]))
+                self._note()
+        except websockets.ConnectionClosed:
+            self._note()
+
+    async def _read_track(self, track: Any) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            if track.kind == "video":
+                self.record.video_frames.append(now)
+            else:
+                self.record.audio_frames.append(now)
+                if np.abs(frame.to_ndarray().astype(np.int32)).max() > LOUD_PEAK:
+                    self.record.loud_audio_frames.append(now)
+            self._note()
+
+    def ask(self, text: str) -> float:
+        """Type a question on the data channel; returns when it was sent."""
+        self._channel.send(
+            json.dumps(
+                {
+                    "message_type": "speech",
+                    "content": text,
+                    "session_id": self.record.session_id,
+                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+            )
+        )
+        return time.monotonic()
+
+    def interrupt(self) -> float:
+        self._channel.send(json.dumps({"message_type": "interrupt", "session_id": self.record.session_id}))
+        return time.monotonic()
+
+    async def close(self) -> None:
+        if self._socket is not None:
+            await self._socket.close()
+        if self._peer is not None:
+            await self._peer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
