@@ -8,6 +8,11 @@
 
 import { AnamEvent, ClientError, ConnectionClosedCode, ErrorCode, createClient } from "./client.js";
 
+/**
+ * The client has no timeout of its own (nor has the Anam SDK); a visitor should not watch a
+ * spinner forever if the server never answers the offer.
+ */
+const CONNECT_TIMEOUT_MILLISECONDS = 45_000;
 /** A finished caption stays on screen this long, then fades. */
 const CAPTION_LINGER_MILLISECONDS = 6000;
 
@@ -232,6 +237,7 @@ function listen(client, current) {
   });
   client.addListener(AnamEvent.VIDEO_PLAY_STARTED, () => {
     if (conversation !== current) return;
+    clearTimeout(current.connectTimer);
     elements.screen.dataset.video = "playing";
     setState("live");
     // Autoplay normally starts it; after a click, playing with sound is allowed.
@@ -290,6 +296,7 @@ function listen(client, current) {
 function finish(state) {
   const current = conversation;
   conversation = null;
+  clearTimeout(current?.connectTimer);
   current?.meter?.stop();
   setState(state);
   setTalking(false);
@@ -310,8 +317,15 @@ async function start() {
   hideBanner();
   hideCaption();
   resetHistory();
-  const current = { client: null, captionId: null, captionText: "", meter: null };
+  const current = { client: null, captionId: null, captionText: "", meter: null, connectTimer: null };
   conversation = current;
+  current.connectTimer = setTimeout(() => {
+    if (conversation !== current) return;
+    showBanner(`${personaName} did not answer in time. Press Start to try again.`, "error");
+    const client = current.client;
+    finish("error");
+    client?.stopStreaming().catch(() => {});
+  }, CONNECT_TIMEOUT_MILLISECONDS);
   setState("connecting");
   elements.start.disabled = true;
   elements.start.hidden = true;
