@@ -26,7 +26,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from calls import events, services
-from calls.models import Call, EndReason
+from calls.models import Call, EndReason, new_message_id
 from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
 from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
 
@@ -106,6 +106,7 @@ class LiveSession(ConversationListener):
         self._connected = False
         self._started_at = time.monotonic()
         self._video_track: Any = None
+        self._conversation_started: asyncio.Future[None] | None = None
         _LIVE[self.session_id] = self
         self._spawn(self._watchdog(), "watchdog")
 
@@ -162,10 +163,15 @@ class LiveSession(ConversationListener):
             # An ICE-restart re-offer: aiortc cannot restart ICE; say so instead of failing.
             await self.signal("warning", "ICE restart is not supported; the session continues as it is")
             return
-        from calls.pipeline.avatar.track import AvatarVideoTrack  # heavy drawing setup, once
+        from aiortc import VideoStreamTrack
 
         ice_address_policy_apply()
         self.peer = peer = RTCPeerConnection(self._ice_configuration())
+        # The pipeline (brain, voice) builds while ICE and DTLS connect.
+        self.conversation = Conversation(
+            config=self.config, track=self.audio_track, microphone=self.microphone, listener=self
+        )
+        self._conversation_started = asyncio.ensure_future(self.conversation.start())
 
         @peer.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -194,7 +200,7 @@ class LiveSession(ConversationListener):
             elif state in {"failed", "closed"}:
                 await self.end(reason=EndReason.HANGUP if state == "closed" else EndReason.FAILED)
 
-        self._video_track = AvatarVideoTrack(look=self.config.avatar_look, audio=self.audio_track)
+        self._video_track = VideoStreamTrack()
         # Voice and face in one MediaStream (aiortc gives every track of a PC one stream id), so
         # the SDK's streamToVideoElement plays both.
         peer.addTrack(self._video_track)
@@ -205,10 +211,6 @@ class LiveSession(ConversationListener):
         answer = await peer.createAnswer()
         await peer.setLocalDescription(answer)  # aiortc gathers here; its candidates are in the SDP
         await self.signal("answer", {"type": "answer", "sdp": peer.localDescription.sdp})
-        self.conversation = Conversation(
-            config=self.config, track=self.audio_track, microphone=self.microphone, listener=self
-        )
-        await self.conversation.start()
 
     async def _on_remote_candidate(self, payload: dict[str, Any]) -> None:
         if self.peer is None:
@@ -231,8 +233,22 @@ class LiveSession(ConversationListener):
         except Exception as error:  # a candidate for an unknown m-line is the client's mistake
             await self.signal("warning", f"icecandidate: {error}")
 
+    async def _conversation_ready(self) -> Conversation | None:
+        """The conversation once its pipeline runs (None before the offer or if it failed)."""
+        if self._conversation_started is None or self.conversation is None:
+            return None
+        try:
+            await self._conversation_started
+        except Exception:
+            logger.exception("session %s: the conversation could not start", self.session_id)
+            await self.end(reason=EndReason.FAILED, message="the persona could not start")
+            return None
+        return self.conversation
+
     async def _on_connected(self) -> None:
         self.call = await database_sync_to_async(services.call_start)(call=self.call)
+        if await self._conversation_ready() is None:
+            return
         await self.signal("sessionready", self.session_id)
         if self.conversation is not None:
             self.conversation.peer_ready()
@@ -253,7 +269,7 @@ class LiveSession(ConversationListener):
             message = json.loads(raw)
         except ValueError:
             return
-        if not isinstance(message, dict) or self.conversation is None:
+        if not isinstance(message, dict) or await self._conversation_ready() is None:
             return
         kind = message.get("message_type")
         content = message.get("content")
@@ -274,7 +290,7 @@ class LiveSession(ConversationListener):
     async def user_typed(self, text: str) -> None:
         """Typed text is treated as if said: user.message, a transcript row, then a reply."""
         assert self.conversation is not None
-        message_id = services.new_message_id()
+        message_id = new_message_id()
         await self.publish(events.UserMessage(text=text, message_id=message_id))
         await database_sync_to_async(services.message_record)(
             call=self.call, message_id=message_id, role="user", text=text
@@ -462,7 +478,14 @@ class LiveSession(ConversationListener):
         task = asyncio.ensure_future(coroutine)
         task.set_name(f"{self.session_id}:{name}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "session %s: task %s failed", self.session_id, task.get_name(), exc_info=task.exception()
+            )
 
 
 async def _drain(track: Any) -> None:

@@ -27,6 +27,7 @@ from pipecat.frames.frames import (
     LLMMessagesAppendFrame,
     LLMTextFrame,
     TTSSpeakFrame,
+    TTSStoppedFrame,
     TTSTextFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
@@ -137,6 +138,25 @@ class ResponseTextCollector(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
+class SpeechEndAligner(FrameProcessor):
+    """Between synthesis and output: the end of speech follows its audio, not its last word.
+
+    pipecat stamps `TTSStoppedFrame` with the time of the last word, so the output transport
+    releases it on its clock queue instead of after the audio it ends; "bot stopped speaking"
+    then only comes from a 3-second idle fallback. Without the stamp it is handled in order,
+    right after the last audio chunk has been played.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="SpeechEndAligner")
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSStoppedFrame) and direction == FrameDirection.DOWNSTREAM:
+            frame.pts = None
+        await self.push_frame(frame, direction)
+
+
 class PlaybackTracker(FrameProcessor):
     """After the output: turns played words and speaking state into listener calls."""
 
@@ -151,11 +171,12 @@ class PlaybackTracker(FrameProcessor):
         plan = self._plan
         if isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
             if plan.message_id is None:
-                plan.message_id = "msg_" + secrets.token_hex(12)
-                plan.spoken = []
-                plan.start_samples = self._track.samples_played
-                await self._listener.on_bot_speaking(message_id=plan.message_id, text=plan.planned_text)
+                await self._start_message()
         elif isinstance(frame, TTSTextFrame) and direction == FrameDirection.DOWNSTREAM:
+            if plan.message_id is None and frame.text.strip():
+                # The output did not announce this speech (it still thought the last one was
+                # going on): the first played word starts the message.
+                await self._start_message()
             if plan.message_id is not None:
                 for word in frame.text.split():
                     await self._listener.on_bot_word(
@@ -194,6 +215,13 @@ class PlaybackTracker(FrameProcessor):
             else:
                 self._plan.planned.clear()
         await self.push_frame(frame, direction)
+
+    async def _start_message(self) -> None:
+        plan = self._plan
+        plan.message_id = "msg_" + secrets.token_hex(12)
+        plan.spoken = []
+        plan.start_samples = self._track.samples_played
+        await self._listener.on_bot_speaking(message_id=plan.message_id, text=plan.planned_text)
 
     def _reset(self) -> None:
         self._plan.message_id = None
@@ -255,6 +283,7 @@ class Conversation:
                 llm,
                 ResponseTextCollector(self._plan),
                 tts,
+                SpeechEndAligner(),
                 self.transport.output(),
                 PlaybackTracker(self._plan, self.track, self.listener),
                 aggregators.assistant(),
