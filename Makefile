@@ -47,7 +47,12 @@ run: seed
 	@echo ""
 	exec $(BIN)/daphne -b $(HOST) -p $(PORT) --access-log /dev/null webapp.asgi:application
 
-test: $(VENV)/.installed-dev
+tests/browser/sdk/node_modules/.installed: tests/browser/sdk/package.json
+	# The official Anam SDK for the compatibility test (installed, never committed).
+	cd tests/browser/sdk && npm install --no-audit --no-fund --no-package-lock --silent
+	touch $@
+
+test: $(VENV)/.installed-dev tests/browser/sdk/node_modules/.installed
 	bash scripts/ensure-chromium
 	$(BIN)/python -m pytest
 
