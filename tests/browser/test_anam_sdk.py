@@ -56,7 +56,7 @@ class _PageHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # quiet test output
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         if self.path.startswith("/anam.js"):
             body, kind = SDK_BUNDLE.read_bytes(), "text/javascript"
         else:
