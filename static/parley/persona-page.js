@@ -310,7 +310,7 @@ function finish(state) {
   elements.video.srcObject = null;
   elements.overlayText.textContent =
     state === "error" ? "The conversation could not continue." : `Conversation ended. Press Start to talk to ${personaName} again.`;
-  lingerCaption();
+  hideCaption(); // The overlay speaks now; the last words are in the history.
 }
 
 async function start() {

@@ -182,7 +182,9 @@ def test_a_visitor_sees_hears_and_types_to_mara_then_stops(
     expect(page.locator("#message-input")).to_have_value("")
     step(
         "the question is in the history",
-        lambda: expect(page.locator("#history li.message-user")).to_have_text(QUESTION, timeout=timeout),
+        lambda: expect(page.locator("#history li.message-user .message-bubble")).to_have_text(
+            QUESTION, timeout=timeout
+        ),
     )
     step(
         "the answer is in the history",
