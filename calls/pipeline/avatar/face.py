@@ -15,21 +15,22 @@ import numpy as np
 # Everything is designed on a 320x240 canvas and scaled to the requested size.
 DESIGN_WIDTH = 320
 DESIGN_HEIGHT = 240
-# How far the head may move, in design pixels: the cached head layer is shifted, never redrawn.
-MAX_HEAD_OFFSET_PX = 3
+# How far the head may move, in frame pixels: the cached head layer is shifted, never redrawn.
+MAX_HEAD_OFFSET_PX = 2
 # How far the irises may look away from the camera, in design pixels.
 MAX_GAZE_X_PX = 3.0
 MAX_GAZE_Y_PX = 1.5
 # How far a full brow raise lifts the brows, in design pixels.
 BROW_RAISE_PX = 3.5
 # Quantisation of the animated parameters: each distinct value is drawn once and cached.
-MOUTH_OPEN_STEPS = 32
+MOUTH_OPEN_STEPS = 20
 BLINK_STEPS = 16
 BROW_STEPS = 16
 GAZE_STEP_PX = 0.5
-# Bounds on the caches, in entries (a whole-frame base is 115 kB, a feature patch ~5 kB).
-BASE_CACHE_ENTRIES = 20
-PATCH_CACHE_ENTRIES = 600
+# Bounds on the caches, in entries (a whole-frame base is 115 kB, a feature patch 1-3 kB):
+# about 3 MB of bases and at most ~3 MB of patches per renderer.
+BASE_CACHE_ENTRIES = (2 * MAX_HEAD_OFFSET_PX + 1) ** 2  # all of them: a miss costs ~5 ms
+PATCH_CACHE_ENTRIES = 1500
 
 _HEX_COLOUR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 
@@ -331,7 +332,7 @@ class FaceRenderer:
 
     def render_planes(self, state: FaceState) -> np.ndarray:
         """The frame as one (height * 3 / 2, width) uint8 array: Y, then U, then V."""
-        limit = MAX_HEAD_OFFSET_PX * self.scale
+        limit = MAX_HEAD_OFFSET_PX
         dx = round(min(max(state.head_dx * self.scale, -limit), limit))
         dy = round(min(max(state.head_dy * self.scale, -limit), limit))
         buffer = self._base(dx, dy).copy()
@@ -369,7 +370,7 @@ class FaceRenderer:
             left = centre_x + x
 
         def even(value: float) -> int:
-            return int(round(value / 2)) * 2
+            return round(value / 2) * 2
 
         px0 = even(left * self.scale + self._origin_x)
         py0 = even(y * self.scale + self._origin_y)
@@ -402,8 +403,10 @@ class FaceRenderer:
             self._bases.popitem(last=False)
         return base
 
-    def _paste(self, planes: tuple[np.ndarray, np.ndarray, np.ndarray], key: tuple[Any, ...], dx: int, dy: int) -> None:
-        x0, y0, width, height = self._patch_rects[key[0]]
+    def _paste(
+        self, planes: tuple[np.ndarray, np.ndarray, np.ndarray], key: tuple[Any, ...], dx: int, dy: int
+    ) -> None:
+        x0, y0, _width, _height = self._patch_rects[key[0]]
         # A patch is drawn with a 1 px margin so it can start on an even pixel at any offset:
         # chroma covers 2x2 blocks, and an odd head offset would otherwise split them.
         odd_x, odd_y = (x0 - 1 + dx) % 2, (y0 - 1 + dy) % 2
@@ -426,7 +429,9 @@ class FaceRenderer:
         u_plane[top // 2 : top // 2 + u.shape[0], left // 2 : left // 2 + u.shape[1]] = u
         v_plane[top // 2 : top // 2 + v.shape[0], left // 2 : left // 2 + v.shape[1]] = v
 
-    def _patch(self, key: tuple[Any, ...], odd_x: int, odd_y: int) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    def _patch(
+        self, key: tuple[Any, ...], odd_x: int, odd_y: int
+    ) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
         name = key[0]
         x0, y0, width, height = self._patch_rects[name]
         left, top = x0 - 1, y0 - 1
@@ -442,7 +447,9 @@ class FaceRenderer:
         rgb = np.clip(canvas.rgb, 0.0, 1.0)
         # With an odd start the margin column/row is dropped on the leading side and kept on
         # the trailing one; either way the patch starts on an even pixel and has an even size.
-        rgb = rgb[odd_y : odd_y + height + 2 - 2 * odd_y or None, odd_x : odd_x + width + 2 - 2 * odd_x or None]
+        rgb = rgb[
+            odd_y : odd_y + height + 2 - 2 * odd_y or None, odd_x : odd_x + width + 2 - 2 * odd_x or None
+        ]
         luma, u, v = rgb_to_yuv420(rgb)
         return left + odd_x, top + odd_y, luma, u, v
 
@@ -520,7 +527,11 @@ class FaceRenderer:
             return 76.0 - 5.0 * np.cos(np.clip(offset, -1.2, 1.2) * 1.3) + 4.0 * offset**2
         if style == "long":
             # Side part at the viewer's left, swept to the right.
-            return 58.0 + 24.0 * np.clip((offset + 0.55) / 1.5, 0.0, 1.0) ** 0.8 + 10.0 * np.clip(-offset - 0.6, 0, 1)
+            return (
+                58.0
+                + 24.0 * np.clip((offset + 0.55) / 1.5, 0.0, 1.0) ** 0.8
+                + 10.0 * np.clip(-offset - 0.6, 0, 1)
+            )
         if style == "short":
             return 64.0 + 3.0 * np.sin(offset * 3.0) + 8.0 * offset**4
         return 62.0 + 6.0 * offset**2  # bun: pulled back
@@ -556,9 +567,7 @@ class FaceRenderer:
         canvas = _Canvas(x, y)
         face = _distance(_face_implicit(x, y))
         # The chin's shadow on the neck (narrower than the neck, so head sway never spills it).
-        chin_shadow = _intersect(
-            _distance(_face_implicit(x, y - 9.0)), _distance(np.abs(x - FACE_CX) - 16.0)
-        )
+        chin_shadow = _intersect(_distance(_face_implicit(x, y - 9.0)), _distance(np.abs(x - FACE_CX) - 16.0))
         canvas.paint(_coverage(chin_shadow, softness_px=2.0), self.skin_deep, 0.55)
         # Ears, with a darker inner bowl.
         for side in (-1.0, 1.0):
@@ -574,13 +583,14 @@ class FaceRenderer:
         # Cheeks.
         for side in (-1.0, 1.0):
             cheek = canvas.ellipse(FACE_CX + side * 29.0, 133.0, 9.0, 5.5)
-            canvas.paint(_coverage(cheek, softness_px=6.0), self.blush, 0.55)
+            # Blush reads as pale spots on dark skin at full strength, so it scales with lightness.
+            canvas.paint(_coverage(cheek, softness_px=6.0), self.blush, 0.2 + 0.45 * _luma(self.skin))
         self._draw_nose(canvas)
         # Hair, and the shadow it casts on the forehead.
         front, _ = self._hair_outline(canvas)
         window = _intersect(face, canvas.below(self._hairline))
         hair = _intersect(front, -window)
-        hair_shadow = _intersect(face, _distance(self._hairline(x) + 4.0 - y))
+        hair_shadow = _intersect(face, _distance(y - self._hairline(x) - 4.0))
         canvas.paint(_coverage(hair_shadow, softness_px=2.5), self.skin_shadow, 0.7)
         canvas.paint(_coverage(hair), self.hair)
         # Inner shade where the hair frames the face, and a glossy band on the crown.
@@ -605,7 +615,8 @@ class FaceRenderer:
         )
         canvas.paint(_coverage(under, softness_px=1.2), self.skin_deep, 0.85)
         side = _intersect(
-            _distance(np.abs(x - (FACE_CX + 4.5 + (y - tip_y) * 0.08)) - 1.1), _distance(np.abs(y - 124.0) - 7.0)
+            _distance(np.abs(x - (FACE_CX + 4.5 + (y - tip_y) * 0.08)) - 1.1),
+            _distance(np.abs(y - 124.0) - 7.0),
         )
         canvas.paint(_coverage(side, softness_px=3.0), self.skin_shadow, 0.7)
         highlight = canvas.ellipse(FACE_CX - 1.5, tip_y - 3.0, 2.0, 1.6)
@@ -613,9 +624,12 @@ class FaceRenderer:
 
     # -- the features -------------------------------------------------------------------------
 
-    def _draw_eye(self, canvas: _Canvas, centre_x: float, *, blink: float, gaze_x: float, gaze_y: float) -> None:
+    def _draw_eye(
+        self, canvas: _Canvas, centre_x: float, *, blink: float, gaze_x: float, gaze_y: float
+    ) -> None:
         x, y = canvas.x, canvas.y
         outward = 1.0 if centre_x > FACE_CX else -1.0
+
         # An almond: a rounder upper lid than lower, the outer corner a touch higher.
         def upper(xs: np.ndarray) -> np.ndarray:
             lx = (xs - centre_x) / EYE_RX
@@ -652,7 +666,10 @@ class FaceRenderer:
         covered = _intersect(eye, _distance(y - lid(x)))
         canvas.paint(_coverage(covered), self.skin_shadow, 0.5)
         weight = 1.0 + 0.7 * np.clip(outward * (x - centre_x) / EYE_RX, 0.0, 1.0)
-        line = _intersect(_distance(np.abs(y - lid(x) + 0.2) - 0.85 * weight), _distance(np.abs(x - centre_x) - EYE_RX - 0.6))
+        line = _intersect(
+            _distance(np.abs(y - lid(x) + 0.2) - 0.85 * weight),
+            _distance(np.abs(x - centre_x) - EYE_RX - 0.6),
+        )
         canvas.paint(_coverage(line), self.lash)
         flick_x = centre_x + outward * (EYE_RX + 0.2)
         flick_y = lid(np.array([centre_x + outward * EYE_RX]))[0]
@@ -666,7 +683,8 @@ class FaceRenderer:
         # A faint crease above an open eye.
         if blink < 0.5:
             crease = _intersect(
-                _distance(np.abs(y - (upper(x) - 2.3)) - 0.45), _distance(np.abs(x - centre_x) - EYE_RX * 0.75)
+                _distance(np.abs(y - (upper(x) - 2.3)) - 0.45),
+                _distance(np.abs(x - centre_x) - EYE_RX * 0.75),
             )
             canvas.paint(_coverage(crease, softness_px=1.3), self.skin_deep, 0.45 * (1 - 2 * blink))
 
@@ -723,31 +741,50 @@ class FaceRenderer:
         upper_lip = _intersect(lips, _distance(y - parting))
         canvas.paint(_coverage(lips), self.lips)
         canvas.paint(_coverage(upper_lip), self.lips_upper)
-        shine = canvas.ellipse(FACE_CX - 2.0, outer_lower(np.array([FACE_CX]))[0] - spec.lip_down * 0.45, half * 0.35, 0.9)
+        shine = canvas.ellipse(
+            FACE_CX - 2.0, outer_lower(np.array([FACE_CX]))[0] - spec.lip_down * 0.45, half * 0.35, 0.9
+        )
         canvas.paint(_coverage(shine, softness_px=1.8), self.lips_light, 0.6)
         if up + down < 0.35:
             # Lips together: a dark line where they meet, fading towards the corners.
-            line = _intersect(_distance(np.abs(y - parting) - 0.55), _distance(np.abs(x - FACE_CX) - half - 0.5))
+            line = _intersect(
+                _distance(np.abs(y - parting) - 0.55), _distance(np.abs(x - FACE_CX) - half - 0.5)
+            )
             fade = np.clip(1.3 - np.abs(x - FACE_CX) / (half + 0.5), 0.35, 1.0)
             canvas.paint(_coverage(line) * fade, self.mouth_inside, 0.9)
         else:
             opening = _intersect(
-                _distance(inner_upper(x) - y), _distance(y - inner_lower(x)), _distance(np.abs(x - FACE_CX) - half)
+                _distance(inner_upper(x) - y),
+                _distance(y - inner_lower(x)),
+                _distance(np.abs(x - FACE_CX) - half),
             )
             canvas.paint(_coverage(opening), self.mouth_inside)
             if spec.tongue and openness > 0.25:
                 tongue = _intersect(
-                    canvas.ellipse(FACE_CX, inner_lower(np.array([FACE_CX]))[0] + 1.0, half * 0.55, spec.tongue * openness + 1.0),
+                    canvas.ellipse(
+                        FACE_CX,
+                        inner_lower(np.array([FACE_CX]))[0] + 1.0,
+                        half * 0.55,
+                        spec.tongue * openness + 1.0,
+                    ),
                     opening,
                 )
                 canvas.paint(_coverage(tongue), self.tongue)
             if spec.teeth_up:
                 depth = min(spec.teeth_up, up + down - 0.3)
-                teeth = _intersect(opening, _distance(y - inner_upper(x) - depth), _distance(np.abs(x - FACE_CX) - half * 0.78))
+                teeth = _intersect(
+                    opening,
+                    _distance(y - inner_upper(x) - depth),
+                    _distance(np.abs(x - FACE_CX) - half * 0.78),
+                )
                 canvas.paint(_coverage(teeth), self.teeth)
             if spec.teeth_down:
                 depth = min(spec.teeth_down, max(up + down - spec.teeth_up - 1.0, 0.0))
-                teeth = _intersect(opening, _distance(inner_lower(x) - depth - y), _distance(np.abs(x - FACE_CX) - half * 0.7))
+                teeth = _intersect(
+                    opening,
+                    _distance(inner_lower(x) - depth - y),
+                    _distance(np.abs(x - FACE_CX) - half * 0.7),
+                )
                 canvas.paint(_coverage(teeth), self.teeth, 0.95)
         if shape is Viseme.TEETH_ON_LIP:
             # Upper teeth resting on the tucked lower lip.
@@ -760,7 +797,12 @@ class FaceRenderer:
             canvas.paint(_coverage(bite), self.teeth)
         # Dimples at the corners keep the mouth readable at small sizes.
         for side in (-1.0, 1.0):
-            corner = canvas.circle(FACE_CX + side * (outer_half - 0.4), smile(np.array([FACE_CX + outer_half]), outer_half)[0], 0.9, self.scale)
+            corner = canvas.circle(
+                FACE_CX + side * (outer_half - 0.4),
+                smile(np.array([FACE_CX + outer_half]), outer_half)[0],
+                0.9,
+                self.scale,
+            )
             canvas.paint(_coverage(corner, softness_px=1.6), self.skin_deep, 0.45)
 
 
@@ -778,4 +820,3 @@ def _shift(layer: _Canvas, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
     rgb[dst_y, dst_x] = layer.rgb[src_y, src_x]
     alpha[dst_y, dst_x] = layer.alpha[src_y, src_x]
     return rgb, alpha
-

@@ -1,0 +1,140 @@
+"""The avatar as an aiortc video track: the animated face at 20 fps, lip-synced to the voice.
+
+Timing contract (one clock for everything)
+------------------------------------------
+The track has a `clock` (default `time.monotonic`, the clock `PacedAudioTrack` uses). Frame n
+is due at `start + n / fps` on that clock, is drawn for exactly that moment, and is handed to
+aiortc then, with `pts = n * 90000 / fps` (time base 1/90000). Whoever plays the voice tells
+`track.animator` about it in the same clock's seconds:
+
+- `animator.speech_timeline_push(start_time, events)`: `start_time` is when the first sample
+  of that audio is handed to the encoder (or will be), and each event `(offset_seconds,
+  viseme, openness)` is a phoneme's start relative to it (`animator.phoneme_events` turns
+  espeak-ng phoneme timings into events). Push before the audio plays; a late push still
+  works from the moment it arrives.
+- `animator.audio_level_push(time, rms)`: the fallback when no timings exist. Given an
+  `audio=` track with a `listeners` list (`PacedAudioTrack`), this track registers itself and
+  feeds the level of every 20 ms piece at the moment the piece is sent.
+- `animator.speech_stop(time)`: barge-in; the mouth closes within ~100 ms.
+
+Because audio pieces and video frames are stamped on the same clock when they are sent, and
+both tracks share one MediaStream, the browser's A/V sync keeps them together on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
+
+from calls.pipeline.avatar.animator import FaceAnimator
+from calls.pipeline.avatar.face import FaceLook, FaceRenderer
+
+VIDEO_CLOCK_RATE = 90_000  # RTP video clock, Hz
+VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
+DEFAULT_FPS = 20
+# If frames fall this far behind the clock (a stalled loop), skip ahead instead of bursting.
+MAX_LAG_SECONDS = 0.25
+
+
+class _LevelFeed:
+    """A `PlaybackListener` for `PacedAudioTrack`: passes each piece's level to the animator.
+
+    It holds the animator, not the track, so the audio track never keeps the video track alive.
+    """
+
+    def __init__(self, animator: FaceAnimator) -> None:
+        self.animator = animator
+
+    def on_piece(self, *, pcm: bytes, started_at: float, speaking: bool) -> None:
+        if not speaking:
+            self.animator.audio_level_push(started_at, 0.0)
+            return
+        samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32)
+        rms = float(np.sqrt(np.mean(samples * samples))) / 32768.0 if samples.size else 0.0
+        self.animator.audio_level_push(started_at, rms)
+
+
+class AvatarVideoTrack(VideoStreamTrack):
+    """The persona's face as video: `FaceAnimator` decides, `FaceRenderer` draws, inline."""
+
+    kind = "video"
+
+    def __init__(
+        self,
+        look: FaceLook | Mapping[str, Any] | None = None,
+        audio: Any = None,
+        *,
+        fps: int = DEFAULT_FPS,
+        width: int = 320,
+        height: int = 240,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        if VIDEO_CLOCK_RATE % fps:
+            raise ValueError("fps must divide 90000 so pts steps are whole")
+        self.fps = fps
+        self.clock = clock
+        self.renderer = FaceRenderer(look, width=width, height=height)
+        self.animator = FaceAnimator(fps=fps, seed=seed)
+        self._pts_step = VIDEO_CLOCK_RATE // fps
+        self._start_time: float | None = None
+        self._frame_index = 0
+        self._audio = audio
+        self._level_feed: _LevelFeed | None = None
+        listeners = getattr(audio, "listeners", None)
+        if isinstance(listeners, list):
+            self._level_feed = _LevelFeed(self.animator)
+            listeners.append(self._level_feed)
+
+    @property
+    def frame_time(self) -> float | None:
+        """When the latest frame was due, on `clock` (None before the first frame)."""
+        if self._start_time is None:
+            return None
+        return self._start_time + self._frame_index / self.fps
+
+    async def next_timestamp(self) -> tuple[int, Fraction]:
+        """Wait until the next frame is due; its pts (90 kHz) and time base."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start_time is None:
+            self._start_time = self.clock()
+            self._frame_index = 0
+        else:
+            self._frame_index += 1
+            # Due times are computed from the start, never from the last frame: no drift.
+            delay = self._start_time + self._frame_index / self.fps - self.clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                if self.readyState != "live":
+                    raise MediaStreamError
+            elif -delay > MAX_LAG_SECONDS:
+                self._frame_index += int(-delay * self.fps)
+        return self._frame_index * self._pts_step, VIDEO_TIME_BASE
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame_time = self.frame_time
+        assert frame_time is not None
+        frame = self.renderer.render(self.animator.state_at(frame_time))
+        frame.pts = pts
+        frame.time_base = time_base
+        return frame
+
+    def stop(self) -> None:
+        """End the track and unhook it from the audio track."""
+        if self._level_feed is not None:
+            listeners = getattr(self._audio, "listeners", [])
+            if self._level_feed in listeners:
+                listeners.remove(self._level_feed)
+            self._level_feed = None
+        self._audio = None
+        super().stop()

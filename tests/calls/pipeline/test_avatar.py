@@ -1,0 +1,259 @@
+"""The avatar: what the face looks like, how it moves, and the video track that sends it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import numpy as np
+import pytest
+from aiortc.mediastreams import MediaStreamError
+
+from calls.pipeline.avatar.animator import FaceAnimator, phoneme_events, viseme_for_phoneme
+from calls.pipeline.avatar.face import FaceLook, FaceRenderer, FaceState, Viseme, yuv_to_rgb
+from calls.pipeline.avatar.track import AvatarVideoTrack
+
+FPS = 20
+FRAME = 1.0 / FPS
+LOOK = {
+    "skin": "#e8b99a",
+    "hair": "#3b2a20",
+    "eyes": "#2f4a6b",
+    "lips": "#b5545c",
+    "background": "#dfe8f1",
+    "hairStyle": "bob",
+}
+
+
+@pytest.fixture(scope="module")
+def renderer() -> FaceRenderer:
+    return FaceRenderer(LOOK)
+
+
+def pixel_rgb(frame_planes: np.ndarray, x: int, y: int, width: int = 320, height: int = 240) -> np.ndarray:
+    flat = frame_planes.reshape(-1)
+    chroma = (height // 2) * (width // 2)
+    luma = flat[y * width + x]
+    u = flat[width * height + (y // 2) * (width // 2) + x // 2]
+    v = flat[width * height + chroma + (y // 2) * (width // 2) + x // 2]
+    return np.array(yuv_to_rgb(float(luma), float(u), float(v))) * 255
+
+
+def hex_rgb(value: str) -> np.ndarray:
+    return np.array([int(value[i : i + 2], 16) for i in (1, 3, 5)], dtype=float)
+
+
+def changed_box(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the luma pixels that differ, or None."""
+    diff = np.argwhere(a[:240] != b[:240])
+    if diff.size == 0:
+        return None
+    (y0, x0), (y1, x1) = diff.min(axis=0), diff.max(axis=0)
+    return int(x0), int(y0), int(x1) + 1, int(y1) + 1
+
+
+def inside(box: tuple[int, int, int, int], bounds: tuple[int, int, int, int]) -> bool:
+    return box[0] >= bounds[0] and box[1] >= bounds[1] and box[2] <= bounds[2] and box[3] <= bounds[3]
+
+
+# --- the look ---------------------------------------------------------------------------------
+
+
+def test_a_frame_is_yuv420p_with_background_in_the_corner_and_skin_at_the_face_centre(renderer):
+    frame = renderer.render(FaceState())
+    assert (frame.format.name, frame.width, frame.height) == ("yuv420p", 320, 240)
+    planes = frame.to_ndarray()
+    assert np.abs(pixel_rgb(planes, 3, 3) - hex_rgb(LOOK["background"])).max() < 8
+    # Between the eyes, above the nose: plain lit skin.
+    assert np.abs(pixel_rgb(planes, 158, 104) - hex_rgb(LOOK["skin"])).max() < 12
+
+
+def test_an_open_mouth_changes_only_the_mouth_region(renderer):
+    closed = renderer.render_planes(FaceState(mouth_open=0.0))
+    mouth = renderer.feature_box("mouth")
+    for shape in Viseme:
+        opened = renderer.render_planes(FaceState(mouth_open=0.8, mouth_shape=shape))
+        box = changed_box(closed, opened)
+        assert box is not None, shape
+        assert inside(box, mouth), (shape, box, mouth)
+        assert mouth[0] < 160 < mouth[2] and 140 < mouth[3] < 175
+
+
+def test_the_mouth_shapes_are_distinct(renderer):
+    frames = [renderer.render_planes(FaceState(mouth_open=0.8, mouth_shape=shape)) for shape in Viseme]
+    for i, first in enumerate(frames):
+        for second in frames[i + 1 :]:
+            assert np.abs(first[:240].astype(int) - second[:240].astype(int)).sum() > 2000
+
+
+def test_a_blink_closes_the_eyes_and_they_reopen(renderer):
+    open_eyes = renderer.render_planes(FaceState(blink=0.0))
+    closed = renderer.render_planes(FaceState(blink=1.0))
+    box = changed_box(open_eyes, closed)
+    assert box is not None
+    left, right = renderer.feature_box("eye_left"), renderer.feature_box("eye_right")
+    assert inside(box, (left[0], min(left[1], right[1]), right[2], max(left[3], right[3])))
+    # Closed, the white and the iris are replaced by the lid.
+    eye = (slice(left[1], left[3]), slice(left[0], left[2]))
+    assert np.abs(open_eyes[eye].astype(int) - closed[eye].astype(int)).sum() > 3000
+    reopened = renderer.render_planes(FaceState(blink=0.0))
+    assert np.array_equal(open_eyes, reopened)
+
+
+def test_a_head_offset_moves_the_head_and_not_the_background(renderer):
+    still = renderer.render_planes(FaceState())
+    moved = renderer.render_planes(FaceState(head_dx=2.0, head_dy=-1.0))
+    assert not np.array_equal(still, moved)
+    assert np.array_equal(still[:240, :40], moved[:240, :40])  # the left edge is background
+
+
+def test_bad_look_values_fall_back_to_defaults():
+    look = FaceLook.from_dict(
+        {"skin": "pink", "hair": "#12", "eyes": 7, "lips": "#ABC", "hairStyle": "mohawk"}
+    )
+    defaults = FaceLook()
+    assert (look.skin, look.hair, look.eyes) == (defaults.skin, defaults.hair, defaults.eyes)
+    assert look.lips == "#aabbcc"
+    assert look.hair_style == defaults.hair_style
+    assert FaceLook.from_dict(None) == defaults
+    assert FaceLook.from_dict({"hairStyle": "Long"}).hair_style == "long"
+
+
+@pytest.mark.parametrize("style", ["bob", "long", "short", "bun"])
+def test_every_hair_style_renders(style):
+    frame = FaceRenderer({**LOOK, "hairStyle": style}).render(
+        FaceState(mouth_open=0.5, mouth_shape=Viseme.OPEN)
+    )
+    # Hair is darker than skin: the top of the head is hair.
+    assert pixel_rgb(frame.to_ndarray(), 160, 50).mean() < hex_rgb(LOOK["skin"]).mean() - 40
+
+
+# --- motion -----------------------------------------------------------------------------------
+
+
+def run_animator(
+    animator: FaceAnimator, seconds: float, start: float = 100.0
+) -> list[tuple[float, FaceState]]:
+    frames = round(seconds * FPS)
+    return [(start + i * FRAME, animator.state_at(start + i * FRAME)) for i in range(frames)]
+
+
+def test_idle_blinks_come_every_two_to_six_seconds_and_close_the_eyes():
+    for seed in range(5):
+        states = run_animator(FaceAnimator(fps=FPS, seed=seed), 10.0)
+        closed_at = [t for t, state in states if state.blink >= 0.99]
+        assert 2 <= len(closed_at) <= 7, (seed, closed_at)
+        assert closed_at[0] - 100.0 <= 6.0
+        # Blinks are brief: eyes are never more than half closed for long.
+        half_closed = sum(1 for _, state in states if state.blink > 0.5)
+        assert half_closed <= 2 * len(closed_at) + 1
+        assert all(state.mouth_open == 0 for _, state in states)
+
+
+def test_idle_face_sways_a_little_and_looks_around():
+    states = [state for _, state in run_animator(FaceAnimator(fps=FPS, seed=3), 20.0)]
+    assert max(abs(s.head_dx) for s in states) <= 3 and max(abs(s.head_dy) for s in states) <= 3
+    assert max(s.head_dx for s in states) - min(s.head_dx for s in states) > 1.0
+    assert any(abs(s.gaze_dx) > 0.5 for s in states)
+
+
+def test_a_speech_timeline_opens_and_closes_the_mouth_on_time():
+    animator = FaceAnimator(fps=FPS, seed=1)
+    start = 100.0
+    animator.state_at(start)
+    speech_start = start + 0.5
+    animator.speech_timeline_push(
+        speech_start, [(0.0, Viseme.OPEN, 0.9), (0.3, Viseme.ROUND, 0.7), (0.6, Viseme.CLOSED, 0.0)]
+    )
+    states = run_animator(animator, 2.0, start=start + FRAME)
+    opened = [t for t, s in states if s.mouth_open > 0.4]
+    assert abs(opened[0] - speech_start) <= FRAME + 1e-9
+    assert abs(opened[-1] - (speech_start + 0.6)) <= FRAME + 1e-9
+    shapes = {s.mouth_shape for t, s in states if speech_start + 0.1 <= t < speech_start + 0.25}
+    assert shapes == {Viseme.OPEN}
+    shapes = {s.mouth_shape for t, s in states if speech_start + 0.4 <= t < speech_start + 0.55}
+    assert shapes == {Viseme.ROUND}
+    assert all(s.mouth_open == 0 for t, s in states if t >= speech_start + 0.8)
+    # No flicker: while the vowel holds, openness only rises then settles.
+    held = [s.mouth_open for t, s in states if speech_start <= t < speech_start + 0.28]
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(held))
+
+
+def test_speech_stop_closes_the_mouth_within_100_ms():
+    animator = FaceAnimator(fps=FPS, seed=2)
+    animator.state_at(100.0)
+    animator.speech_timeline_push(100.0, [(0.0, Viseme.OPEN, 1.0), (5.0, Viseme.CLOSED, 0.0)])
+    states = run_animator(animator, 0.5, start=100.0 + FRAME)
+    assert states[-1][1].mouth_open > 0.9
+    stop_at = states[-1][0] + 0.01
+    animator.speech_stop(stop_at)
+    after = run_animator(animator, 0.5, start=states[-1][0] + FRAME)
+    assert all(s.mouth_open == 0 for t, s in after if t >= stop_at + 0.1)
+
+
+def test_audio_levels_move_the_mouth_when_there_is_no_timeline():
+    animator = FaceAnimator(fps=FPS, seed=4)
+    animator.state_at(100.0)
+    for i in range(25):  # 0.5 s of loud audio in 20 ms pieces, then silence
+        animator.audio_level_push(100.0 + i * 0.02, 0.1 if i < 15 else 0.0)
+    states = run_animator(animator, 0.8, start=100.0 + FRAME)
+    assert max(s.mouth_open for t, s in states if t < 100.3) > 0.5
+    assert all(s.mouth_open == 0 for t, s in states if t >= 100.5)
+
+
+def test_the_phoneme_mapping_covers_espeak_mnemonics():
+    expected = {
+        Viseme.CLOSED: "p b m",
+        Viseme.TEETH_ON_LIP: "f v",
+        Viseme.OPEN: "a A @",
+        Viseme.WIDE: "E e i I s z t d k g n N h j T D",
+        Viseme.ROUND: "o O u U w r S Z tS dZ",
+    }
+    for viseme, phonemes in expected.items():
+        for phoneme in phonemes.split():
+            assert viseme_for_phoneme(phoneme) is viseme, phoneme
+    assert viseme_for_phoneme("l") in set(Viseme)
+    assert viseme_for_phoneme("'aI") is Viseme.OPEN  # stress mark, diphthong
+    assert viseme_for_phoneme("i:") is Viseme.WIDE  # length mark
+    assert viseme_for_phoneme("_:") is Viseme.CLOSED  # pause
+    events = phoneme_events([(0.0, "h"), (0.08, "@"), (0.16, "l"), (0.22, "oU")], end_offset=0.4)
+    assert events[1][1] is Viseme.OPEN and events[-1] == (0.4, Viseme.CLOSED, 0.0)
+
+
+# --- the track --------------------------------------------------------------------------------
+
+
+class FakeAudio:
+    def __init__(self) -> None:
+        self.listeners: list = []
+
+
+async def test_the_track_sends_frames_at_20_fps_with_90khz_pts():
+    audio = FakeAudio()
+    track = AvatarVideoTrack(look=LOOK, audio=audio, seed=5)
+    assert len(audio.listeners) == 1
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    frames = []
+    while loop.time() - started < 0.5:
+        frames.append(await track.recv())
+    assert len(frames) >= 9
+    assert [f.pts for f in frames] == [i * 4500 for i in range(len(frames))]
+    assert all(f.time_base.denominator == 90000 and f.format.name == "yuv420p" for f in frames)
+    track.stop()
+    assert audio.listeners == []
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+
+
+async def test_the_track_feeds_audio_levels_to_the_animator():
+    audio = FakeAudio()
+    track = AvatarVideoTrack(look=LOOK, audio=audio, seed=6)
+    loud = (np.sin(np.arange(960) / 5) * 8000).astype(np.int16).tobytes()
+    now = track.clock()
+    for i in range(10):
+        audio.listeners[0].on_piece(pcm=loud, started_at=now + i * 0.02, speaking=True)
+    state = track.animator.state_at(now)
+    state = track.animator.state_at(now + 0.1)
+    assert state.mouth_open > 0.3
+    track.stop()
