@@ -163,13 +163,18 @@ class LiveSession(ConversationListener):
             # An ICE-restart re-offer: aiortc cannot restart ICE; say so instead of failing.
             await self.signal("warning", "ICE restart is not supported; the session continues as it is")
             return
-        from aiortc import VideoStreamTrack
+        from calls.pipeline.avatar.track import AvatarVideoTrack  # heavy drawing setup, once
 
         ice_address_policy_apply()
         self.peer = peer = RTCPeerConnection(self._ice_configuration())
+        self._video_track = AvatarVideoTrack(look=self.config.avatar_look, audio=self.audio_track)
         # The pipeline (brain, voice) builds while ICE and DTLS connect.
         self.conversation = Conversation(
-            config=self.config, track=self.audio_track, microphone=self.microphone, listener=self
+            config=self.config,
+            track=self.audio_track,
+            microphone=self.microphone,
+            listener=self,
+            face=self._video_track.animator,
         )
         self._conversation_started = asyncio.ensure_future(self.conversation.start())
 
@@ -200,7 +205,6 @@ class LiveSession(ConversationListener):
             elif state in {"failed", "closed"}:
                 await self.end(reason=EndReason.HANGUP if state == "closed" else EndReason.FAILED)
 
-        self._video_track = VideoStreamTrack()
         # Voice and face in one MediaStream (aiortc gives every track of a PC one stream id), so
         # the SDK's streamToVideoElement plays both.
         peer.addTrack(self._video_track)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,8 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from calls.pipeline.frames import VisemeTimelineFrame
+from calls.pipeline.lipsync import ipa_speech_events
 from calls.pipeline.transport import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
@@ -158,18 +161,32 @@ class SpeechEndAligner(FrameProcessor):
 
 
 class PlaybackTracker(FrameProcessor):
-    """After the output: turns played words and speaking state into listener calls."""
+    """After the output: turns played words and speaking state into listener calls.
 
-    def __init__(self, plan: _SpeechPlan, track: PacedAudioTrack, listener: ConversationListener) -> None:
+    Frames without a timestamp leave the output once the audio queued before them has been
+    played, so a `VisemeTimelineFrame` arrives here just as its own audio starts: the moment
+    to hand its mouth shapes to the face.
+    """
+
+    def __init__(
+        self,
+        plan: _SpeechPlan,
+        track: PacedAudioTrack,
+        listener: ConversationListener,
+        face: Any = None,
+    ) -> None:
         super().__init__(name="PlaybackTracker")
         self._plan = plan
         self._track = track
         self._listener = listener
+        self._face = face  # a FaceAnimator, or None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         plan = self._plan
-        if isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
+        if isinstance(frame, VisemeTimelineFrame) and self._face is not None:
+            self._face.speech_timeline_push(time.monotonic(), ipa_speech_events(frame.phonemes))
+        elif isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
             if plan.message_id is None:
                 await self._start_message()
         elif isinstance(frame, TTSTextFrame) and direction == FrameDirection.DOWNSTREAM:
@@ -199,6 +216,8 @@ class PlaybackTracker(FrameProcessor):
                     correlation_id=correlation_id,
                 )
         elif isinstance(frame, InterruptionFrame):
+            if self._face is not None:
+                self._face.speech_stop(time.monotonic())
             if plan.message_id is not None:
                 message_id, spoken = plan.message_id, " ".join(plan.spoken)
                 text, correlation_id = plan.planned_text, plan.correlation_id
@@ -240,10 +259,12 @@ class Conversation:
         track: PacedAudioTrack,
         microphone: MicrophoneDrain,
         listener: ConversationListener,
+        face: Any = None,
     ) -> None:
         self.config = config
         self.track = track
         self.listener = listener
+        self.face = face
         self._plan = _SpeechPlan()
         self.transport = ParleyTransport(params=transport_params(), track=track, microphone=microphone)
         self._worker: PipelineWorker | None = None
@@ -285,7 +306,7 @@ class Conversation:
                 tts,
                 SpeechEndAligner(),
                 self.transport.output(),
-                PlaybackTracker(self._plan, self.track, self.listener),
+                PlaybackTracker(self._plan, self.track, self.listener, self.face),
                 aggregators.assistant(),
             ]
         )
