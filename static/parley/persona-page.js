@@ -113,6 +113,8 @@ function renderHistory(messages) {
   const items = messages.map((message) => {
     const item = document.createElement("li");
     item.className = `message message-${message.role}`;
+    // Only messages not shown before slide in; the whole list is rebuilt on each update.
+    if (!renderHistory.shown.has(message.id)) item.classList.add("message-new");
     item.dataset.role = message.role;
     item.dataset.id = message.id;
     const who = document.createElement("span");
@@ -132,11 +134,15 @@ function renderHistory(messages) {
     return item;
   });
   if (!items.length) return;
+  renderHistory.shown = new Set(messages.map((message) => message.id));
   elements.history.replaceChildren(...items);
   elements.history.scrollTop = elements.history.scrollHeight;
 }
 
+renderHistory.shown = new Set();
+
 function resetHistory() {
+  renderHistory.shown = new Set();
   const empty = document.createElement("li");
   empty.className = "history-empty";
   empty.textContent = `Say hello to ${personaName}: ${personaName} will greet you first.`;
