@@ -205,7 +205,7 @@ def test_a_visitor_sees_hears_and_types_to_mara_then_stops(
     expect(page.locator("#message-input")).to_be_disabled()
     page.screenshot(path=str(screenshot_dir / "chat-page-4-ended.png"))
     page.set_viewport_size({"width": 390, "height": 844})  # a phone: the panels stack
-    page.screenshot(path=str(screenshot_dir / "chat-page-6-phone.png"), full_page=True)
+    page.screenshot(path=str(screenshot_dir / "chat-page-6-phone.png"))
 
     call = Call.objects.filter(persona__slug=mara).order_by("-created_at").first()
     assert call is not None, "no Call was created"
