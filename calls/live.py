@@ -310,6 +310,9 @@ class LiveSession(ConversationListener):
                 "interrupted": False,
             },
         )
+        if self.conversation.speaking:
+            # Typing over the persona is a barge-in: its current reply stops where it is.
+            await self.conversation.interrupt()
         await self.conversation.user_text(text)
 
     async def say(self, text: str) -> None:

@@ -50,6 +50,11 @@ logger = logging.getLogger(__name__)
 
 # How long stopping a pipeline may take before it is cancelled, in seconds.
 STOP_TIMEOUT_SECONDS = 3.0
+# A message whose voice has been silent this long is over (seconds); sentences of one reply
+# follow each other much faster than this.
+QUIET_SECONDS = 0.7
+# How often the quiet check runs, in seconds.
+QUIET_CHECK_SECONDS = 0.1
 # Talk-stream text is spoken a sentence at a time; this ends a sentence.
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s+")
 
@@ -117,6 +122,7 @@ class _SpeechPlan:
         self.message_id: str | None = None
         self.spoken: list[str] = []
         self.start_samples = 0
+        self.started_at = 0.0
 
     @property
     def planned_text(self) -> str:
@@ -204,17 +210,7 @@ class PlaybackTracker(FrameProcessor):
                     )
                     plan.spoken.append(word)
         elif isinstance(frame, BotStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
-            if plan.message_id is not None:
-                message_id, spoken = plan.message_id, " ".join(plan.spoken)
-                text, correlation_id = plan.planned_text, plan.correlation_id
-                self._reset()
-                await self._listener.on_bot_finished(
-                    message_id=message_id,
-                    text=text,
-                    spoken=spoken,
-                    index=len(spoken.split()),
-                    correlation_id=correlation_id,
-                )
+            await self._finish()
         elif isinstance(frame, InterruptionFrame):
             if self._face is not None:
                 self._face.speech_stop(time.monotonic())
@@ -235,8 +231,43 @@ class PlaybackTracker(FrameProcessor):
                 self._plan.planned.clear()
         await self.push_frame(frame, direction)
 
+    async def _finish(self) -> None:
+        plan = self._plan
+        if plan.message_id is None:
+            return
+        message_id, spoken = plan.message_id, " ".join(plan.spoken)
+        text, correlation_id = plan.planned_text, plan.correlation_id
+        self._reset()
+        await self._listener.on_bot_finished(
+            message_id=message_id,
+            text=text,
+            spoken=spoken,
+            index=len(spoken.split()),
+            correlation_id=correlation_id,
+        )
+
+    async def finish_if_quiet(self) -> None:
+        """End the current message once its voice has stopped for QUIET_SECONDS.
+
+        pipecat's "bot stopped speaking" does not always come (a stop frame that overtakes
+        its audio leaves only a fallback that can wait long); the voice going quiet is the
+        fact that matters to the listener.
+        """
+        plan, track = self._plan, self._track
+        if plan.message_id is None or track.queued_seconds > 0 or track.last_voice_at is None:
+            return
+        if track.last_voice_at < plan.started_at:
+            return  # this message has not made a sound yet
+        if time.monotonic() - track.last_voice_at >= QUIET_SECONDS:
+            await self._finish()
+
+    @property
+    def speaking(self) -> bool:
+        return self._plan.message_id is not None
+
     async def _start_message(self) -> None:
         plan = self._plan
+        plan.started_at = time.monotonic()
         plan.message_id = "msg_" + secrets.token_hex(12)
         plan.spoken = []
         plan.start_samples = self._track.samples_played
@@ -269,6 +300,8 @@ class Conversation:
         self.transport = ParleyTransport(params=transport_params(), track=track, microphone=microphone)
         self._worker: PipelineWorker | None = None
         self._runner_task: asyncio.Task[None] | None = None
+        self._tracker = PlaybackTracker(self._plan, track, listener, face)
+        self._quiet_watch: asyncio.Task[None] | None = None
         self._talk_stream_buffer = ""
         self._pending_tool_results: dict[str, asyncio.Future[Any]] = {}
         self.context: Any = None
@@ -306,7 +339,7 @@ class Conversation:
                 tts,
                 SpeechEndAligner(),
                 self.transport.output(),
-                PlaybackTracker(self._plan, self.track, self.listener, self.face),
+                self._tracker,
                 aggregators.assistant(),
             ]
         )
@@ -329,6 +362,19 @@ class Conversation:
         runner = WorkerRunner(handle_sigint=False)
         await runner.add_workers(self._worker)
         self._runner_task = asyncio.create_task(runner.run(), name=f"pipeline:{self.config.agent}")
+        self._quiet_watch = asyncio.create_task(self._watch_quiet(), name=f"quiet:{self.config.agent}")
+
+    async def _watch_quiet(self) -> None:
+        while True:
+            await asyncio.sleep(QUIET_CHECK_SECONDS)
+            try:
+                await self._tracker.finish_if_quiet()
+            except Exception:
+                logger.exception("ending a quiet message failed")
+
+    @property
+    def speaking(self) -> bool:
+        return self._tracker.speaking
 
     def peer_ready(self) -> None:
         self.transport.output().peer_ready.set()
@@ -387,6 +433,9 @@ class Conversation:
                 await tts_service_close(self._tts)
 
     async def _stop_pipeline(self) -> None:
+        if self._quiet_watch is not None:
+            self._quiet_watch.cancel()
+            self._quiet_watch = None
         worker, task = self._worker, self._runner_task
         self._worker = self._runner_task = None
         for pending in self._pending_tool_results.values():

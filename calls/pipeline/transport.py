@@ -57,6 +57,7 @@ class PacedAudioTrack(MediaStreamTrack):
         self._clock_start: float | None = None
         self.listeners: list[PlaybackListener] = []
         self.samples_played = 0  # voice samples (not silence) handed to the encoder
+        self.last_voice_at: float | None = None  # when the latest voice piece was sent
 
     def play(self, pcm: bytes) -> asyncio.Future[None]:
         """Queue 16-bit mono 48 kHz audio; the future resolves when its last piece is sent."""
@@ -103,6 +104,7 @@ class PacedAudioTrack(MediaStreamTrack):
         piece, done = self._pieces.popleft() if speaking else (bytes(PIECE_BYTES), None)
         if speaking:
             self.samples_played += PIECE_SAMPLES
+            self.last_voice_at = now
         started_at = time.monotonic()
         for listener in self.listeners:
             try:
