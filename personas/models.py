@@ -103,7 +103,9 @@ class Persona(models.Model):
     # Voice (speech synthesis) and hearing (speech recognition).
     tts_provider = models.CharField(max_length=20, choices=TtsProvider.choices, default=TtsProvider.ESPEAK)
     voice = models.CharField(max_length=120, default="en-us+f3", help_text="Voice id for the TTS provider.")
-    tts_model = models.CharField(max_length=120, blank=True, help_text="Cloud TTS model, e.g. eleven_flash_v2_5.")
+    tts_model = models.CharField(
+        max_length=120, blank=True, help_text="Cloud TTS model, e.g. eleven_flash_v2_5."
+    )
     tts_base_url = models.URLField(blank=True, help_text="Cloud TTS endpoint; empty uses the provider's own.")
     tts_api_key = models.CharField(max_length=300, blank=True)
     stt_provider = models.CharField(

@@ -310,7 +310,9 @@ class Command(BaseCommand):
         for note in result.notes:
             self.stdout.write(self.style.WARNING(f"Note: {note}."))
         password = result.admin_password if result.admin_password is not None else "(not shown)"
-        self.stdout.write(f"  Persona:  {persona.name}  (slug {persona.slug}; GET /v1/personas/{persona.slug})")
+        self.stdout.write(
+            f"  Persona:  {persona.name}  (slug {persona.slug}; GET /v1/personas/{persona.slug})"
+        )
         self.stdout.write(f"  API key:  {result.api_key}  ({result.api_key_source})")
         self.stdout.write(
             f"  Admin:    /admin/  user {result.admin_username}, password {password}  "
