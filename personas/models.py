@@ -111,6 +111,13 @@ class Persona(models.Model):
     stt_provider = models.CharField(
         max_length=20, choices=SttProvider.choices, default=SttProvider.POCKETSPHINX
     )
+    stt_model = models.CharField(
+        max_length=120, blank=True, help_text="Cloud recogniser model, e.g. nova-3 or whisper-1."
+    )
+    stt_base_url = models.URLField(
+        blank=True, help_text="Cloud speech-recognition endpoint; empty uses the provider's own."
+    )
+    stt_api_key = models.CharField(max_length=300, blank=True)
 
     # Face.
     avatar_look = models.JSONField(default=default_avatar_look, blank=True)
@@ -125,6 +132,14 @@ class Persona(models.Model):
     llm_api_key = models.CharField(max_length=300, blank=True)
     llm_temperature = models.FloatField(
         default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
+    )
+    tools = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            "Tools the LLM may call: a list of {type: 'client'|'server', name, description, "
+            "parameters (JSON schema)}. Client tools are answered by the browser."
+        ),
     )
 
     # Voice detection.
