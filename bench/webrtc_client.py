@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import av
 import httpx
 import numpy as np
 import websockets
@@ -23,6 +24,38 @@ from aiortc.mediastreams import MediaStreamError
 
 # A received 20 ms audio frame whose peak passes this (of 32767) counts as voice, not silence.
 LOUD_PEAK = 500
+
+
+class _CountingVideoDecoder:
+    """Stands in for the VP8 decoder: every complete encoded frame counts, none is decoded.
+
+    A benchmark that shares the server's cores must not spend them decoding video it never
+    looks at; the frame still crosses the network, the jitter buffer and the depacketiser.
+    """
+
+    def __init__(self) -> None:
+        self._frame = av.VideoFrame(16, 16, "yuv420p")
+
+    def decode(self, encoded_frame: Any) -> list[av.VideoFrame]:
+        self._frame.pts = encoded_frame.timestamp
+        return [self._frame]
+
+
+def video_decoding_disable() -> None:
+    """Process-wide: received video frames are counted, not decoded (benchmarks only)."""
+    from aiortc import rtcrtpreceiver
+
+    if getattr(rtcrtpreceiver.get_decoder, "_parley_counting", False):
+        return
+    real_get_decoder = rtcrtpreceiver.get_decoder
+
+    def get_decoder(codec: Any) -> Any:
+        if codec.mimeType.lower().startswith("video/"):
+            return _CountingVideoDecoder()
+        return real_get_decoder(codec)
+
+    get_decoder._parley_counting = True  # type: ignore[attr-defined]
+    rtcrtpreceiver.get_decoder = get_decoder
 
 
 @dataclass

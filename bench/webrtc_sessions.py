@@ -28,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.webrtc_client import ParleyWebRTCClient  # noqa: E402
+from bench.webrtc_client import ParleyWebRTCClient, video_decoding_disable  # noqa: E402
 
 DEMO_KEY = "prl_bench000_benchmark-key-not-secret-000000"
 QUESTION = "What are your opening hours?"
@@ -149,11 +149,12 @@ async def run_round(base_url: str, pid: int, count: int) -> dict[str, float]:
     # Every session connects and gets its first answer; then all are measured together.
     while len(ready) < count and not any(task.done() for task in tasks):  # noqa: ASYNC110 (a bench poll)
         await asyncio.sleep(0.2)
-    cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+    cpu_before, client_before, wall_before = cpu_seconds(pid), cpu_seconds(os.getpid()), time.monotonic()
     measure_start.set()
     await asyncio.gather(*tasks, return_exceptions=False)
-    cpu_after, wall_after = cpu_seconds(pid), time.monotonic()
+    cpu_after, client_after, wall_after = cpu_seconds(pid), cpu_seconds(os.getpid()), time.monotonic()
     cpu_percent = (cpu_after - cpu_before) / (wall_after - wall_before) * 100
+    client_cpu_percent = (client_after - client_before) / (wall_after - wall_before) * 100
 
     def pick(name: str) -> list[float]:
         return sorted(result[name] for result in results)
@@ -169,6 +170,7 @@ async def run_round(base_url: str, pid: int, count: int) -> dict[str, float]:
         "video_fps_min": min(pick("video_fps")),
         "server_cpu_percent": cpu_percent,
         "server_cpu_percent_per_session": cpu_percent / count,
+        "client_cpu_percent": client_cpu_percent,
     }
 
 
@@ -177,10 +179,19 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sessions", default="1,4,8,16", help="comma-separated session counts")
+    parser.add_argument(
+        "--decode-video",
+        action="store_true",
+        help="decode the received video too (by default frames are counted, not decoded, so the "
+        "client leaves the shared cores to the server)",
+    )
     args = parser.parse_args()
+    if not args.decode_video:
+        video_decoding_disable()
     os.environ.setdefault("PARLEY_ICE_LOOPBACK_ONLY", "1")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
     os.environ.setdefault("DJANGO_DEBUG", "1")
+    os.environ.setdefault("PARLEY_LOG_LEVEL", "WARNING")
     import django
 
     django.setup()
@@ -195,7 +206,7 @@ def main() -> None:
             )
             header = (
                 "sessions  first-frame ms (med/max)  reply-audio ms (med/max)  audio fps (min/med)"
-                "  video fps (min)  server CPU % (total / per session)"
+                "  video fps (min)  server CPU % (total / per session)  client CPU %"
             )
             print(header)
             for count in [int(part) for part in args.sessions.split(",")]:
@@ -205,7 +216,8 @@ def main() -> None:
                     f"  {row['reply_ms_median']:>10.0f} / {row['reply_ms_max']:<10.0f}"
                     f"  {row['audio_fps_min']:>7.1f} / {row['audio_fps_median']:<7.1f}"
                     f"  {row['video_fps_min']:>13.1f}"
-                    f"  {row['server_cpu_percent']:>8.0f} / {row['server_cpu_percent_per_session']:.1f}",
+                    f"  {row['server_cpu_percent']:>8.0f} / {row['server_cpu_percent_per_session']:<12.1f}"
+                    f"  {row['client_cpu_percent']:>5.0f}",
                     flush=True,
                 )
         finally:

@@ -86,6 +86,22 @@ def ice_address_policy_apply() -> None:
         aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
+def video_bitrate_policy_apply() -> None:
+    """Bound the avatar's VP8 bitrate to PARLEY_VIDEO_MAX_BITRATE (bits per second).
+
+    aiortc starts every VP8 stream at 500 kbps and lets the receiver's estimate raise it to
+    1.5 Mbps; a 320x240 face needs far less, and every extra RTP packet is Python work on the
+    event loop (encryption, send) that all sessions of the process share. aiortc reads these
+    module constants when it creates an encoder and when it applies a receiver estimate.
+    """
+    from aiortc.codecs import vpx
+
+    ceiling = settings.PARLEY_VIDEO_MAX_BITRATE
+    vpx.MAX_BITRATE = ceiling
+    vpx.DEFAULT_BITRATE = min(vpx.DEFAULT_BITRATE, ceiling)
+    vpx.MIN_BITRATE = min(vpx.MIN_BITRATE, ceiling)
+
+
 class LiveSession(ConversationListener):
     """One call's real-time side. Created by the first signalling socket of its session."""
 
@@ -166,6 +182,7 @@ class LiveSession(ConversationListener):
         from calls.pipeline.avatar.track import AvatarVideoTrack  # heavy drawing setup, once
 
         ice_address_policy_apply()
+        video_bitrate_policy_apply()
         self.peer = peer = RTCPeerConnection(self._ice_configuration())
         self._video_track = AvatarVideoTrack(look=self.config.avatar_look, audio=self.audio_track)
         # The pipeline (brain, voice) builds while ICE and DTLS connect.

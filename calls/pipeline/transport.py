@@ -36,6 +36,8 @@ PIECE_BYTES = PIECE_SAMPLES * 2
 MAX_LAG_SECONDS = 0.2
 # How long to wait for the microphone track before checking again.
 MIC_WAIT_SECONDS = 0.05
+# The voice is sent as mono Opus at this bitrate (speech; the browser decodes it to stereo).
+OPUS_BITRATE = 48_000
 
 
 class PlaybackListener:
@@ -45,13 +47,69 @@ class PlaybackListener:
         pass
 
 
+class OpusPieceEncoder:
+    """Encodes each 20 ms piece to one Opus packet, on the caller's thread.
+
+    aiortc encodes every frame a track returns on asyncio's default thread pool; a track that
+    returns encoded packets instead is sent as they are. Encoding 20 ms of mono speech takes
+    ~0.1 ms, much less than the hop to a thread and back, and those hops are what starves the
+    event loop of the GIL with many sessions in one process (every handoff can wait out the
+    interpreter's switch interval). So the voice is encoded inline.
+    """
+
+    def __init__(self, bitrate: int = OPUS_BITRATE) -> None:
+        self._bitrate = bitrate
+        self._codec = av.CodecContext.create("libopus", "w")
+        self._codec.sample_rate = OUTPUT_SAMPLE_RATE
+        self._codec.layout = "mono"
+        self._codec.format = "s16"
+        self._codec.bit_rate = bitrate
+        self._codec.options = {"application": "voip"}
+        self._codec.time_base = Fraction(1, OUTPUT_SAMPLE_RATE)
+        self._pending: deque[bytes] = deque()
+        self._silence: bytes | None = None
+
+    def encode(self, frame: av.AudioFrame) -> av.Packet:
+        for packet in self._codec.encode(frame):
+            self._pending.append(bytes(packet))
+        if self._pending:
+            payload = self._pending.popleft()
+        else:  # the encoder is still filling its look-ahead: send a silent packet
+            payload = self._silence_packet()
+        packet = av.Packet(payload)
+        packet.pts = frame.pts
+        packet.time_base = frame.time_base
+        return packet
+
+    def _silence_packet(self) -> bytes:
+        if self._silence is None:
+            quiet = OpusPieceEncoder(self._bitrate)
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, PIECE_SAMPLES), dtype=np.int16), format="s16", layout="mono"
+            )
+            frame.sample_rate = OUTPUT_SAMPLE_RATE
+            frame.pts = 0
+            frame.time_base = Fraction(1, OUTPUT_SAMPLE_RATE)
+            packets: list[av.Packet] = []
+            while not packets:
+                packets = list(quiet._codec.encode(frame))
+                frame.pts += PIECE_SAMPLES
+            self._silence = bytes(packets[0])
+        return self._silence
+
+
 class PacedAudioTrack(MediaStreamTrack):
-    """The persona's voice: queued PCM played out in real time, silence in between."""
+    """The persona's voice: queued PCM played out in real time, silence in between.
+
+    With `encode=True` (the default) `recv()` returns Opus packets (see `OpusPieceEncoder`);
+    with `encode=False` it returns raw 48 kHz frames.
+    """
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, *, encode: bool = True) -> None:
         super().__init__()
+        self._encoder = OpusPieceEncoder() if encode else None
         self._pieces: deque[tuple[bytes, asyncio.Future[None] | None]] = deque()
         self._sent_samples = 0
         self._clock_start: float | None = None
@@ -88,7 +146,7 @@ class PacedAudioTrack(MediaStreamTrack):
         self.flush()
         super().stop()
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -120,6 +178,8 @@ class PacedAudioTrack(MediaStreamTrack):
         frame.pts = self._sent_samples
         frame.time_base = Fraction(1, OUTPUT_SAMPLE_RATE)
         self._sent_samples += PIECE_SAMPLES
+        if self._encoder is not None:
+            return self._encoder.encode(frame)
         return frame
 
 
