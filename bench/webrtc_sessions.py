@@ -62,6 +62,8 @@ def start_server(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
     for command in (["migrate", "--noinput"], ["seed_demo", "--quiet"]):
         subprocess.run([python, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
     port = free_port()
+    # The server's log goes to a file: an unread pipe fills up and then blocks the server.
+    log = open(Path(data_dir) / "server.log", "wb")  # noqa: SIM115 (lives as long as the server)
     process = subprocess.Popen(
         [
             python,
@@ -78,7 +80,7 @@ def start_server(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
@@ -89,7 +91,14 @@ def start_server(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
         except httpx.HTTPError:
             time.sleep(0.2)
     process.kill()
-    raise SystemExit(f"the server did not start: {process.stderr.read().decode() if process.stderr else ''}")
+    raise SystemExit(f"the server did not start: {server_log_tail(data_dir)}")
+
+
+def server_log_tail(data_dir: str, lines: int = 40) -> str:
+    path = Path(data_dir) / "server.log"
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -210,7 +219,11 @@ def main() -> None:
             )
             print(header)
             for count in [int(part) for part in args.sessions.split(",")]:
-                row = asyncio.run(run_round(base_url, process.pid, count))
+                try:
+                    row = asyncio.run(run_round(base_url, process.pid, count))
+                except AssertionError as failure:
+                    print(f"{count:>8}  FAILED: {failure}\nserver log:\n{server_log_tail(data_dir)}", flush=True)
+                    continue
                 print(
                     f"{row['sessions']:>8}  {row['first_frame_ms_median']:>10.0f} / {row['first_frame_ms_max']:<10.0f}"
                     f"  {row['reply_ms_median']:>10.0f} / {row['reply_ms_max']:<10.0f}"

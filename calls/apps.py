@@ -1,8 +1,14 @@
 """App config for calls."""
 
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class CallsConfig(AppConfig):
     name = "calls"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from webapp.logging import loguru_forward
+
+        loguru_forward(settings.PIPECAT_LOG_LEVEL)

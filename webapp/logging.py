@@ -36,3 +36,25 @@ class RedactSecretsFilter(logging.Filter):
             record.msg = cleaned
             record.args = None
         return True
+
+
+def loguru_forward(level: str) -> None:
+    """Send loguru's records (pipecat logs through loguru) to `logging`, from `level` up.
+
+    loguru's default sink writes everything from DEBUG to stderr, bypassing Django's logging
+    (no redaction, no level control, a line per frame link). Records keep their module name
+    as the logger name ("pipecat.pipeline.worker"), so `LOGGING` decides where they go.
+    """
+    from loguru import logger as loguru_logger
+
+    def sink(message: object) -> None:
+        record = message.record  # type: ignore[attr-defined]
+        exception = record["exception"]
+        logging.getLogger(record["name"] or "loguru").log(
+            record["level"].no,
+            record["message"],
+            exc_info=(exception.type, exception.value, exception.traceback) if exception else None,
+        )
+
+    loguru_logger.remove()
+    loguru_logger.add(sink, level=level, format="{message}")

@@ -307,6 +307,9 @@ PARLEY_DEMO_API_KEY = os.environ.get("PARLEY_DEMO_API_KEY", "")
 # --- Logging: secrets never reach a log line --------------------------------------------
 
 LOG_LEVEL = os.environ.get("PARLEY_LOG_LEVEL", "INFO").upper()
+# pipecat logs every frame link and turn at DEBUG through loguru; Parley forwards it into
+# `logging` (logger "pipecat…") from this level up.
+PIPECAT_LOG_LEVEL = os.environ.get("PARLEY_PIPECAT_LOG_LEVEL", "WARNING").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -323,5 +326,8 @@ LOGGING = {
     "loggers": {
         "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "daphne": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "pipecat": {"handlers": ["console"], "level": PIPECAT_LOG_LEVEL, "propagate": False},
+        # aioice logs every candidate-pair check at INFO.
+        "aioice": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
