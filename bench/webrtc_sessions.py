@@ -63,7 +63,7 @@ def start_server(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
         subprocess.run([python, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
     port = free_port()
     # The server's log goes to a file: an unread pipe fills up and then blocks the server.
-    log = open(Path(data_dir) / "server.log", "wb")  # noqa: SIM115 (lives as long as the server)
+    log = open(Path(data_dir) / "server.log", "wb")
     process = subprocess.Popen(
         [
             python,
@@ -222,7 +222,9 @@ def main() -> None:
                 try:
                     row = asyncio.run(run_round(base_url, process.pid, count))
                 except AssertionError as failure:
-                    print(f"{count:>8}  FAILED: {failure}\nserver log:\n{server_log_tail(data_dir)}", flush=True)
+                    print(
+                        f"{count:>8}  FAILED: {failure}\nserver log:\n{server_log_tail(data_dir)}", flush=True
+                    )
                     continue
                 print(
                     f"{row['sessions']:>8}  {row['first_frame_ms_median']:>10.0f} / {row['first_frame_ms_max']:<10.0f}"
