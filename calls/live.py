@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -123,6 +124,7 @@ class LiveSession(ConversationListener):
         self._started_at = time.monotonic()
         self._video_track: Any = None
         self._conversation_started: asyncio.Future[None] | None = None
+        self._user_action_id = ""  # correlates userSpeechStarted/Ended of one utterance
         _LIVE[self.session_id] = self
         self._spawn(self._watchdog(), "watchdog")
 
@@ -311,6 +313,14 @@ class LiveSession(ConversationListener):
     async def user_typed(self, text: str) -> None:
         """Typed text is treated as if said: user.message, a transcript row, then a reply."""
         assert self.conversation is not None
+        await self._user_said(text)
+        if self.conversation.speaking:
+            # Typing over the persona is a barge-in: its current reply stops where it is.
+            await self.conversation.interrupt()
+        await self.conversation.user_text(text)
+
+    async def _user_said(self, text: str) -> None:
+        """The user's final words (typed or recognised): event, transcript row, caption."""
         message_id = new_message_id()
         await self.publish(events.UserMessage(text=text, message_id=message_id))
         await database_sync_to_async(services.message_record)(
@@ -327,10 +337,6 @@ class LiveSession(ConversationListener):
                 "interrupted": False,
             },
         )
-        if self.conversation.speaking:
-            # Typing over the persona is a barge-in: its current reply stops where it is.
-            await self.conversation.interrupt()
-        await self.conversation.user_text(text)
 
     async def say(self, text: str) -> None:
         if self.conversation is not None:
@@ -352,6 +358,30 @@ class LiveSession(ConversationListener):
             await services.acall_event_publish(call=self.call, event=event)
         except Exception:  # the conversation goes on even if one event cannot be stored
             logger.exception("session %s: could not publish %s", self.session_id, event.name)
+
+    async def on_user_speech_started(self) -> None:
+        self._user_action_id = "ua_" + secrets.token_hex(8)
+        await self.publish(events.SpeechStarted())
+        self.send_data("userSpeechStarted", {"user_action_correlation_id": self._user_action_id})
+
+    async def on_user_speech_ended(self) -> None:
+        await self.publish(events.SpeechEnded())
+        self.send_data("userSpeechEnded", {"user_action_correlation_id": self._user_action_id})
+
+    async def on_user_speaking(self, *, text: str) -> None:
+        await self.publish(events.UserSpeaking(text=text))
+
+    async def on_user_message(self, *, text: str) -> None:
+        await self._user_said(text)
+
+    async def on_eager_turn(self, *, text: str, probability: float) -> None:
+        await self.publish(events.EagerTurn(text=text, probability=probability))
+
+    async def on_turn_end(self, *, text: str, probability: float) -> None:
+        await self.publish(events.TurnEnd(text=text, probability=probability))
+
+    async def on_turn_continued(self) -> None:
+        await self.publish(events.TurnContinued())
 
     async def on_bot_speaking(self, *, message_id: str, text: str) -> None:
         await self.publish(events.BotSpeaking(message_id=message_id, text=text))
@@ -542,6 +572,16 @@ def _build_config(call: Call) -> ConversationConfig:
         tts_model=persona.tts_model,
         tts_base_url=persona.tts_base_url,
         tts_api_key=persona.tts_api_key,
+        stt_provider=persona.stt_provider,
+        stt_model=persona.stt_model,
+        stt_base_url=persona.stt_base_url,
+        stt_api_key=persona.stt_api_key,
+        end_of_speech_sensitivity=float(
+            detection.get("endOfSpeechSensitivity", persona.end_of_speech_sensitivity)
+        ),
+        silence_before_auto_end_turn_seconds=float(
+            detection.get("silenceBeforeAutoEndTurnSeconds") or persona.silence_before_auto_end_turn_seconds
+        ),
         brain_provider="builtin" if llm_id == "builtin" else persona.brain_provider,
         llm_base_url=persona.llm_base_url,
         llm_model=llm_id if llm_id and llm_id != "builtin" else persona.llm_model,

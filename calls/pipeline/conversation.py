@@ -45,6 +45,13 @@ from calls.pipeline.transport import (
     ParleyTransport,
     transport_params,
 )
+from calls.pipeline.turns import (
+    ParleyTurnStopStrategy,
+    TurnSettings,
+    UserSideListener,
+    VoiceGuard,
+    vad_analyzer_build,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +80,14 @@ class ConversationConfig:
     tts_model: str = ""
     tts_base_url: str = ""
     tts_api_key: str = ""
+    stt_provider: str = "pocketsphinx"
+    stt_model: str = ""
+    stt_base_url: str = ""
+    stt_api_key: str = ""
+    end_of_speech_sensitivity: float = 0.5
+    silence_before_auto_end_turn_seconds: float = 1.5
+    # False: no microphone processing at all (typed text only; tests of the speaking side).
+    listening: bool = False
     brain_provider: str = "builtin"
     llm_base_url: str = ""
     llm_model: str = ""
@@ -86,7 +101,7 @@ class ConversationConfig:
     idle_warning_seconds: float = 15.0
 
 
-class ConversationListener:
+class ConversationListener(UserSideListener):
     """What a conversation reports; the live session implements it."""
 
     async def on_bot_speaking(self, *, message_id: str, text: str) -> None: ...
@@ -186,6 +201,7 @@ class PlaybackTracker(FrameProcessor):
         self._track = track
         self._listener = listener
         self._face = face  # a FaceAnimator, or None
+        self._held: list[TTSTextFrame] = []  # words whose voice is paused
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -196,22 +212,16 @@ class PlaybackTracker(FrameProcessor):
             if plan.message_id is None:
                 await self._start_message()
         elif isinstance(frame, TTSTextFrame) and direction == FrameDirection.DOWNSTREAM:
-            if plan.message_id is None and frame.text.strip():
-                # The output did not announce this speech (it still thought the last one was
-                # going on): the first played word starts the message.
-                await self._start_message()
-            if plan.message_id is not None:
-                for word in frame.text.split():
-                    await self._listener.on_bot_word(
-                        message_id=plan.message_id,
-                        word=word,
-                        index=len(plan.spoken),
-                        correlation_id=plan.correlation_id,
-                    )
-                    plan.spoken.append(word)
+            if self._track.paused or self._held:
+                # The voice is paused (the user is speaking over it): its words are not being
+                # heard, so they wait; an interruption drops them, a resume lets them out.
+                self._held.append(frame)
+                return
+            await self._words_played(frame)
         elif isinstance(frame, BotStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._finish()
         elif isinstance(frame, InterruptionFrame):
+            self._held.clear()
             if self._face is not None:
                 self._face.speech_stop(time.monotonic())
             if plan.message_id is not None:
@@ -230,6 +240,34 @@ class PlaybackTracker(FrameProcessor):
             else:
                 self._plan.planned.clear()
         await self.push_frame(frame, direction)
+
+    async def _words_played(self, frame: TTSTextFrame) -> None:
+        plan = self._plan
+        if plan.message_id is None and frame.text.strip():
+            # The output did not announce this speech (it still thought the last one was
+            # going on): the first played word starts the message.
+            await self._start_message()
+        if plan.message_id is not None:
+            for word in frame.text.split():
+                await self._listener.on_bot_word(
+                    message_id=plan.message_id,
+                    word=word,
+                    index=len(plan.spoken),
+                    correlation_id=plan.correlation_id,
+                )
+                plan.spoken.append(word)
+
+    async def release_held_words(self) -> None:
+        """Once the voice plays again after a pause, its held words are played too."""
+        while self._held and not self._track.paused:
+            frame = self._held.pop(0)
+            await self._words_played(frame)
+            await self.push_frame(frame, FrameDirection.DOWNSTREAM)
+
+    @property
+    def recent_words(self) -> list[str]:
+        """What the persona has said in its current message (for the echo check)."""
+        return list(self._plan.spoken[-30:])
 
     async def _finish(self) -> None:
         plan = self._plan
@@ -254,6 +292,10 @@ class PlaybackTracker(FrameProcessor):
         fact that matters to the listener.
         """
         plan, track = self._plan, self._track
+        if self._held and not track.paused:
+            await self.release_held_words()
+        if track.paused:
+            return
         if plan.message_id is None or track.queued_seconds > 0 or track.last_voice_at is None:
             return
         if track.last_voice_at < plan.started_at:
@@ -306,6 +348,9 @@ class Conversation:
         self._pending_tool_results: dict[str, asyncio.Future[Any]] = {}
         self.context: Any = None
         self._tts: Any = None
+        self.stt: Any = None
+        self.turn_strategy: ParleyTurnStopStrategy | None = None
+        self.voice_guard: VoiceGuard | None = None
 
     def _build(self) -> PipelineWorker:
         from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
@@ -327,12 +372,17 @@ class Conversation:
             llm_temperature=self.config.llm_temperature,
         )
         self.context = build_context(brain)
-        aggregators = LLMContextAggregatorPair(self.context)
+        listening: list[FrameProcessor] = []
+        user_params = None
+        if self.config.listening:
+            listening, user_params = self._build_listening()
+        aggregators = LLMContextAggregatorPair(self.context, user_params=user_params)
         llm = build_llm_service(brain)
         tts = self._tts = build_tts_service(self.config)
         pipeline = Pipeline(
             [
                 self.transport.input(),
+                *listening,
                 aggregators.user(),
                 llm,
                 ResponseTextCollector(self._plan),
@@ -354,6 +404,54 @@ class Conversation:
             idle_timeout_secs=None,
             conversation_id=self.config.agent,
         )
+
+    def _build_listening(self) -> tuple[list[FrameProcessor], Any]:
+        """Recogniser, barge-in guard and the user aggregator's VAD and turn strategies."""
+        from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+        from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
+        from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
+        from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+        from calls.pipeline.listening.providers import build_stt_service
+
+        settings = TurnSettings.from_persona(
+            sensitivity=self.config.end_of_speech_sensitivity,
+            silence_seconds=self.config.silence_before_auto_end_turn_seconds,
+        )
+        self.turn_strategy = ParleyTurnStopStrategy(
+            turn_analyzer=LocalSmartTurnAnalyzerV3(
+                params=SmartTurnParams(stop_secs=settings.silence_seconds)
+            ),
+            settings=settings,
+            listener=self.listener,
+        )
+        self.stt = build_stt_service(self.config)
+        self.voice_guard = VoiceGuard(
+            voice=self.track,
+            reply_active=self._reply_active,
+            interrupt=self.interrupt,
+            persona_words=lambda: self._tracker.recent_words,
+            listener=self.listener,
+        )
+        user_params = LLMUserAggregatorParams(
+            vad_analyzer=vad_analyzer_build(),
+            user_turn_strategies=UserTurnStrategies(
+                # Interruptions are VoiceGuard's: speech over the persona first pauses it.
+                start=[
+                    VADUserTurnStartStrategy(enable_interruptions=False),
+                    TranscriptionUserTurnStartStrategy(enable_interruptions=False),
+                ],
+                stop=[self.turn_strategy],
+            ),
+            user_turn_stop_timeout=settings.silence_seconds + 3.0,
+            empty_user_turn=None,  # a turn with no words (a cough, a backchannel) gets no answer
+        )
+        return [self.stt, self.voice_guard], user_params
+
+    def _reply_active(self) -> bool:
+        """The persona is speaking, has voice queued, or is preparing a reply."""
+        return self._tracker.speaking or self.track.queued_seconds > 0 or bool(self._plan.planned)
 
     async def start(self) -> None:
         from pipecat.workers.runner import WorkerRunner

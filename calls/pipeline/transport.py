@@ -116,6 +116,8 @@ class PacedAudioTrack(MediaStreamTrack):
         self.listeners: list[PlaybackListener] = []
         self.samples_played = 0  # voice samples (not silence) handed to the encoder
         self.last_voice_at: float | None = None  # when the latest voice piece was sent
+        self.paused = False  # barge-in: hold the queued voice, send silence
+        self._levels: deque[tuple[float, float]] = deque()  # (sent at, RMS 0..1) of voice pieces
 
     def play(self, pcm: bytes) -> asyncio.Future[None]:
         """Queue 16-bit mono 48 kHz audio; the future resolves when its last piece is sent."""
@@ -131,8 +133,21 @@ class PacedAudioTrack(MediaStreamTrack):
             self._pieces.append((piece, done if last else None))
         return done
 
+    def pause(self) -> None:
+        """Hold the voice where it is (silence is sent) until `resume()` or `flush()`."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def level_at(self, now: float, window: float = 0.3) -> float:
+        """RMS (0..1) of the voice sent in the last `window` seconds before `now`."""
+        levels = [level for at, level in self._levels if now - window <= at <= now]
+        return max(levels) if levels else 0.0
+
     def flush(self) -> None:
         """Drop everything queued (barge-in); waiting writers are released."""
+        self.paused = False
         while self._pieces:
             _, done = self._pieces.popleft()
             if done is not None and not done.done():
@@ -158,11 +173,15 @@ class PacedAudioTrack(MediaStreamTrack):
                 await asyncio.sleep(due - now)
             elif now - due > MAX_LAG_SECONDS:
                 self._clock_start = now - self._sent_samples / OUTPUT_SAMPLE_RATE
-        speaking = bool(self._pieces)
+        speaking = bool(self._pieces) and not self.paused
         piece, done = self._pieces.popleft() if speaking else (bytes(PIECE_BYTES), None)
         if speaking:
             self.samples_played += PIECE_SAMPLES
             self.last_voice_at = now
+            samples = np.frombuffer(piece, dtype=np.int16).astype(np.float32)
+            self._levels.append((now, float(np.sqrt(np.dot(samples, samples) / samples.size)) / 32768.0))
+            while self._levels and self._levels[0][0] < now - 1.0:
+                self._levels.popleft()
         started_at = time.monotonic()
         for listener in self.listeners:
             try:

@@ -1,0 +1,503 @@
+"""The listening side of a conversation: voice activity, turn taking and barge-in.
+
+Where it sits in the pipeline::
+
+    input → STT → VoiceGuard → user aggregator → brain → …
+                                 ├─ VAD: InlineSileroVADAnalyzer
+                                 └─ stop strategy: ParleyTurnStopStrategy (SmartTurn v3.2)
+
+- The user aggregator runs Silero on the microphone and broadcasts `VADUserStarted/Stopped
+  SpeakingFrame` (upstream too, so the recogniser and `VoiceGuard` see them).
+- `ParleyTurnStopStrategy` decides when the user's turn is over. On the end of speech it runs
+  SmartTurn (on the analyzer's own thread, never on the event loop) and, together with the
+  final transcript, says `eager.turn` (probably done: the reply is generated speculatively and
+  held back by pipecat's speculation gate), `turn.end` (done: the reply is released or
+  generated) or, when the user goes on after an eager turn, `turn.continued` (the held reply is
+  dropped, so no stale word is ever played).
+- `VoiceGuard` handles the user speaking over the persona: the voice pauses at once (so it
+  stops within the VAD's start time), and the pause becomes an interruption when what the user
+  says is more than a backchannel ("mm-hmm", "right") or lasts; a backchannel, a cough or the
+  persona's own voice coming back through the microphone lets the voice resume where it was.
+
+Thresholds come from the persona's voice-detection settings (`TurnSettings.from_persona`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams, VADState
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    UserBackchannelFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
+from pipecat.turns.types import ProcessFrameResult, UserTurnSpeculation
+from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
+
+logger = logging.getLogger(__name__)
+
+# Silero's thresholds (pipecat's defaults) and timings. A short start time makes the persona
+# pause quickly when the user speaks over it; the pause is undone if it was nothing.
+VAD_CONFIDENCE = 0.7
+VAD_MIN_VOLUME = 0.6
+VAD_START_SECONDS = 0.12
+VAD_STOP_SECONDS = 0.2
+# If the recogniser has not delivered the final transcript this long after the end of
+# speech, the turn is decided with what there is.
+FINAL_TRANSCRIPT_WAIT_SECONDS = 1.0
+# Speech over the persona that lasts this long is an interruption whatever it says.
+BARGE_IN_COMMIT_SECONDS = 0.7
+# After speech over the persona stops, how long to wait for its transcript before resuming.
+BARGE_IN_TRANSCRIPT_WAIT_SECONDS = 0.6
+# Microphone audio quieter than this fraction of the persona's voice (RMS) while it speaks is
+# taken for its echo (browsers cancel most of it; what is left is much quieter than a voice).
+ECHO_LEVEL_RATIO = 0.35
+# How much recent microphone audio the echo check looks at, in seconds.
+LEVEL_WINDOW_SECONDS = 0.3
+
+# Short acknowledgements that do not take the turn while the persona speaks.
+BACKCHANNELS = frozenset(
+    {
+        "ah", "aha", "alright", "got it", "hm", "hmm", "i see", "mhm", "mm", "mm hmm", "mmhm",
+        "mmm", "oh", "ok", "okay", "right", "sure", "uh huh", "uhhuh", "yeah", "yep", "yes",
+        "uh", "um", "cool", "great", "nice", "oh okay", "okay okay", "yeah yeah", "right right",
+    }
+)  # fmt: skip
+_WORD = re.compile(r"[a-z']+")
+
+
+def normalized_words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("-", " "))
+
+
+def is_backchannel(text: str) -> bool:
+    """True for an acknowledgement ("mm-hmm", "okay", "right right") that should not interrupt."""
+    words = normalized_words(text)
+    if not words or len(words) > 3:
+        return not words
+    return " ".join(words) in BACKCHANNELS or all(word in BACKCHANNELS for word in words)
+
+
+def is_echo(text: str, persona_words: list[str]) -> bool:
+    """True when every word heard is one the persona has just said (its voice coming back)."""
+    words = normalized_words(text)
+    if not words or not persona_words:
+        return False
+    recent = set(normalized_words(" ".join(persona_words)))
+    return all(word in recent for word in words)
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    """When a turn is over, from the persona's voice-detection settings.
+
+    `sensitivity` (0..1, higher ends the turn sooner) sets the SmartTurn probability for
+    `turn.end` (`confident`) and for `eager.turn` (`eager`), and how long an eager turn waits
+    in silence before it is confirmed; `silence_seconds` ends a turn whatever the model says.
+    """
+
+    sensitivity: float = 0.5
+    silence_seconds: float = 1.5
+
+    @classmethod
+    def from_persona(cls, *, sensitivity: float, silence_seconds: float) -> TurnSettings:
+        return cls(
+            sensitivity=min(1.0, max(0.0, float(sensitivity))),
+            silence_seconds=min(30.0, max(0.1, float(silence_seconds))),
+        )
+
+    @property
+    def confident(self) -> float:
+        return round(0.9 - 0.3 * self.sensitivity, 3)
+
+    @property
+    def eager(self) -> float:
+        return round(max(0.15, self.confident - 0.4), 3)
+
+    @property
+    def eager_confirm_seconds(self) -> float:
+        """Silence after an eager turn that confirms it."""
+        return min(self.silence_seconds, round(0.15 + 0.6 * (1.0 - self.sensitivity), 3))
+
+
+class InlineSileroVADAnalyzer(SileroVADAnalyzer):
+    """Silero VAD run on the caller's thread.
+
+    pipecat hands every 20 ms of audio to a one-thread pool; one 32 ms window takes ~0.25 ms,
+    far less than the hop there and back, and with many calls in one process those hops are
+    what starve the event loop (each can wait out the interpreter's switch interval).
+    """
+
+    async def analyze_audio(self, buffer: bytes) -> VADState:
+        return self._run_analyzer(buffer)
+
+
+def vad_analyzer_build() -> InlineSileroVADAnalyzer:
+    return InlineSileroVADAnalyzer(
+        params=VADParams(
+            confidence=VAD_CONFIDENCE,
+            start_secs=VAD_START_SECONDS,
+            stop_secs=VAD_STOP_SECONDS,
+            min_volume=VAD_MIN_VOLUME,
+        )
+    )
+
+
+class UserSideListener:
+    """What the listening side reports (the conversation's listener implements it)."""
+
+    async def on_user_speech_started(self) -> None: ...
+
+    async def on_user_speech_ended(self) -> None: ...
+
+    async def on_user_speaking(self, *, text: str) -> None: ...
+
+    async def on_user_message(self, *, text: str) -> None: ...
+
+    async def on_eager_turn(self, *, text: str, probability: float) -> None: ...
+
+    async def on_turn_end(self, *, text: str, probability: float) -> None: ...
+
+    async def on_turn_continued(self) -> None: ...
+
+
+class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
+    """Ends the user's turn from SmartTurn's verdict, the final transcript and silence.
+
+    After the user stops speaking (VAD) SmartTurn gives the probability that the turn is
+    complete. With the final transcript in hand:
+
+    - probability ≥ `confident`: `turn.end`, and the reply is generated;
+    - probability ≥ `eager`: `eager.turn`; the reply is generated at once but held back until
+      `eager_confirm_seconds` more of silence confirm it (`turn.end`), or dropped if the user
+      speaks again first (`turn.continued`);
+    - lower: the turn ends after `silence_seconds` of silence (SmartTurn's own timer).
+    """
+
+    def __init__(
+        self,
+        *,
+        turn_analyzer: Any,
+        settings: TurnSettings,
+        listener: UserSideListener,
+        clock: Callable[[], float] = time.monotonic,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._analyzer = turn_analyzer
+        self._settings = settings
+        self._listener = listener
+        self._clock = clock
+        self._text = ""
+        self._vad_speaking = False
+        self._vad_stopped = False
+        self._awaiting_final = False
+        self._probability: float | None = None
+        self._speculating = False
+        self._ending = False
+        self._analysis_task: asyncio.Task[None] | None = None
+        self._timer_task: asyncio.Task[None] | None = None
+        # Timings of the latest decision, for benchmarks: clock values or None.
+        self.timings: dict[str, float | None] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def setup(self, setup: FrameProcessorSetup) -> None:
+        await super().setup(setup)
+        self._analyzer.set_sample_rate(setup.audio_in_sample_rate)
+
+    async def cleanup(self) -> None:
+        await self._cancel_tasks()
+        await self._analyzer.cleanup()
+        await super().cleanup()
+
+    async def handle_user_turn_started(self) -> None:
+        await self._reset_turn()
+
+    async def handle_user_turn_stopped(self) -> None:
+        await self._reset_turn()
+        self._analyzer.clear()
+
+    async def _reset_turn(self) -> None:
+        await self._cancel_tasks()
+        self._text = ""
+        self._probability = None
+        self._speculating = False
+        self._ending = False
+        self._awaiting_final = False
+
+    async def _cancel_tasks(self) -> None:
+        for task in (self._analysis_task, self._timer_task):
+            if task is not None and not task.done():
+                await self.task_manager.cancel_task(task)
+        self._analysis_task = self._timer_task = None
+
+    # --- frames ------------------------------------------------------------------------
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        await super().process_frame(frame)
+        if isinstance(frame, InputAudioRawFrame):
+            state = self._analyzer.append_audio(frame.audio, self._vad_speaking)
+            if state == EndOfTurnState.COMPLETE and self._text and not self._vad_speaking:
+                # Silence for `silence_seconds`: the turn is over whatever the model said.
+                await self._end_turn(self._probability if self._probability is not None else 1.0)
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            await self._on_speech_started()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            await self._on_speech_stopped()
+        elif isinstance(frame, InterimTranscriptionFrame):
+            text = f"{self._text} {frame.text}".strip()
+            if text:
+                await self._listener.on_user_speaking(text=text)
+        elif isinstance(frame, TranscriptionFrame):
+            await self._on_final_transcript(frame.text)
+        return ProcessFrameResult.CONTINUE
+
+    async def _on_speech_started(self) -> None:
+        self._vad_speaking = True
+        self._vad_stopped = False
+        self._probability = None
+        for task in (self._analysis_task, self._timer_task):
+            if task is not None and not task.done():
+                await self.task_manager.cancel_task(task)
+        self._analysis_task = self._timer_task = None
+        self._analyzer.update_vad_start_secs(VAD_START_SECONDS)
+        await self._listener.on_user_speech_started()
+        if self._speculating:
+            # The user went on after an eager turn: the held reply is dropped unheard.
+            self._speculating = False
+            await self.trigger_user_turn_speculation_cancelled()
+            await self._listener.on_turn_continued()
+
+    async def _on_speech_stopped(self) -> None:
+        self._vad_speaking = False
+        self._vad_stopped = True
+        self._awaiting_final = True
+        now = self._clock()
+        self.timings = {"speech_stopped": now, "turn_model": None, "final_transcript": None}
+        await self._listener.on_user_speech_ended()
+        self._analysis_task = self.task_manager.create_task(self._analyze(), f"{self}::analyze")
+        self._timer_task = self.task_manager.create_task(
+            self._final_transcript_timeout(), f"{self}::final_transcript_timeout"
+        )
+
+    async def _on_final_transcript(self, text: str) -> None:
+        text = text.strip()
+        self._awaiting_final = False
+        self.timings["final_transcript"] = self._clock()
+        if not text:
+            return
+        self._text = f"{self._text} {text}".strip()
+        await self._listener.on_user_message(text=text)
+        await self._decide()
+
+    async def _analyze(self) -> None:
+        state, metrics = await self._analyzer.analyze_end_of_turn()
+        probability = getattr(metrics, "probability", None)
+        if probability is None:
+            probability = 1.0 if state == EndOfTurnState.COMPLETE else 0.0
+        self._probability = float(min(1.0, max(0.0, probability)))
+        self.timings["turn_model"] = self._clock()
+        await self._decide()
+
+    async def _final_transcript_timeout(self) -> None:
+        await asyncio.sleep(FINAL_TRANSCRIPT_WAIT_SECONDS)
+        if self._awaiting_final:
+            self._awaiting_final = False
+            await self._decide()
+
+    # --- decisions ---------------------------------------------------------------------
+
+    async def _decide(self) -> None:
+        if self._vad_speaking or not self._vad_stopped or self._ending:
+            return
+        if self._probability is None or self._awaiting_final or not self._text:
+            return
+        probability, settings = self._probability, self._settings
+        if probability >= settings.confident:
+            await self._end_turn(probability)
+        elif probability >= settings.eager and not self._speculating:
+            self._speculating = True
+            await self._listener.on_eager_turn(text=self._text, probability=probability)
+            await self.trigger_user_turn_inference_triggered(speculation=UserTurnSpeculation(text=self._text))
+            self._timer_task = self.task_manager.create_task(
+                self._confirm_after_silence(probability), f"{self}::confirm"
+            )
+        # Otherwise SmartTurn's silence timer (`silence_seconds`) ends the turn.
+
+    async def _confirm_after_silence(self, probability: float) -> None:
+        await asyncio.sleep(self._settings.eager_confirm_seconds)
+        self._timer_task = None
+        if not self._vad_speaking:
+            await self._end_turn(probability)
+
+    async def _end_turn(self, probability: float) -> None:
+        if self._ending or not self._text:
+            return
+        self._ending = True
+        text, speculating = self._text, self._speculating
+        await self._listener.on_turn_end(text=text, probability=probability)
+        if speculating:
+            await self.trigger_user_turn_finalized(confirms_speculation=True)
+        else:
+            await self.trigger_user_turn_stopped()
+
+
+class LevelMeter:
+    """RMS of the most recent audio, over a short window (16-bit mono PCM)."""
+
+    def __init__(self, window_seconds: float = LEVEL_WINDOW_SECONDS) -> None:
+        self._window = window_seconds
+        self._pieces: deque[tuple[float, float, int]] = deque()  # (time, sum of squares, samples)
+
+    def push(self, pcm: bytes, at: float) -> None:
+        samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32)
+        if samples.size:
+            self._pieces.append((at, float(np.dot(samples, samples)), samples.size))
+        while self._pieces and self._pieces[0][0] < at - self._window:
+            self._pieces.popleft()
+
+    def level(self, now: float) -> float:
+        total = count = 0.0
+        for at, squares, samples in self._pieces:
+            if at >= now - self._window:
+                total += squares
+                count += samples
+        return float(np.sqrt(total / count)) / 32768.0 if count else 0.0
+
+
+class VoiceGuard(FrameProcessor):
+    """Barge-in: the persona's voice pauses when the user speaks over it, and stops if it was meant.
+
+    Between the recogniser and the user aggregator. `voice` is the paced audio track (with
+    `pause()`, `resume()`, `paused` and a `level_at()` of what it played), `reply_active()`
+    says whether the persona is speaking or about to, `interrupt()` stops the reply for good,
+    `persona_words()` gives what it has said lately (for the echo check).
+    """
+
+    def __init__(
+        self,
+        *,
+        voice: Any,
+        reply_active: Callable[[], bool],
+        interrupt: Callable[[], Awaitable[None]],
+        persona_words: Callable[[], list[str]],
+        listener: UserSideListener,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(name="VoiceGuard")
+        self._voice = voice
+        self._reply_active = reply_active
+        self._interrupt = interrupt
+        self._persona_words = persona_words
+        self._listener = listener
+        self._clock = clock
+        self._mic = LevelMeter()
+        self._holding = False  # the voice is paused for speech over it
+        self._held_since = 0.0
+        self._user_speaking = False
+        self._heard = ""
+        self._timer: asyncio.Task[None] | None = None
+        # When the latest barge-in paused the voice (clock), for benchmarks.
+        self.last_pause_at: float | None = None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            self._mic.push(frame.audio, self._clock())
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self._user_speaking = True
+            await self._on_user_started()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._user_speaking = False
+            if self._holding:
+                self._restart_timer(BARGE_IN_TRANSCRIPT_WAIT_SECONDS, self._resume_if_nothing)
+        elif isinstance(frame, InterimTranscriptionFrame) and direction == FrameDirection.DOWNSTREAM:
+            if self._holding and self._substantive(frame.text):
+                await self._commit()
+        elif isinstance(frame, TranscriptionFrame) and direction == FrameDirection.DOWNSTREAM:
+            if (self._holding or self._reply_active()) and not self._substantive(frame.text):
+                # An acknowledgement or the persona's own echo: it stays out of the turn.
+                if self._holding:
+                    await self._resume()
+                await self.push_frame(
+                    UserBackchannelFrame(text=frame.text, user_id=frame.user_id, timestamp=frame.timestamp),
+                    direction,
+                )
+                return
+            if self._holding:
+                await self._commit()
+        await self.push_frame(frame, direction)
+
+    def _substantive(self, text: str) -> bool:
+        return not is_backchannel(text) and not is_echo(text, self._persona_words())
+
+    async def _on_user_started(self) -> None:
+        if self._holding or not self._reply_active():
+            return
+        now = self._clock()
+        voice_level = self._voice.level_at(now)
+        if voice_level > 0 and self._mic.level(now) < ECHO_LEVEL_RATIO * voice_level:
+            return  # quieter than the persona's own voice: its echo
+        self._holding = True
+        self._held_since = now
+        self.last_pause_at = now
+        self._voice.pause()
+        self._restart_timer(BARGE_IN_COMMIT_SECONDS, self._commit_if_still_speaking)
+
+    def _restart_timer(self, delay: float, action: Callable[[], Awaitable[None]]) -> None:
+        if self._timer is not None and not self._timer.done():
+            self._timer.cancel()
+
+        async def fire() -> None:
+            await asyncio.sleep(delay)
+            self._timer = None
+            await action()
+
+        self._timer = self.create_task(fire(), f"{self}::barge_in_timer")
+
+    async def _commit_if_still_speaking(self) -> None:
+        if self._holding and self._user_speaking:
+            await self._commit()
+
+    async def _resume_if_nothing(self) -> None:
+        if self._holding and not self._user_speaking:
+            await self._resume()
+
+    async def _resume(self) -> None:
+        self._holding = False
+        if self._timer is not None and not self._timer.done():
+            self._timer.cancel()
+        self._timer = None
+        self._voice.resume()
+
+    async def _commit(self) -> None:
+        if not self._holding:
+            return
+        self._holding = False
+        if self._timer is not None and not self._timer.done():
+            self._timer.cancel()
+        self._timer = None
+        await self._interrupt()
+        await self._listener.on_turn_continued()
+
+    async def cleanup(self) -> None:
+        if self._timer is not None and not self._timer.done():
+            self._timer.cancel()
+        await super().cleanup()
