@@ -370,6 +370,10 @@ class LiveSession(ConversationListener):
 
     async def on_user_speaking(self, *, text: str) -> None:
         await self.publish(events.UserSpeaking(text=text))
+        # A Parley extension the Anam SDK ignores: Parley's page shows the words as they come.
+        self.send_data(
+            "userSpeechInterim", {"user_action_correlation_id": self._user_action_id, "content": text}
+        )
 
     async def on_user_message(self, *, text: str) -> None:
         await self._user_said(text)

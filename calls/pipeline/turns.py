@@ -82,6 +82,47 @@ BACKCHANNELS = frozenset(
 _WORD = re.compile(r"[a-z']+")
 
 
+# A turn whose last word is one of these is not over ("Can I order a cake for ...").
+DANGLING_WORDS = frozenset(
+    {
+        "a", "about", "an", "and", "are", "as", "at", "because", "but", "by", "for", "from",
+        "if", "in", "is", "like", "my", "of", "on", "or", "our", "so", "than", "that", "the",
+        "then", "to", "uh", "um", "was", "we", "what", "with", "your", "i", "you", "it's",
+    }
+)  # fmt: skip
+QUESTION_OPENERS = frozenset(
+    {
+        "what", "where", "when", "how", "who", "why", "which", "can", "could", "do", "does",
+        "is", "are", "will", "would", "should", "may", "have", "has", "did",
+    }
+)  # fmt: skip
+
+
+def text_completeness(text: str) -> float | None:
+    """A lexical guess that the words form a finished turn: 0.1 (dangling), 0.9 (a whole question).
+
+    SmartTurn listens to prosody only; on flat or synthetic voices it misjudges whole questions.
+    The words say something it cannot: a sentence ending in "for" or "and" is not over, and
+    "what are your opening hours" is. None when the words say nothing either way.
+    """
+    words = normalized_words(text)
+    if not words:
+        return None
+    if words[-1] in DANGLING_WORDS:
+        return 0.1
+    if len(words) >= 3 and words[0] in QUESTION_OPENERS:
+        return 0.9
+    return None
+
+
+def turn_probability(acoustic: float, text: str) -> float:
+    """SmartTurn's probability, averaged with the lexical guess when the words have one."""
+    lexical = text_completeness(text)
+    if lexical is None:
+        return acoustic
+    return round((acoustic + lexical) / 2, 4)
+
+
 def normalized_words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("-", " "))
 
@@ -124,11 +165,11 @@ class TurnSettings:
 
     @property
     def confident(self) -> float:
-        return round(0.9 - 0.3 * self.sensitivity, 3)
+        return round(0.85 - 0.5 * self.sensitivity, 3)
 
     @property
     def eager(self) -> float:
-        return round(max(0.15, self.confident - 0.4), 3)
+        return round(max(0.1, self.confident - 0.3), 3)
 
     @property
     def eager_confirm_seconds(self) -> float:
@@ -181,7 +222,8 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
     """Ends the user's turn from SmartTurn's verdict, the final transcript and silence.
 
     After the user stops speaking (VAD) SmartTurn gives the probability that the turn is
-    complete. With the final transcript in hand:
+    complete, averaged with a lexical guess from the words when they have one
+    (`turn_probability`). With the final transcript in hand:
 
     - probability ≥ `confident`: `turn.end`, and the reply is generated;
     - probability ≥ `eager`: `eager.turn`; the reply is generated at once but held back until
@@ -329,7 +371,7 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
             return
         if self._probability is None or self._awaiting_final or not self._text:
             return
-        probability, settings = self._probability, self._settings
+        probability, settings = turn_probability(self._probability, self._text), self._settings
         if probability >= settings.confident:
             await self._end_turn(probability)
         elif probability >= settings.eager and not self._speculating:

@@ -51,6 +51,11 @@ export const AnamEvent = Object.freeze({
   USER_SPEECH_STARTED: "USER_SPEECH_STARTED",
   /** `(correlationId: string)`: voice activity ended. */
   USER_SPEECH_ENDED: "USER_SPEECH_ENDED",
+  /**
+   * Parley extension (the Anam SDK ignores it): `({content, correlationId})`, the words heard so
+   * far while the user speaks; they only ever grow. The final text arrives in the history.
+   */
+  USER_SPEECH_INTERIM: "USER_SPEECH_INTERIM",
   DIRECTOR_NOTE_CUE_APPLIED: "DIRECTOR_NOTE_CUE_APPLIED",
   PERSONA_CONFIG_UPDATE_APPLIED: "PERSONA_CONFIG_UPDATE_APPLIED",
 });

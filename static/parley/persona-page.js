@@ -285,6 +285,10 @@ function listen(client, current) {
   });
   client.addListener(AnamEvent.USER_SPEECH_STARTED, () => elements.mic.classList.add("mic-hearing"));
   client.addListener(AnamEvent.USER_SPEECH_ENDED, () => elements.mic.classList.remove("mic-hearing"));
+  // The visitor's words while they speak, in the caption; the final text joins the history.
+  client.addListener(AnamEvent.USER_SPEECH_INTERIM, ({ content }) => {
+    if (conversation === current && content) showCaption("You", content);
+  });
   client.addListener(AnamEvent.SERVER_WARNING, (message) => console.warn("Parley page: server warning:", message));
   client.addListener(AnamEvent.CONNECTION_CLOSED, (code, details) => {
     if (conversation !== current) return;

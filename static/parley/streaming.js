@@ -316,6 +316,12 @@ export class StreamingSession {
       case "userSpeechEnded":
         this.emitter.emit(AnamEvent.USER_SPEECH_ENDED, data.user_action_correlation_id ?? "unknown");
         break;
+      case "userSpeechInterim":
+        this.emitter.emit(AnamEvent.USER_SPEECH_INTERIM, {
+          content: String(data.content ?? ""),
+          correlationId: data.user_action_correlation_id ?? "unknown",
+        });
+        break;
       case "toolCallStarted":
         this.toolCallStarts.set(data.tool_call_id, data.timestamp);
         this.emitter.emit(AnamEvent.TOOL_CALL_STARTED, toolCallPayload(data));
