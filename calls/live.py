@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -27,8 +28,11 @@ from django.conf import settings
 
 from calls import events, services
 from calls.models import Call, EndReason, new_message_id
+from calls.pipeline.brain.config import BrainTool, brain_tools_from_definitions
 from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
+from calls.pipeline.tools import PendingToolCall
 from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
+from personas.tools import tools_problems
 
 logger = logging.getLogger(__name__)
 
@@ -283,12 +287,15 @@ class LiveSession(ConversationListener):
             await self.conversation.interrupt()
         elif kind == "context" and isinstance(content, str) and content.strip():
             await self.conversation.add_context(content.strip())
-        elif kind == "tool_result":
-            await self.conversation.tool_result(
-                tool_call_id=str(message.get("tool_call_id") or ""),
+        elif kind == "tool_result" and message.get("tool_call_id"):
+            accepted = await self.conversation.tool_result(
+                tool_call_id=str(message["tool_call_id"]),
                 result=message.get("result"),
                 error=message.get("error"),
+                kind="client",
             )
+            if not accepted:
+                logger.info("session %s: a tool_result for no waiting client tool call", self.session_id)
         # remote_rtp_stats, director_note_cue and anything unknown are ignored on purpose.
 
     async def user_typed(self, text: str) -> None:
@@ -427,6 +434,31 @@ class LiveSession(ConversationListener):
             )
         )
 
+    def _tool_call_frame(self, call: PendingToolCall) -> dict[str, Any]:
+        """The fields every toolCall* data-channel frame carries, as the Anam SDK reads them."""
+        return {
+            "event_uid": str(uuid.uuid4()),
+            "session_id": self.session_id,
+            "tool_call_id": call.tool_call_id,
+            "tool_name": call.name,
+            "tool_type": call.kind,
+            "arguments": call.arguments,
+            "timestamp": _now_iso(),
+            # Parley has no id for the user action behind a call; the llm.tool_call batch
+            # (msgId) and its start stand in for it, and come back in the tool_result.
+            "timestamp_user_action": call.started_at,
+            "user_action_correlation_id": call.message_id,
+        }
+
+    async def on_tool_call_started(self, *, call: PendingToolCall) -> None:
+        self.send_data("toolCallStarted", self._tool_call_frame(call))
+
+    async def on_tool_call_completed(self, *, call: PendingToolCall, result: Any) -> None:
+        self.send_data("toolCallCompleted", {**self._tool_call_frame(call), "result": result})
+
+    async def on_tool_call_failed(self, *, call: PendingToolCall, error: str) -> None:
+        self.send_data("toolCallFailed", {**self._tool_call_frame(call), "error_message": error})
+
     # --- ending -----------------------------------------------------------------------------
 
     async def _watchdog(self) -> None:
@@ -538,7 +570,20 @@ def _build_config(call: Call) -> ConversationConfig:
             detection.get("silenceBeforeSessionEndSeconds") or persona.idle_timeout_seconds
         ),
         idle_warning_seconds=float(persona.idle_warning_seconds),
+        tools=_persona_tools(persona.slug, persona.tools),
+        tool_timeout_seconds=settings.PARLEY_TOOL_TIMEOUT_SECONDS,
     )
+
+
+def _persona_tools(slug: str, definitions: Any) -> tuple[BrainTool, ...]:
+    """The persona's tools for the LLM; none if they were stored without validation and are bad."""
+    if not definitions:
+        return ()
+    problems = tools_problems(definitions)
+    if problems:
+        logger.warning("persona %s: its tools are invalid and left out (%s)", slug, "; ".join(problems))
+        return ()
+    return brain_tools_from_definitions(definitions)
 
 
 async def live_session_open(*, session_id: str) -> LiveSession | None:

@@ -298,6 +298,9 @@ PARLEY_SIGNALLING_GRACE_SECONDS = env_float("PARLEY_SIGNALLING_GRACE_SECONDS", 4
 PARLEY_ALLOW_PRIVATE_ICE = env_bool("PARLEY_ALLOW_PRIVATE_ICE", DEBUG)
 # Gather only 127.0.0.1 (tests and single-machine demos: aioice skips loopback otherwise).
 PARLEY_ICE_LOOPBACK_ONLY = env_bool("PARLEY_ICE_LOOPBACK_ONLY", False)
+# How long an LLM tool call waits for its result (the browser's for client tools, the app's
+# for server tools) before the LLM is told it failed; a tool's own timeoutSeconds wins.
+PARLEY_TOOL_TIMEOUT_SECONDS = env_float("PARLEY_TOOL_TIMEOUT_SECONDS", 15.0)
 
 # Demo data (python manage.py seed_demo).
 PARLEY_DEMO_API_KEY = os.environ.get("PARLEY_DEMO_API_KEY", "")

@@ -35,8 +35,10 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from calls.pipeline.brain.config import BrainTool, ToolKind
 from calls.pipeline.frames import VisemeTimelineFrame
 from calls.pipeline.lipsync import ipa_speech_events
+from calls.pipeline.tools import DEFAULT_TOOL_TIMEOUT_SECONDS, PendingToolCall, ToolCalls
 from calls.pipeline.transport import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
@@ -84,6 +86,8 @@ class ConversationConfig:
     max_duration_seconds: float = 600.0
     idle_timeout_seconds: float = 60.0
     idle_warning_seconds: float = 15.0
+    tools: tuple[BrainTool, ...] = ()  # what the LLM may call (the OpenAI brain only)
+    tool_timeout_seconds: float = DEFAULT_TOOL_TIMEOUT_SECONDS
 
 
 class ConversationListener:
@@ -111,6 +115,12 @@ class ConversationListener:
     ) -> None: ...
 
     async def on_tool_call(self, *, message_id: str, calls: list[dict[str, str]]) -> None: ...
+
+    async def on_tool_call_started(self, *, call: PendingToolCall) -> None: ...
+
+    async def on_tool_call_completed(self, *, call: PendingToolCall, result: Any) -> None: ...
+
+    async def on_tool_call_failed(self, *, call: PendingToolCall, error: str) -> None: ...
 
 
 class _SpeechPlan:
@@ -303,7 +313,9 @@ class Conversation:
         self._tracker = PlaybackTracker(self._plan, track, listener, face)
         self._quiet_watch: asyncio.Task[None] | None = None
         self._talk_stream_buffer = ""
-        self._pending_tool_results: dict[str, asyncio.Future[Any]] = {}
+        self.tool_calls = ToolCalls(
+            tools=config.tools, listener=listener, default_timeout_seconds=config.tool_timeout_seconds
+        )
         self.context: Any = None
         self._tts: Any = None
 
@@ -325,10 +337,13 @@ class Conversation:
             llm_model=self.config.llm_model,
             llm_api_key=self.config.llm_api_key,
             llm_temperature=self.config.llm_temperature,
+            tools=self.config.tools,
         )
         self.context = build_context(brain)
         aggregators = LLMContextAggregatorPair(self.context)
         llm = build_llm_service(brain)
+        if brain.provider == "openai":
+            self.tool_calls.register(llm)
         tts = self._tts = build_tts_service(self.config)
         pipeline = Pipeline(
             [
@@ -418,10 +433,11 @@ class Conversation:
             await self.say(self._talk_stream_buffer.strip())
             self._talk_stream_buffer = ""
 
-    async def tool_result(self, *, tool_call_id: str, result: Any, error: Any) -> None:
-        pending = self._pending_tool_results.pop(tool_call_id, None)
-        if pending is not None and not pending.done():
-            pending.set_result({"error": str(error)} if error else result)
+    async def tool_result(
+        self, *, tool_call_id: str, result: Any, error: Any, kind: ToolKind | None = None
+    ) -> bool:
+        """The result of a waiting tool call (from the browser: kind "client"; the app: "server")."""
+        return self.tool_calls.resolve(tool_call_id=tool_call_id, result=result, error=error, kind=kind)
 
     async def stop(self) -> None:
         from calls.pipeline.speech.providers import tts_service_close
@@ -438,8 +454,7 @@ class Conversation:
             self._quiet_watch = None
         worker, task = self._worker, self._runner_task
         self._worker = self._runner_task = None
-        for pending in self._pending_tool_results.values():
-            pending.cancel()
+        self.tool_calls.cancel_all()
         if worker is None or task is None:
             return
         try:
