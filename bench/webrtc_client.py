@@ -44,6 +44,10 @@ class SessionRecord:
             if item.get("messageType") == "speechText" and item["data"].get("role") == role
         ]
 
+    def data_of(self, message_type: str) -> list[dict[str, Any]]:
+        """The `data` of every data-channel frame of this type received so far, in order."""
+        return [item["data"] for _, item in self.data if item.get("messageType") == message_type]
+
     def persona_messages(self) -> list[str]:
         texts: dict[str, str] = {}
         for chunk in self.speech_texts("persona"):
@@ -180,6 +184,11 @@ class ParleyWebRTCClient:
 
     def interrupt(self) -> float:
         self._channel.send(json.dumps({"message_type": "interrupt", "session_id": self.record.session_id}))
+        return time.monotonic()
+
+    def send_data(self, message: dict[str, Any]) -> float:
+        """Send any client frame on the data channel (e.g. a `tool_result`); returns when."""
+        self._channel.send(json.dumps(message))
         return time.monotonic()
 
     async def close(self) -> None:

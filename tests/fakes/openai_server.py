@@ -18,16 +18,22 @@ JSON body) so a test can assert what the client sent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 DEFAULT_REPLY = "OK."
+# Starting or stopping the fake's web server takes milliseconds; this bounds a broken one.
+SERVER_START_TIMEOUT_SECONDS = 10.0
 # `name=value` or `name="several words"` in the user's text: a tool argument.
 _ARGUMENT = re.compile(r'(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?:"(?P<quoted>[^"]*)"|(?P<bare>[^\s"]+))')
 MODEL_LISTED = "fake-model"
@@ -269,3 +275,22 @@ def _spoken(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_spoken(item) for item in value)
     return str(value).rstrip(".")
+
+
+@contextlib.contextmanager
+def fake_openai_server_in_thread() -> Iterator[FakeOpenAIServer]:
+    """The fake on its own event loop in a thread, for a server in another process to call."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-openai", daemon=True)
+    thread.start()
+    server = FakeOpenAIServer()
+    try:
+        asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(SERVER_START_TIMEOUT_SECONDS)
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(
+            SERVER_START_TIMEOUT_SECONDS
+        )
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(SERVER_START_TIMEOUT_SECONDS)
+        loop.close()
