@@ -111,6 +111,7 @@ class LiveSession(ConversationListener):
         self._started_at = time.monotonic()
         self._video_track: Any = None
         self._conversation_started: asyncio.Future[None] | None = None
+        self._interrupted_talk_streams: set[str] = set()  # told to the client once each
         _LIVE[self.session_id] = self
         self._spawn(self._watchdog(), "watchdog")
 
@@ -406,7 +407,7 @@ class LiveSession(ConversationListener):
             },
         )
         if correlation_id:
-            await self.signal("talkinputstreaminterrupted", {"correlationId": correlation_id})
+            await self.on_talk_stream_interrupted(correlation_id=correlation_id)
         await self.publish(
             events.BotInterrupted(
                 message_id=message_id,
@@ -433,6 +434,11 @@ class LiveSession(ConversationListener):
                 ],
             )
         )
+
+    async def on_talk_stream_interrupted(self, *, correlation_id: str) -> None:
+        if correlation_id not in self._interrupted_talk_streams:
+            self._interrupted_talk_streams.add(correlation_id)
+            await self.signal("talkinputstreaminterrupted", {"correlationId": correlation_id})
 
     def _tool_call_frame(self, call: PendingToolCall) -> dict[str, Any]:
         """The fields every toolCall* data-channel frame carries, as the Anam SDK reads them."""

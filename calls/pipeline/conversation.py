@@ -24,6 +24,7 @@ from pipecat.frames.frames import (
     EndFrame,
     Frame,
     InterruptionFrame,
+    LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMMessagesAppendFrame,
     LLMTextFrame,
@@ -34,9 +35,10 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.utils.text.base_text_aggregator import TextType
 
 from calls.pipeline.brain.config import BrainTool, ToolKind
-from calls.pipeline.frames import VisemeTimelineFrame
+from calls.pipeline.frames import TalkStreamStartFrame, TalkTextFrame, VisemeTimelineFrame
 from calls.pipeline.lipsync import ipa_speech_events
 from calls.pipeline.tools import DEFAULT_TOOL_TIMEOUT_SECONDS, PendingToolCall, ToolCalls
 from calls.pipeline.transport import (
@@ -122,6 +124,8 @@ class ConversationListener:
 
     async def on_tool_call_failed(self, *, call: PendingToolCall, error: str) -> None: ...
 
+    async def on_talk_stream_interrupted(self, *, correlation_id: str) -> None: ...
+
 
 class _SpeechPlan:
     """What the persona means to say (filled before synthesis) and what it has said so far."""
@@ -129,6 +133,8 @@ class _SpeechPlan:
     def __init__(self) -> None:
         self.planned: list[str] = []
         self.correlation_id: str | None = None
+        # The talk stream being played, if any: its messages carry its correlation id.
+        self.talk_correlation_id: str | None = None
         self.message_id: str | None = None
         self.spoken: list[str] = []
         self.start_samples = 0
@@ -150,6 +156,8 @@ class ResponseTextCollector(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMTextFrame):
             self._plan.planned.append(frame.text)
+        elif isinstance(frame, TalkTextFrame):
+            self._plan.planned.append((" " if self._plan.planned else "") + frame.text)
         elif isinstance(frame, TTSSpeakFrame):
             self._plan.planned.append((" " if self._plan.planned else "") + frame.text)
         elif isinstance(frame, LLMFullResponseStartFrame) and self._plan.message_id is None:
@@ -221,7 +229,14 @@ class PlaybackTracker(FrameProcessor):
                     plan.spoken.append(word)
         elif isinstance(frame, BotStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._finish()
+        elif isinstance(frame, TalkStreamStartFrame) and direction == FrameDirection.DOWNSTREAM:
+            # The stream's audio comes next: what played before it was another message.
+            await self._finish()
+            plan.talk_correlation_id = plan.correlation_id = frame.correlation_id
+        elif isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
+            plan.talk_correlation_id = None  # the current message keeps its id to its end
         elif isinstance(frame, InterruptionFrame):
+            plan.talk_correlation_id = None
             if self._face is not None:
                 self._face.speech_stop(time.monotonic())
             if plan.message_id is not None:
@@ -287,7 +302,7 @@ class PlaybackTracker(FrameProcessor):
         self._plan.message_id = None
         self._plan.planned.clear()
         self._plan.spoken = []
-        self._plan.correlation_id = None
+        self._plan.correlation_id = self._plan.talk_correlation_id
 
 
 class Conversation:
@@ -311,8 +326,11 @@ class Conversation:
         self._worker: PipelineWorker | None = None
         self._runner_task: asyncio.Task[None] | None = None
         self._tracker = PlaybackTracker(self._plan, track, listener, face)
+        self._collector = ResponseTextCollector(self._plan)
         self._quiet_watch: asyncio.Task[None] | None = None
         self._talk_stream_buffer = ""
+        self._talk_stream_id: str | None = None  # the open talk stream's correlation id
+        self._interrupted_talk_streams: set[str] = set()
         self.tool_calls = ToolCalls(
             tools=config.tools, listener=listener, default_timeout_seconds=config.tool_timeout_seconds
         )
@@ -350,7 +368,7 @@ class Conversation:
                 self.transport.input(),
                 aggregators.user(),
                 llm,
-                ResponseTextCollector(self._plan),
+                self._collector,
                 tts,
                 SpeechEndAligner(),
                 self.transport.output(),
@@ -415,23 +433,48 @@ class Conversation:
         """Stop the voice now; what was played stays, the rest is dropped."""
         self.track.flush()
         await self._queue(InterruptionFrame())
+        await self._talk_stream_interrupted()
 
     async def talk_stream_chunk(self, *, content: str, end_of_speech: bool, correlation_id: str) -> None:
-        """Talk-stream text, spoken sentence by sentence as it streams in."""
-        if correlation_id:
-            self._plan.correlation_id = correlation_id
+        """Talk-stream text: one reply, each sentence spoken as soon as it is complete.
+
+        The stream goes to the speech side as an LLM reply would (start, sentences, end), so
+        its sentences share one audio context and its words carry its correlation id.
+        Chunks of a stream the user interrupted are dropped.
+        """
+        if correlation_id in self._interrupted_talk_streams or self._worker is None:
+            return
+        if self._talk_stream_id != correlation_id:
+            if self._talk_stream_id is not None:
+                await self._talk_stream_end()  # a new stream ends one left open
+            self._talk_stream_id = correlation_id
+            await self._collector.queue_frame(TalkStreamStartFrame(correlation_id=correlation_id))
         self._talk_stream_buffer += content
-        while True:
-            match = _SENTENCE_END.search(self._talk_stream_buffer)
-            if match is None:
-                break
+        while (match := _SENTENCE_END.search(self._talk_stream_buffer)) is not None:
             sentence = self._talk_stream_buffer[: match.end()].strip()
             self._talk_stream_buffer = self._talk_stream_buffer[match.end() :]
             if sentence:
-                await self.say(sentence)
-        if end_of_speech and self._talk_stream_buffer.strip():
-            await self.say(self._talk_stream_buffer.strip())
-            self._talk_stream_buffer = ""
+                await self._collector.queue_frame(TalkTextFrame(sentence, TextType.SENTENCE))
+        if end_of_speech:
+            await self._talk_stream_end()
+
+    async def _talk_stream_end(self) -> None:
+        rest = self._talk_stream_buffer.strip()
+        self._talk_stream_buffer = ""
+        self._talk_stream_id = None
+        if rest:
+            await self._collector.queue_frame(TalkTextFrame(rest, TextType.SENTENCE))
+        await self._collector.queue_frame(LLMFullResponseEndFrame())
+
+    async def _talk_stream_interrupted(self) -> None:
+        """An open talk stream is over: its queued text is dropped, and later chunks too."""
+        correlation_id = self._talk_stream_id
+        if correlation_id is None:
+            return
+        self._talk_stream_id = None
+        self._talk_stream_buffer = ""
+        self._interrupted_talk_streams.add(correlation_id)
+        await self.listener.on_talk_stream_interrupted(correlation_id=correlation_id)
 
     async def tool_result(
         self, *, tool_call_id: str, result: Any, error: Any, kind: ToolKind | None = None
