@@ -32,6 +32,7 @@ class SessionRecord:
     session_id: str = ""
     started_at: float = 0.0
     signals: list[dict[str, Any]] = field(default_factory=list)
+    signal_times: list[float] = field(default_factory=list)  # when each of `signals` arrived
     data: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     video_frames: list[float] = field(default_factory=list)
     audio_frames: list[float] = field(default_factory=list)
@@ -146,6 +147,7 @@ class ParleyWebRTCClient:
             async for raw in self._socket:
                 frame = json.loads(raw)
                 self.record.signals.append(frame)
+                self.record.signal_times.append(time.monotonic())
                 if frame["actionType"] == "answer":
                     assert self._peer is not None
                     await self._peer.setRemoteDescription(RTCSessionDescription(**frame["payload"]))

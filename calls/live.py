@@ -40,6 +40,11 @@ logger = logging.getLogger(__name__)
 MAX_CLIENT_FRAME_BYTES = 64 * 1024
 # How often the watchdog looks at a session's liveness, in seconds.
 WATCHDOG_INTERVAL_SECONDS = 1.0
+# How long `/talk` waits for a session that is still connecting (seconds): an app may call
+# talk() as soon as the SDK's stream() resolves, before ICE and DTLS are up.
+TALK_READY_TIMEOUT_SECONDS = 10.0
+# Talk-stream chunks kept while the session is still connecting (more are refused).
+MAX_EARLY_TALK_CHUNKS = 200
 
 SendSignal = Callable[[str, Any], Awaitable[None]]
 
@@ -112,6 +117,8 @@ class LiveSession(ConversationListener):
         self._video_track: Any = None
         self._conversation_started: asyncio.Future[None] | None = None
         self._interrupted_talk_streams: set[str] = set()  # told to the client once each
+        self._speech_ready = asyncio.Event()  # the persona can be heard: talk goes through
+        self._early_talk_chunks: list[dict[str, Any]] = []
         _LIVE[self.session_id] = self
         self._spawn(self._watchdog(), "watchdog")
 
@@ -263,6 +270,10 @@ class LiveSession(ConversationListener):
             self.conversation.peer_ready()
             if not self.config.skip_greeting and self.config.greeting:
                 await self.conversation.say(self.config.greeting)
+            self._speech_ready.set()
+            early, self._early_talk_chunks = self._early_talk_chunks, []
+            for payload in early:
+                await self._on_talk_stream(payload)
 
     # --- data channel ----------------------------------------------------------------------
 
@@ -323,11 +334,25 @@ class LiveSession(ConversationListener):
             await self.conversation.interrupt()
         await self.conversation.user_text(text)
 
-    async def say(self, text: str) -> None:
-        if self.conversation is not None:
-            await self.conversation.say(text)
+    async def say(self, text: str) -> bool:
+        """Say this verbatim (`/talk`), once the persona can be heard; False if it never could."""
+        try:
+            await asyncio.wait_for(self._speech_ready.wait(), TALK_READY_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return False
+        if self.conversation is None or self.ended:
+            return False
+        await self.conversation.say(text)
+        return True
 
     async def _on_talk_stream(self, payload: dict[str, Any]) -> None:
+        if not self._speech_ready.is_set():
+            # Before the voice is up its words would be lost: keep the chunks until then.
+            if len(self._early_talk_chunks) < MAX_EARLY_TALK_CHUNKS:
+                self._early_talk_chunks.append(payload)
+            else:
+                await self.signal("warning", "talkstream: the session is not ready; chunk dropped")
+            return
         if self.conversation is None:
             return
         await self.conversation.talk_stream_chunk(

@@ -10,6 +10,7 @@ interrupts a talk stream gets `talkinputstreaminterrupted` with that id.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -205,3 +206,48 @@ def test_interrupting_a_talk_stream_sends_talkinputstreaminterrupted_with_its_co
     assert "bot.interrupted" in types
     message = Message.objects.get(call_id=record.session_id, interrupted=True)
     assert LONG_STREAM.startswith(message.spoken_text.rstrip(".,!?"))
+
+
+async def talk_while_connecting(base_url: str, token: str) -> tuple[ParleyWebRTCClient, int, float]:
+    """Post /talk and stream a chunk as soon as the server answered the offer, before it is ready."""
+    client = ParleyWebRTCClient(base_url=base_url, session_token=token)
+    record = client.record
+    connecting = asyncio.ensure_future(client.connect())
+    try:
+        await client.wait_for(lambda: any(s["actionType"] == "answer" for s in record.signals), "the answer")
+        sent_at = time.monotonic()
+        await client.signal(
+            "talkstream", talk_frame("Welcome back!", start=True, end=True, correlation_id="early")
+        )
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(
+                f"{base_url}/talk?session_id={record.session_id}", json={"content": TALK_TEXT}
+            )
+        await connecting
+        await client.wait_for(lambda: record.persona_finished_count() >= 2, "both texts to be spoken")
+    finally:
+        await client.close()
+    return client, response.status_code, sent_at
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_talk_sent_while_the_session_connects_is_spoken_once_it_is_ready(live_server_url, bakery):
+    from calls.live import ice_address_policy_apply
+
+    ice_address_policy_apply()
+    client, status_code, sent_at = asyncio.run(
+        talk_while_connecting(live_server_url, mint(live_server_url, bakery))
+    )
+    record = client.record
+
+    assert status_code == 200
+    ready_at = next(
+        at
+        for at, signal in zip(record.signal_times, record.signals, strict=True)
+        if signal["actionType"] == "sessionready"
+    )
+    assert sent_at < ready_at, "the texts were sent after the session was ready: nothing was tested"
+    early, talked = record.persona_messages()
+    assert early == "Welcome back!"
+    assert talked == TALK_TEXT
