@@ -11,7 +11,6 @@ answers gets `toolCallFailed` after the tool's timeout, and the persona still an
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,7 +18,6 @@ from bench.webrtc_client import ParleyWebRTCClient
 from calls.models import CallEvent, Message
 from personas.services import api_key_create
 from tests.browser.test_session_aiortc import mint, wait_for_call_end
-from tests.fakes.openai_server import FakeOpenAIServer, fake_openai_server_in_thread
 
 WEATHER_TOOL = {
     "type": "client",
@@ -47,12 +45,6 @@ TOOL_FRAME_FIELDS = {
     "timestamp_user_action",
     "user_action_correlation_id",
 }
-
-
-@pytest.fixture
-def fake_openai() -> Iterator[FakeOpenAIServer]:
-    with fake_openai_server_in_thread() as server:
-        yield server
 
 
 @pytest.fixture
