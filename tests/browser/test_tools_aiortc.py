@@ -164,3 +164,40 @@ def test_a_client_tool_that_gets_no_result_fails_after_its_timeout_and_the_perso
     (answer,) = record.persona_messages()
     assert answer == "Sorry, get location failed: tool get_location: the client sent no result within 1 s."
     assert "llm.tool_call" in wait_for_call_end(record.session_id)
+
+
+async def interrupt_a_waiting_tool(base_url: str, token: str) -> ParleyWebRTCClient:
+    async with ParleyWebRTCClient(base_url=base_url, session_token=token) as client:
+        record = client.record
+        await client.wait_for(lambda: any(s["actionType"] == "sessionready" for s in record.signals), "ready")
+        client.ask("What is the weather? get_weather city=Oslo")
+        await client.wait_for(lambda: record.data_of("toolCallStarted"), "toolCallStarted")
+        client.interrupt()
+        await client.wait_for(lambda: record.data_of("toolCallFailed"), "toolCallFailed")
+        # The conversation goes on after the cancelled call.
+        client.ask("Never mind. Hello!")
+        await client.wait_for(lambda: record.persona_finished_count() >= 1, "the next answer")
+    return client
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_interrupting_cancels_a_waiting_client_tool_and_the_conversation_goes_on(
+    live_server_url, weather_persona, fake_openai
+):
+    from calls.live import ice_address_policy_apply
+
+    ice_address_policy_apply()
+    client = asyncio.run(interrupt_a_waiting_tool(live_server_url, mint(live_server_url, weather_persona)))
+    record = client.record
+
+    (started,) = record.data_of("toolCallStarted")
+    (failed,) = record.data_of("toolCallFailed")
+    assert failed["tool_call_id"] == started["tool_call_id"]
+    assert failed["error_message"].startswith("interrupted")
+    assert not record.data_of("toolCallCompleted")
+    assert record.persona_messages() == ["OK."]
+    # The cancelled call was settled in the context the LLM saw next.
+    last = fake_openai.requests[-1].messages
+    assert last[-1] == {"role": "user", "content": "Never mind. Hello!"}
+    assert any(m["role"] == "tool" and m["tool_call_id"] == started["tool_call_id"] for m in last)
