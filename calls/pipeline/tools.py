@@ -37,8 +37,8 @@ DEFAULT_TOOL_TIMEOUT_SECONDS = 15.0
 # so an app sees the id before any result can arrive; if announcing hangs, this long at most
 # (seconds).
 ANNOUNCE_TIMEOUT_SECONDS = 5.0
-# The error a call that an interruption cancelled reports to the browser.
-INTERRUPTED_ERROR = "interrupted: the user spoke over the persona"
+# The error a call cancelled by an interruption (or the end of the call) reports to the browser.
+INTERRUPTED_ERROR = "interrupted: the user cut in, or the call ended"
 
 
 def _now_iso() -> str:
