@@ -65,6 +65,7 @@ class SessionRecord:
     session_id: str = ""
     started_at: float = 0.0
     signals: list[dict[str, Any]] = field(default_factory=list)
+    signal_times: list[float] = field(default_factory=list)  # when each of `signals` arrived
     data: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     video_frames: list[float] = field(default_factory=list)
     audio_frames: list[float] = field(default_factory=list)
@@ -76,6 +77,10 @@ class SessionRecord:
             for _, item in self.data
             if item.get("messageType") == "speechText" and item["data"].get("role") == role
         ]
+
+    def data_of(self, message_type: str) -> list[dict[str, Any]]:
+        """The `data` of every data-channel frame of this type received so far, in order."""
+        return [item["data"] for _, item in self.data if item.get("messageType") == message_type]
 
     def persona_messages(self) -> list[str]:
         texts: dict[str, str] = {}
@@ -175,6 +180,7 @@ class ParleyWebRTCClient:
             async for raw in self._socket:
                 frame = json.loads(raw)
                 self.record.signals.append(frame)
+                self.record.signal_times.append(time.monotonic())
                 if frame["actionType"] == "answer":
                     assert self._peer is not None
                     await self._peer.setRemoteDescription(RTCSessionDescription(**frame["payload"]))
@@ -213,6 +219,11 @@ class ParleyWebRTCClient:
 
     def interrupt(self) -> float:
         self._channel.send(json.dumps({"message_type": "interrupt", "session_id": self.record.session_id}))
+        return time.monotonic()
+
+    def send_data(self, message: dict[str, Any]) -> float:
+        """Send any client frame on the data channel (e.g. a `tool_result`); returns when."""
+        self._channel.send(json.dumps(message))
         return time.monotonic()
 
     async def close(self) -> None:

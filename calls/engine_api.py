@@ -96,12 +96,14 @@ class TalkView(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
-    async def _say(self, session_id: str, content: str) -> bool:
+    async def _say(self, session_id: str, content: str) -> Response | None:
+        """None once the text is queued, else the error answer."""
         live = live_session_get(session_id)
         if live is None:
-            return False
-        await live.say(content)
-        return True
+            return engine_error(404, "no_session", f"no live session {session_id!r} on this server")
+        if not await live.say(content):
+            return engine_error(409, "not_ready", "the session is not connected; nothing was said")
+        return None
 
     def post(self, request: Request) -> Response:
         from asgiref.sync import async_to_sync
@@ -113,8 +115,9 @@ class TalkView(APIView):
         if not body.is_valid():
             field, messages = next(iter(body.errors.items()))
             return engine_error(400, "invalid_body", f"{field}: {messages[0]}")
-        if not async_to_sync(self._say)(session_id, body.validated_data["content"]):
-            return engine_error(404, "no_session", f"no live session {session_id!r} on this server")
+        refusal = async_to_sync(self._say)(session_id, body.validated_data["content"])
+        if refusal is not None:
+            return refusal
         return Response({"status": "queued"}, status=status.HTTP_200_OK)
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -28,8 +29,11 @@ from django.conf import settings
 
 from calls import events, services
 from calls.models import Call, EndReason, new_message_id
+from calls.pipeline.brain.config import BrainTool, brain_tools_from_definitions
 from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
+from calls.pipeline.tools import PendingToolCall
 from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
+from personas.tools import tools_problems
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,11 @@ logger = logging.getLogger(__name__)
 MAX_CLIENT_FRAME_BYTES = 64 * 1024
 # How often the watchdog looks at a session's liveness, in seconds.
 WATCHDOG_INTERVAL_SECONDS = 1.0
+# How long `/talk` waits for a session that is still connecting (seconds): an app may call
+# talk() as soon as the SDK's stream() resolves, before ICE and DTLS are up.
+TALK_READY_TIMEOUT_SECONDS = 10.0
+# Talk-stream chunks kept while the session is still connecting (more are refused).
+MAX_EARLY_TALK_CHUNKS = 200
 
 SendSignal = Callable[[str, Any], Awaitable[None]]
 
@@ -125,6 +134,9 @@ class LiveSession(ConversationListener):
         self._video_track: Any = None
         self._conversation_started: asyncio.Future[None] | None = None
         self._user_action_id = ""  # correlates userSpeechStarted/Ended of one utterance
+        self._interrupted_talk_streams: set[str] = set()  # told to the client once each
+        self._speech_ready = asyncio.Event()  # the persona can be heard: talk goes through
+        self._early_talk_chunks: list[dict[str, Any]] = []
         _LIVE[self.session_id] = self
         self._spawn(self._watchdog(), "watchdog")
 
@@ -277,6 +289,10 @@ class LiveSession(ConversationListener):
             self.conversation.peer_ready()
             if not self.config.skip_greeting and self.config.greeting:
                 await self.conversation.say(self.config.greeting)
+            self._speech_ready.set()
+            early, self._early_talk_chunks = self._early_talk_chunks, []
+            for payload in early:
+                await self._on_talk_stream(payload)
 
     # --- data channel ----------------------------------------------------------------------
 
@@ -302,12 +318,15 @@ class LiveSession(ConversationListener):
             await self.conversation.interrupt()
         elif kind == "context" and isinstance(content, str) and content.strip():
             await self.conversation.add_context(content.strip())
-        elif kind == "tool_result":
-            await self.conversation.tool_result(
-                tool_call_id=str(message.get("tool_call_id") or ""),
+        elif kind == "tool_result" and message.get("tool_call_id"):
+            accepted = await self.conversation.tool_result(
+                tool_call_id=str(message["tool_call_id"]),
                 result=message.get("result"),
                 error=message.get("error"),
+                kind="client",
             )
+            if not accepted:
+                logger.info("session %s: a tool_result for no waiting client tool call", self.session_id)
         # remote_rtp_stats, director_note_cue and anything unknown are ignored on purpose.
 
     async def user_typed(self, text: str) -> None:
@@ -338,11 +357,25 @@ class LiveSession(ConversationListener):
             },
         )
 
-    async def say(self, text: str) -> None:
-        if self.conversation is not None:
-            await self.conversation.say(text)
+    async def say(self, text: str) -> bool:
+        """Say this verbatim (`/talk`), once the persona can be heard; False if it never could."""
+        try:
+            await asyncio.wait_for(self._speech_ready.wait(), TALK_READY_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return False
+        if self.conversation is None or self.ended:
+            return False
+        await self.conversation.say(text)
+        return True
 
     async def _on_talk_stream(self, payload: dict[str, Any]) -> None:
+        if not self._speech_ready.is_set():
+            # Before the voice is up its words would be lost: keep the chunks until then.
+            if len(self._early_talk_chunks) < MAX_EARLY_TALK_CHUNKS:
+                self._early_talk_chunks.append(payload)
+            else:
+                await self.signal("warning", "talkstream: the session is not ready; chunk dropped")
+            return
         if self.conversation is None:
             return
         await self.conversation.talk_stream_chunk(
@@ -450,7 +483,7 @@ class LiveSession(ConversationListener):
             },
         )
         if correlation_id:
-            await self.signal("talkinputstreaminterrupted", {"correlationId": correlation_id})
+            await self.on_talk_stream_interrupted(correlation_id=correlation_id)
         await self.publish(
             events.BotInterrupted(
                 message_id=message_id,
@@ -477,6 +510,36 @@ class LiveSession(ConversationListener):
                 ],
             )
         )
+
+    async def on_talk_stream_interrupted(self, *, correlation_id: str) -> None:
+        if correlation_id not in self._interrupted_talk_streams:
+            self._interrupted_talk_streams.add(correlation_id)
+            await self.signal("talkinputstreaminterrupted", {"correlationId": correlation_id})
+
+    def _tool_call_frame(self, call: PendingToolCall) -> dict[str, Any]:
+        """The fields every toolCall* data-channel frame carries, as the Anam SDK reads them."""
+        return {
+            "event_uid": str(uuid.uuid4()),
+            "session_id": self.session_id,
+            "tool_call_id": call.tool_call_id,
+            "tool_name": call.name,
+            "tool_type": call.kind,
+            "arguments": call.arguments,
+            "timestamp": _now_iso(),
+            # Parley has no id for the user action behind a call; the llm.tool_call batch
+            # (msgId) and its start stand in for it, and come back in the tool_result.
+            "timestamp_user_action": call.started_at,
+            "user_action_correlation_id": call.message_id,
+        }
+
+    async def on_tool_call_started(self, *, call: PendingToolCall) -> None:
+        self.send_data("toolCallStarted", self._tool_call_frame(call))
+
+    async def on_tool_call_completed(self, *, call: PendingToolCall, result: Any) -> None:
+        self.send_data("toolCallCompleted", {**self._tool_call_frame(call), "result": result})
+
+    async def on_tool_call_failed(self, *, call: PendingToolCall, error: str) -> None:
+        self.send_data("toolCallFailed", {**self._tool_call_frame(call), "error_message": error})
 
     # --- ending -----------------------------------------------------------------------------
 
@@ -599,7 +662,20 @@ def _build_config(call: Call) -> ConversationConfig:
             detection.get("silenceBeforeSessionEndSeconds") or persona.idle_timeout_seconds
         ),
         idle_warning_seconds=float(persona.idle_warning_seconds),
+        tools=_persona_tools(persona.slug, persona.tools),
+        tool_timeout_seconds=settings.PARLEY_TOOL_TIMEOUT_SECONDS,
     )
+
+
+def _persona_tools(slug: str, definitions: Any) -> tuple[BrainTool, ...]:
+    """The persona's tools for the LLM; none if they were stored without validation and are bad."""
+    if not definitions:
+        return ()
+    problems = tools_problems(definitions)
+    if problems:
+        logger.warning("persona %s: its tools are invalid and left out (%s)", slug, "; ".join(problems))
+        return ()
+    return brain_tools_from_definitions(definitions)
 
 
 async def live_session_open(*, session_id: str) -> LiveSession | None:

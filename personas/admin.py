@@ -13,6 +13,7 @@ from django.utils.html import format_html
 
 from personas.models import ApiKey, KnowledgeEntry, Organization, Persona, SessionToken
 from personas.services import api_key_create, api_key_revoke
+from personas.tools import tools_normalize, tools_problems
 
 admin.site.site_header = "Parley admin"
 admin.site.site_title = "Parley admin"
@@ -186,12 +187,24 @@ class PersonaAdminForm(forms.ModelForm):
     class Meta:
         model = Persona
         fields = ("llm_api_key",)  # the admin adds the rest from its fieldsets
+        widgets = {
+            "tools": forms.Textarea(attrs={"rows": 10, "cols": 90, "style": "font-family: monospace"}),
+        }
 
     def clean_llm_api_key(self) -> str:
         value = self.cleaned_data.get("llm_api_key", "")
         if not value and self.instance.pk:
             return self.instance.llm_api_key
         return value
+
+    def clean_tools(self) -> list[dict[str, Any]]:
+        value = self.cleaned_data.get("tools")
+        if value is None:  # the field was emptied: no tools
+            return []
+        problems = tools_problems(value)
+        if problems:
+            raise forms.ValidationError(problems)
+        return tools_normalize(value)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -261,6 +274,7 @@ class PersonaAdmin(admin.ModelAdmin):
                     "llm_api_key",
                     "clear_llm_api_key",
                     "llm_temperature",
+                    "tools",
                 )
             },
         ),

@@ -5,9 +5,12 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from personas.tools import tools_normalize, tools_problems
 
 
 class Organization(models.Model):
@@ -170,6 +173,15 @@ class Persona(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.slug})"
+
+    def clean(self) -> None:
+        super().clean()
+        if self.tools is None:  # an emptied admin field
+            self.tools = []
+        problems = tools_problems(self.tools)
+        if problems:
+            raise ValidationError({"tools": problems})
+        self.tools = tools_normalize(self.tools)
 
 
 class KnowledgeEntry(models.Model):

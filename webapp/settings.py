@@ -300,6 +300,9 @@ PARLEY_ALLOW_PRIVATE_ICE = env_bool("PARLEY_ALLOW_PRIVATE_ICE", DEBUG)
 PARLEY_ICE_LOOPBACK_ONLY = env_bool("PARLEY_ICE_LOOPBACK_ONLY", False)
 # The avatar's video bitrate ceiling, bits per second (a 320x240 face looks sharp at 250 kbps).
 PARLEY_VIDEO_MAX_BITRATE = env_int("PARLEY_VIDEO_MAX_BITRATE", 250_000)
+# How long an LLM tool call waits for its result (the browser's for client tools, the app's
+# for server tools) before the LLM is told it failed; a tool's own timeoutSeconds wins.
+PARLEY_TOOL_TIMEOUT_SECONDS = env_float("PARLEY_TOOL_TIMEOUT_SECONDS", 15.0)
 
 # Demo data (python manage.py seed_demo).
 PARLEY_DEMO_API_KEY = os.environ.get("PARLEY_DEMO_API_KEY", "")

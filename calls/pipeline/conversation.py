@@ -24,6 +24,7 @@ from pipecat.frames.frames import (
     EndFrame,
     Frame,
     InterruptionFrame,
+    LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMMessagesAppendFrame,
     LLMTextFrame,
@@ -34,9 +35,12 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.utils.text.base_text_aggregator import TextType
 
-from calls.pipeline.frames import VisemeTimelineFrame
+from calls.pipeline.brain.config import BrainTool, ToolKind
+from calls.pipeline.frames import TalkStreamStartFrame, TalkTextFrame, VisemeTimelineFrame
 from calls.pipeline.lipsync import ipa_speech_events
+from calls.pipeline.tools import DEFAULT_TOOL_TIMEOUT_SECONDS, PendingToolCall, ToolCalls
 from calls.pipeline.transport import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
@@ -99,6 +103,8 @@ class ConversationConfig:
     max_duration_seconds: float = 600.0
     idle_timeout_seconds: float = 60.0
     idle_warning_seconds: float = 15.0
+    tools: tuple[BrainTool, ...] = ()  # what the LLM may call (the OpenAI brain only)
+    tool_timeout_seconds: float = DEFAULT_TOOL_TIMEOUT_SECONDS
 
 
 class ConversationListener(UserSideListener):
@@ -127,6 +133,14 @@ class ConversationListener(UserSideListener):
 
     async def on_tool_call(self, *, message_id: str, calls: list[dict[str, str]]) -> None: ...
 
+    async def on_tool_call_started(self, *, call: PendingToolCall) -> None: ...
+
+    async def on_tool_call_completed(self, *, call: PendingToolCall, result: Any) -> None: ...
+
+    async def on_tool_call_failed(self, *, call: PendingToolCall, error: str) -> None: ...
+
+    async def on_talk_stream_interrupted(self, *, correlation_id: str) -> None: ...
+
 
 class _SpeechPlan:
     """What the persona means to say (filled before synthesis) and what it has said so far."""
@@ -134,6 +148,8 @@ class _SpeechPlan:
     def __init__(self) -> None:
         self.planned: list[str] = []
         self.correlation_id: str | None = None
+        # The talk stream being played, if any: its messages carry its correlation id.
+        self.talk_correlation_id: str | None = None
         self.message_id: str | None = None
         self.spoken: list[str] = []
         self.start_samples = 0
@@ -155,6 +171,8 @@ class ResponseTextCollector(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMTextFrame):
             self._plan.planned.append(frame.text)
+        elif isinstance(frame, TalkTextFrame):
+            self._plan.planned.append((" " if self._plan.planned else "") + frame.text)
         elif isinstance(frame, TTSSpeakFrame):
             self._plan.planned.append((" " if self._plan.planned else "") + frame.text)
         elif isinstance(frame, LLMFullResponseStartFrame) and self._plan.message_id is None:
@@ -220,8 +238,15 @@ class PlaybackTracker(FrameProcessor):
             await self._words_played(frame)
         elif isinstance(frame, BotStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._finish()
+        elif isinstance(frame, TalkStreamStartFrame) and direction == FrameDirection.DOWNSTREAM:
+            # The stream's audio comes next: what played before it was another message.
+            await self._finish()
+            plan.talk_correlation_id = plan.correlation_id = frame.correlation_id
+        elif isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
+            plan.talk_correlation_id = None  # the current message keeps its id to its end
         elif isinstance(frame, InterruptionFrame):
             self._held.clear()
+            plan.talk_correlation_id = None
             if self._face is not None:
                 self._face.speech_stop(time.monotonic())
             if plan.message_id is not None:
@@ -319,7 +344,7 @@ class PlaybackTracker(FrameProcessor):
         self._plan.message_id = None
         self._plan.planned.clear()
         self._plan.spoken = []
-        self._plan.correlation_id = None
+        self._plan.correlation_id = self._plan.talk_correlation_id
 
 
 class Conversation:
@@ -343,9 +368,14 @@ class Conversation:
         self._worker: PipelineWorker | None = None
         self._runner_task: asyncio.Task[None] | None = None
         self._tracker = PlaybackTracker(self._plan, track, listener, face)
+        self._collector = ResponseTextCollector(self._plan)
         self._quiet_watch: asyncio.Task[None] | None = None
         self._talk_stream_buffer = ""
-        self._pending_tool_results: dict[str, asyncio.Future[Any]] = {}
+        self._talk_stream_id: str | None = None  # the open talk stream's correlation id
+        self._interrupted_talk_streams: set[str] = set()
+        self.tool_calls = ToolCalls(
+            tools=config.tools, listener=listener, default_timeout_seconds=config.tool_timeout_seconds
+        )
         self.context: Any = None
         self._tts: Any = None
         self.stt: Any = None
@@ -370,6 +400,7 @@ class Conversation:
             llm_model=self.config.llm_model,
             llm_api_key=self.config.llm_api_key,
             llm_temperature=self.config.llm_temperature,
+            tools=self.config.tools,
         )
         self.context = build_context(brain)
         listening: list[FrameProcessor] = []
@@ -378,6 +409,8 @@ class Conversation:
             listening, user_params = self._build_listening()
         aggregators = LLMContextAggregatorPair(self.context, user_params=user_params)
         llm = build_llm_service(brain)
+        if brain.provider == "openai":
+            self.tool_calls.register(llm)
         tts = self._tts = build_tts_service(self.config)
         pipeline = Pipeline(
             [
@@ -385,7 +418,7 @@ class Conversation:
                 *listening,
                 aggregators.user(),
                 llm,
-                ResponseTextCollector(self._plan),
+                self._collector,
                 tts,
                 SpeechEndAligner(),
                 self.transport.output(),
@@ -498,28 +531,54 @@ class Conversation:
         """Stop the voice now; what was played stays, the rest is dropped."""
         self.track.flush()
         await self._queue(InterruptionFrame())
+        await self._talk_stream_interrupted()
 
     async def talk_stream_chunk(self, *, content: str, end_of_speech: bool, correlation_id: str) -> None:
-        """Talk-stream text, spoken sentence by sentence as it streams in."""
-        if correlation_id:
-            self._plan.correlation_id = correlation_id
+        """Talk-stream text: one reply, each sentence spoken as soon as it is complete.
+
+        The stream goes to the speech side as an LLM reply would (start, sentences, end), so
+        its sentences share one audio context and its words carry its correlation id.
+        Chunks of a stream the user interrupted are dropped.
+        """
+        if correlation_id in self._interrupted_talk_streams or self._worker is None:
+            return
+        if self._talk_stream_id != correlation_id:
+            if self._talk_stream_id is not None:
+                await self._talk_stream_end()  # a new stream ends one left open
+            self._talk_stream_id = correlation_id
+            await self._collector.queue_frame(TalkStreamStartFrame(correlation_id=correlation_id))
         self._talk_stream_buffer += content
-        while True:
-            match = _SENTENCE_END.search(self._talk_stream_buffer)
-            if match is None:
-                break
+        while (match := _SENTENCE_END.search(self._talk_stream_buffer)) is not None:
             sentence = self._talk_stream_buffer[: match.end()].strip()
             self._talk_stream_buffer = self._talk_stream_buffer[match.end() :]
             if sentence:
-                await self.say(sentence)
-        if end_of_speech and self._talk_stream_buffer.strip():
-            await self.say(self._talk_stream_buffer.strip())
-            self._talk_stream_buffer = ""
+                await self._collector.queue_frame(TalkTextFrame(sentence, TextType.SENTENCE))
+        if end_of_speech:
+            await self._talk_stream_end()
 
-    async def tool_result(self, *, tool_call_id: str, result: Any, error: Any) -> None:
-        pending = self._pending_tool_results.pop(tool_call_id, None)
-        if pending is not None and not pending.done():
-            pending.set_result({"error": str(error)} if error else result)
+    async def _talk_stream_end(self) -> None:
+        rest = self._talk_stream_buffer.strip()
+        self._talk_stream_buffer = ""
+        self._talk_stream_id = None
+        if rest:
+            await self._collector.queue_frame(TalkTextFrame(rest, TextType.SENTENCE))
+        await self._collector.queue_frame(LLMFullResponseEndFrame())
+
+    async def _talk_stream_interrupted(self) -> None:
+        """An open talk stream is over: its queued text is dropped, and later chunks too."""
+        correlation_id = self._talk_stream_id
+        if correlation_id is None:
+            return
+        self._talk_stream_id = None
+        self._talk_stream_buffer = ""
+        self._interrupted_talk_streams.add(correlation_id)
+        await self.listener.on_talk_stream_interrupted(correlation_id=correlation_id)
+
+    async def tool_result(
+        self, *, tool_call_id: str, result: Any, error: Any, kind: ToolKind | None = None
+    ) -> bool:
+        """The result of a waiting tool call (from the browser: kind "client"; the app: "server")."""
+        return self.tool_calls.resolve(tool_call_id=tool_call_id, result=result, error=error, kind=kind)
 
     async def stop(self) -> None:
         from calls.pipeline.speech.providers import tts_service_close
@@ -536,8 +595,7 @@ class Conversation:
             self._quiet_watch = None
         worker, task = self._worker, self._runner_task
         self._worker = self._runner_task = None
-        for pending in self._pending_tool_results.values():
-            pending.cancel()
+        self.tool_calls.cancel_all()
         if worker is None or task is None:
             return
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipecat.frames.frames import DataFrame
+from pipecat.frames.frames import AggregatedTextFrame, DataFrame, LLMFullResponseStartFrame
 
 
 @dataclass
@@ -30,3 +30,20 @@ class VisemeTimelineFrame(DataFrame):
 
     def __str__(self) -> str:
         return f"{self.name}(phonemes: {len(self.phonemes)}, at: {self.utterance_offset_seconds:.3f}s)"
+
+
+@dataclass
+class TalkStreamStartFrame(LLMFullResponseStartFrame):
+    """Starts a talk stream's speech: one reply the app streams in, spoken as it arrives.
+
+    The TTS treats it as the start of an LLM reply (its sentences share one audio context);
+    it reaches the playback side in order, just before the stream's first audio, which is
+    when the persona's words start carrying `correlation_id`.
+    """
+
+    correlation_id: str = ""
+
+
+@dataclass
+class TalkTextFrame(AggregatedTextFrame):
+    """One whole sentence of a talk stream: spoken at once, without waiting for the next one."""

@@ -13,8 +13,10 @@
  * It speaks the SDK's protocol (docs/anam-sdk-protocol.md): `POST {baseUrl}/v1/engine/session`
  * with the token, then the signalling websocket, a client-created `session` data channel,
  * video received and audio both ways, in one MediaStream played by the video element.
- * Not implemented: API-key mode, client tool handlers, director notes, agent audio input,
- * ICE restarts (Parley's server cannot do them) and client telemetry.
+ * Not implemented: API-key mode, director notes, agent audio input, ICE restarts (Parley's
+ * server cannot do them) and client telemetry. Tool handlers differ from the SDK's in one
+ * way: `TOOL_CALL_COMPLETED`/`FAILED` are emitted once, when the server says so (the SDK
+ * also emits them locally, before the server's frame, for client tools with handlers).
  */
 
 import {
@@ -183,6 +185,8 @@ export class ParleyClient {
     this.requestTimeoutMilliseconds = api.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MILLISECONDS;
     this.retry = { ...DEFAULT_RETRY, ...(api.retry ?? {}) };
     this.emitter = new EventEmitter();
+    /** @type {Map<string, import("./streaming.js").ToolCallHandler>} */
+    this.toolHandlers = new Map();
     /** @type {StreamingSession|null} */
     this.session = null;
     this.sessionId = null;
@@ -257,6 +261,7 @@ export class ParleyClient {
       audioDeviceId: this.options.audioDeviceId,
       inputAudioState: this.inputAudioState,
       emitter: this.emitter,
+      toolHandlers: this.toolHandlers,
     });
   }
 
@@ -428,6 +433,24 @@ export class ParleyClient {
       ? this.session.setMuted(muted)
       : { ...this.inputAudioState, isMuted: muted };
     return { ...this.inputAudioState };
+  }
+
+  // --- tools ----------------------------------------------------------------------------
+
+  /**
+   * Handle a tool of the persona's LLM in the page, as with the SDK. For a client tool,
+   * `onStart` gets `{toolCallId, toolName, arguments, ...}` and its return value (a string)
+   * is the tool's result; a throw reports the error. `onComplete` and `onFail` follow the
+   * server's verdict. One handler per tool name; a later one replaces it.
+   * @param {string} toolName
+   * @param {import("./streaming.js").ToolCallHandler} handler
+   * @returns {() => void} removes the handler
+   */
+  registerToolCallHandler(toolName, handler) {
+    this.toolHandlers.set(toolName, handler);
+    return () => {
+      if (this.toolHandlers.get(toolName) === handler) this.toolHandlers.delete(toolName);
+    };
   }
 
   // --- events ---------------------------------------------------------------------------

@@ -65,6 +65,16 @@ function toolCallPayload(data, startedAt) {
  * @property {MediaStream} [inputAudioStream] an app-provided microphone stream
  * @property {{isMuted: boolean}} inputAudioState the state to start from
  * @property {import("./events.js").EventEmitter} emitter
+ * @property {Map<string, ToolCallHandler>} [toolHandlers] by tool name (registerToolCallHandler)
+ */
+
+/**
+ * What the app does when the persona's LLM calls a tool, as in the Anam SDK.
+ * @typedef {object} ToolCallHandler
+ * @property {(payload: object) => Promise<string|void>} [onStart] for a client tool, its
+ *   result (sent back to the LLM); a throw sends the error instead
+ * @property {(payload: object) => Promise<void>} [onComplete]
+ * @property {(payload: object) => Promise<void>} [onFail]
  */
 
 export class StreamingSession {
@@ -322,27 +332,83 @@ export class StreamingSession {
           correlationId: data.user_action_correlation_id ?? "unknown",
         });
         break;
-      case "toolCallStarted":
+      case "toolCallStarted": {
         this.toolCallStarts.set(data.tool_call_id, data.timestamp);
-        this.emitter.emit(AnamEvent.TOOL_CALL_STARTED, toolCallPayload(data));
+        const payload = toolCallPayload(data);
+        this.emitter.emit(AnamEvent.TOOL_CALL_STARTED, payload);
+        this.runToolCallHandler(data, payload);
         break;
-      case "toolCallCompleted":
-        this.emitter.emit(AnamEvent.TOOL_CALL_COMPLETED, {
+      }
+      case "toolCallCompleted": {
+        const payload = {
           ...toolCallPayload(data, this.toolCallStarts.get(data.tool_call_id) ?? data.timestamp),
           result: data.result,
           documentsAccessed: data.documents_accessed,
-        });
+        };
         this.toolCallStarts.delete(data.tool_call_id);
+        this.emitter.emit(AnamEvent.TOOL_CALL_COMPLETED, payload);
+        this.notifyToolCallHandler(data, "onComplete", payload);
         break;
-      case "toolCallFailed":
-        this.emitter.emit(AnamEvent.TOOL_CALL_FAILED, {
+      }
+      case "toolCallFailed": {
+        const payload = {
           ...toolCallPayload(data, this.toolCallStarts.get(data.tool_call_id) ?? data.timestamp),
           errorMessage: data.error_message,
-        });
+        };
         this.toolCallStarts.delete(data.tool_call_id);
+        this.emitter.emit(AnamEvent.TOOL_CALL_FAILED, payload);
+        this.notifyToolCallHandler(data, "onFail", payload);
         break;
+      }
       default:
         break; // Unknown types are ignored, for forward compatibility.
+    }
+  }
+
+  /**
+   * The app's handler for a tool the LLM called, if it registered one. For a client tool,
+   * what `onStart` returns (or throws) goes back as a `tool_result`, exactly as the SDK
+   * sends it; the server then answers `toolCallCompleted` or `toolCallFailed`.
+   * @param {object} data the `toolCallStarted` frame
+   * @param {object} payload its camelCase form
+   */
+  async runToolCallHandler(data, payload) {
+    if (data.session_id !== this.sessionId) return;
+    const handler = this.options.toolHandlers?.get(data.tool_name);
+    if (!handler?.onStart) return;
+    let result;
+    let errorMessage;
+    try {
+      result = await handler.onStart(payload);
+    } catch (error) {
+      errorMessage = `Error in handler: ${error instanceof Error ? error.message : String(error)}`;
+    }
+    if (data.tool_type !== "client") return;
+    const message = {
+      session_id: data.session_id,
+      message_type: "tool_result",
+      tool_call_id: data.tool_call_id,
+      user_action_correlation_id: data.user_action_correlation_id,
+      timestamp_user_action: data.timestamp_user_action,
+    };
+    if (errorMessage) message.error = errorMessage;
+    else if (result !== undefined && result !== null) message.result = result;
+    this.sendDataMessage(JSON.stringify(message));
+  }
+
+  /**
+   * @param {object} data a `toolCallCompleted` or `toolCallFailed` frame
+   * @param {"onComplete"|"onFail"} hook
+   * @param {object} payload
+   */
+  async notifyToolCallHandler(data, hook, payload) {
+    if (data.session_id !== this.sessionId) return;
+    const handler = this.options.toolHandlers?.get(data.tool_name);
+    if (!handler?.[hook]) return;
+    try {
+      await handler[hook](payload);
+    } catch (error) {
+      console.error(`Parley client: the ${hook} handler of tool ${data.tool_name} failed`, error);
     }
   }
 

@@ -31,6 +31,8 @@ from django.conf import settings
 from django.db import connection, connections
 from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
 
+from tests.fakes.openai_server import FakeOpenAIServer, fake_openai_server_in_thread
+
 CHROMIUM_PATH = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = (
     "--headless=new",
@@ -202,6 +204,13 @@ def live_server_url(daphne_server: LiveServer, transactional_db) -> str:
             pytrace=False,
         )
     return daphne_server.url
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAIServer]:
+    """The fake OpenAI-compatible server (tests/fakes), reachable by the server process."""
+    with fake_openai_server_in_thread() as server:
+        yield server
 
 
 # --- Chromium ------------------------------------------------------------------------------

@@ -115,3 +115,23 @@ def test_talk_needs_a_live_session_and_content():
     assert missing.status_code == 404 and "CAnope" in missing.json()["message"]
     empty = client.post("/talk?session_id=CAnope", {"content": ""}, format="json")
     assert empty.status_code == 400 and "content" in empty.json()["message"]
+
+
+class _NeverReadySession:
+    """A live session whose voice never came up (its peer never connected)."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    async def say(self, text: str) -> bool:
+        self.said.append(text)
+        return False
+
+
+@pytest.mark.django_db
+def test_talk_to_a_session_that_never_becomes_ready_is_refused_not_lost(monkeypatch):
+    session = _NeverReadySession()
+    monkeypatch.setattr("calls.engine_api.live_session_get", lambda session_id: session)
+    response = APIClient().post("/talk?session_id=CAslow", {"content": "Hello there."}, format="json")
+    assert response.status_code == 409 and response.json()["error"] == "not_ready"
+    assert session.said == ["Hello there."]

@@ -1,22 +1,41 @@
-"""A local OpenAI-compatible chat server for tests: scripted streamed replies, recorded requests.
+"""A local OpenAI-compatible chat server for tests: streamed replies, recorded requests.
 
-`POST /v1/chat/completions` answers with the next scripted reply (a `TextReply` or a
-`ToolCallReply`) as server-sent events in the real OpenAI chunk format; when the script is
-empty it says `DEFAULT_REPLY`. `GET /v1/models` lists the one model. Every chat request is kept
-in `requests` (headers and JSON body) so a test can assert what the client sent.
+`POST /v1/chat/completions` answers as server-sent events in the real OpenAI chunk format.
+A scripted reply (`script(TextReply | ToolCallReply)`) is used first. With an empty script
+the reply follows from the request, the way a model given tools would behave:
+
+- the last message is the user's and names one of the request's tools (`get_weather`, or
+  `get weather`): the tool is called (tool_calls deltas, finish_reason "tool_calls"), with
+  the arguments the user wrote as `name=value` pairs (`city="New York" days=3`), typed by
+  the tool's JSON schema. Unless `tool_choice` is "none".
+- the last messages are tool results: a sentence built from them (`The get weather result
+  is sunny.`, or for an `{"error": ...}` result `Sorry, get weather failed: ...`).
+- anything else: `DEFAULT_REPLY`.
+
+`GET /v1/models` lists the one model. Every chat request is kept in `requests` (headers and
+JSON body) so a test can assert what the client sent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import re
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 DEFAULT_REPLY = "OK."
+# Starting or stopping the fake's web server takes milliseconds; this bounds a broken one.
+SERVER_START_TIMEOUT_SECONDS = 10.0
+# `name=value` or `name="several words"` in the user's text: a tool argument.
+_ARGUMENT = re.compile(r'(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?:"(?P<quoted>[^"]*)"|(?P<bare>[^\s"]+))')
 MODEL_LISTED = "fake-model"
 
 
@@ -94,7 +113,7 @@ class FakeOpenAIServer:
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(RecordedRequest(headers=dict(request.headers), body=body))
-        reply = self._script.popleft() if self._script else TextReply(pieces=(DEFAULT_REPLY,))
+        reply = self._script.popleft() if self._script else reply_for_request(body, serial=len(self.requests))
         if not body.get("stream"):
             return web.json_response({"error": {"message": "the fake serves stream=true only"}}, status=400)
 
@@ -152,3 +171,126 @@ class FakeOpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+# --- replies derived from the request ------------------------------------------------------
+
+
+def reply_for_request(body: dict[str, Any], *, serial: int) -> TextReply | ToolCallReply:
+    """What a model would answer to this request (see the module docstring)."""
+    messages = body.get("messages") or []
+    if not messages:
+        return TextReply(pieces=(DEFAULT_REPLY,))
+    last = messages[-1]
+    if last.get("role") == "tool":
+        return _answer_from_tool_results(messages)
+    if last.get("role") == "user" and body.get("tools") and body.get("tool_choice") != "none":
+        calls = _tool_calls_asked_for(_text_of(last), body["tools"], serial=serial)
+        if calls:
+            return ToolCallReply(calls=calls)
+    return TextReply(pieces=(DEFAULT_REPLY,))
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # content parts
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content or ""
+
+
+def _tool_calls_asked_for(text: str, tools: list[dict[str, Any]], *, serial: int) -> tuple[ToolCall, ...]:
+    lowered = text.lower()
+    found = dict(
+        (
+            match.group("name"),
+            match.group("quoted") if match.group("quoted") is not None else match.group("bare"),
+        )
+        for match in _ARGUMENT.finditer(text)
+    )
+    calls = []
+    for tool in tools:
+        function = tool.get("function") or {}
+        name = function.get("name", "")
+        if not name or (name.lower() not in lowered and name.replace("_", " ").lower() not in lowered):
+            continue
+        properties = (function.get("parameters") or {}).get("properties") or {}
+        arguments = {
+            argument: _typed(found[argument], schema)
+            for argument, schema in properties.items()
+            if argument in found
+        }
+        encoded = json.dumps(arguments)
+        middle = len(encoded) // 2
+        calls.append(
+            ToolCall(
+                call_id=f"call_{serial}_{len(calls)}",
+                name=name,
+                argument_pieces=(encoded[:middle], encoded[middle:]),
+            )
+        )
+    return tuple(calls)
+
+
+def _typed(value: str, schema: dict[str, Any]) -> Any:
+    kind = schema.get("type")
+    try:
+        if kind == "integer":
+            return int(value)
+        if kind == "number":
+            return float(value)
+    except ValueError:
+        return value
+    if kind == "boolean":
+        return value.lower() in {"true", "yes", "1"}
+    return value
+
+
+def _answer_from_tool_results(messages: list[dict[str, Any]]) -> TextReply:
+    """One sentence per tool result after the last assistant message that called tools."""
+    names: dict[str, str] = {}
+    results: list[tuple[str, Any]] = []
+    for message in messages:
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            names.update({call["id"]: call["function"]["name"] for call in message["tool_calls"]})
+            results = []
+        elif message.get("role") == "tool":
+            name = names.get(message.get("tool_call_id", ""), "the tool")
+            try:
+                value = json.loads(message.get("content") or "null")
+            except ValueError:
+                value = message.get("content")
+            results.append((name.replace("_", " "), value))
+    sentences = []
+    for name, value in results:
+        if isinstance(value, dict) and "error" in value:
+            sentences.append(f"Sorry, {name} failed: {_spoken(value['error'])}.")
+        else:
+            sentences.append(f"The {name} result is {_spoken(value)}.")
+    return TextReply(pieces=tuple(" ".join(sentences).replace(". ", ". |").split("|")) or (DEFAULT_REPLY,))
+
+
+def _spoken(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {_spoken(item)}" for key, item in value.items())
+    if isinstance(value, list):
+        return ", ".join(_spoken(item) for item in value)
+    return str(value).rstrip(".")
+
+
+@contextlib.contextmanager
+def fake_openai_server_in_thread() -> Iterator[FakeOpenAIServer]:
+    """The fake on its own event loop in a thread, for a server in another process to call."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-openai", daemon=True)
+    thread.start()
+    server = FakeOpenAIServer()
+    try:
+        asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(SERVER_START_TIMEOUT_SECONDS)
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(
+            SERVER_START_TIMEOUT_SECONDS
+        )
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(SERVER_START_TIMEOUT_SECONDS)
+        loop.close()

@@ -4,7 +4,7 @@
 is pipecat's `OpenAILLMService` against any OpenAI-compatible server (`openai.py`).
 """
 
-from calls.pipeline.brain.config import BrainConfig, BrainProvider, BrainTool
+from calls.pipeline.brain.config import BrainConfig, BrainProvider, BrainTool, brain_tools_from_definitions
 from calls.pipeline.brain.knowledge import KnowledgeEntry
 from calls.pipeline.brain.openai import build_context, build_llm_service
 
@@ -13,6 +13,7 @@ __all__ = [
     "BrainProvider",
     "BrainTool",
     "KnowledgeEntry",
+    "brain_tools_from_definitions",
     "build_context",
     "build_llm_service",
 ]
