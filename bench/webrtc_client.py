@@ -24,6 +24,8 @@ from aiortc.mediastreams import MediaStreamError
 
 # A received 20 ms audio frame whose peak passes this (of 32767) counts as voice, not silence.
 LOUD_PEAK = 500
+# The Anam SDK's default heartbeat period.
+HEARTBEAT_SECONDS = 5.0
 
 
 class _CountingVideoDecoder:
@@ -95,11 +97,19 @@ class SessionRecord:
 class ParleyWebRTCClient:
     """One browser-like session. Use `async with`; call `ask(text)` to type a question."""
 
-    def __init__(self, *, base_url: str, session_token: str, step_timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        session_token: str,
+        step_timeout_seconds: float = 30.0,
+        microphone: Any = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session_token = session_token
         self.step_timeout_seconds = step_timeout_seconds
         self.record = SessionRecord()
+        self.microphone = microphone  # an audio MediaStreamTrack to send, or None (silent)
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._peer: RTCPeerConnection | None = None
@@ -147,7 +157,9 @@ class ParleyWebRTCClient:
         self._peer = peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._channel = channel = peer.createDataChannel("session", ordered=True)
         peer.addTransceiver("video", direction="recvonly")
-        peer.addTransceiver("audio", direction="sendrecv")
+        audio = peer.addTransceiver("audio", direction="sendrecv")
+        if self.microphone is not None:
+            audio.sender.replaceTrack(self.microphone)
 
         @peer.on("track")
         def on_track(track: Any) -> None:
@@ -160,6 +172,7 @@ class ParleyWebRTCClient:
 
         self._socket = await websockets.connect(url)
         self._tasks.append(asyncio.ensure_future(self._read_signals()))
+        self._tasks.append(asyncio.ensure_future(self._heartbeats()))
         await peer.setLocalDescription(await peer.createOffer())
         await self.signal(
             "offer",
@@ -174,6 +187,15 @@ class ParleyWebRTCClient:
         await self._socket.send(
             json.dumps({"actionType": action_type, "sessionId": self.record.session_id, "payload": payload})
         )
+
+    async def _heartbeats(self) -> None:
+        """Every 5 s, as the SDK does: the server ends a session whose client went quiet."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self.signal("heartbeat", "")
+            except websockets.ConnectionClosed:
+                return
 
     async def _read_signals(self) -> None:
         try:

@@ -639,6 +639,7 @@ def _build_config(call: Call) -> ConversationConfig:
         tts_model=persona.tts_model,
         tts_base_url=persona.tts_base_url,
         tts_api_key=persona.tts_api_key,
+        listening=settings.PARLEY_LISTENING,
         stt_provider=persona.stt_provider,
         stt_model=persona.stt_model,
         stt_base_url=persona.stt_base_url,

@@ -22,9 +22,11 @@ USER_VOICE = "en-us"
 NOISE_RMS = 30.0  # of 32768: about -60 dBFS, a quiet room
 
 
-def noise(seconds: float, seed: int = 7) -> np.ndarray:
+def noise(seconds: float, seed: int = 7, *, samples: int | None = None) -> np.ndarray:
+    """Room noise: `seconds` of it, or exactly `samples` samples."""
     rng = np.random.default_rng(seed)
-    return rng.normal(0.0, NOISE_RMS, int(seconds * RATE)).astype(np.float32)
+    count = samples if samples is not None else int(seconds * RATE)
+    return rng.normal(0.0, NOISE_RMS, count).astype(np.float32)
 
 
 async def spoken_pcm(text: str, *, voice: str = USER_VOICE, rate_wpm: int = 160) -> np.ndarray:
@@ -46,7 +48,7 @@ def with_room(
     lead = int(lead_seconds * RATE)
     total = np.zeros(lead + speech.size + int(tail_seconds * RATE), dtype=np.float32)
     total[lead : lead + speech.size] = speech
-    total += noise(total.size / RATE, seed=seed)[: total.size]
+    total += noise(0.0, seed=seed, samples=total.size)
     return total
 
 

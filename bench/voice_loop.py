@@ -1,0 +1,265 @@
+"""Benchmark of the listening persona: Parley is talked to over real WebRTC by aiortc clients.
+
+Each client's microphone plays sentences spoken by espeak-ng (a male voice over a quiet noise
+floor); Parley hears them (Silero VAD, SmartTurn, the persona's recogniser), answers with the
+demo persona's built-in brain, and speaks. Prints:
+
+- voice-to-voice latency: end of the user's speech in the sent audio → first reply audio
+  received, median and p95, with its breakdown from the call's stored events (VAD end of
+  speech, final transcript, turn decision, first reply audio sent);
+- word error rate of what was recognised, in-domain (the persona's own questions) and general;
+- barge-in stop time: start of speech over the persona in the sent audio → its voice stops
+  arriving;
+- with `--sessions 1,4,...`: the same with that many clients at once, and the lowest audio
+  frame rate any of them received.
+
+It starts its own server on a throwaway database: `python bench/voice_loop.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.webrtc_client import ParleyWebRTCClient, video_decoding_disable  # noqa: E402
+from bench.webrtc_sessions import DEMO_KEY, mint, server_log_tail, start_server  # noqa: E402
+
+IN_DOMAIN = [
+    "What are your opening hours?",
+    "Where are you?",
+    "What do you recommend?",
+    "How much does a latte cost?",
+    "Is anything gluten free?",
+    "Can I order a birthday cake?",
+    "Do you deliver?",
+    "Are you open on Monday?",
+]
+GENERAL = [
+    "My sister is visiting next week.",
+    "The weather was lovely this morning.",
+    "I think I left my umbrella here yesterday.",
+    "We are planning a small party for twenty people.",
+    "Thank you very much for your help.",
+    "I would like to speak to the manager please.",
+]
+BARGE_IN_QUESTION = "What is on the menu?"
+BARGE_IN_INTERRUPTION = "Sorry, where are you located?"
+# A gap this long in the persona's voice means it stopped.
+VOICE_GAP_SECONDS = 0.3
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(edit distance in words, reference length), after lower-casing and dropping punctuation."""
+    from calls.pipeline.turns import normalized_words
+
+    ref, hyp = normalized_words(reference), normalized_words(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, ref_word in enumerate(ref, 1):
+        current = [i] + [0] * len(hyp)
+        for j, hyp_word in enumerate(hyp, 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word))
+        previous = current
+    return previous[-1], len(ref)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+async def call_events(base_url: str, call_id: str) -> list[dict]:
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        response = await http.get(
+            f"/v1/calls/{call_id}/events", headers={"Authorization": f"Bearer {DEMO_KEY}"}, timeout=10
+        )
+        response.raise_for_status()
+        return response.json()["events"]
+
+
+def wall(event: dict) -> float:
+    return datetime.fromisoformat(event["createdAt"].replace("Z", "+00:00")).timestamp()
+
+
+async def speak(client: ParleyWebRTCClient, text: str) -> tuple[float, float, float]:
+    """Queue `text` on the client's microphone: (speech start, speech end) monotonic, and end wall."""
+    from tests.fakes.spoken import RATE, spoken_pcm, with_room
+
+    speech = await spoken_pcm(text)
+    lead = 0.3
+    samples = with_room(speech, lead_seconds=lead, tail_seconds=0.2)
+    mono, wall_now = time.monotonic(), time.time()
+    client.microphone.say(samples)
+    duration = speech.size / RATE
+    return mono + lead, mono + lead + duration, wall_now + lead + duration
+
+
+async def one_utterance(client: ParleyWebRTCClient, base_url: str, text: str) -> dict:
+    record = client.record
+    users_before = len(record.speech_texts("user"))
+    finished_before = record.persona_finished_count()
+    _, end, end_wall = await speak(client, text)
+    await client.wait_for(
+        lambda: record.persona_finished_count() > finished_before, f"the answer to {text!r}"
+    )
+    loud = next((t for t in record.loud_audio_frames if t > end), None)
+    users = record.speech_texts("user")[users_before:]
+    heard = " ".join(chunk["content"] for chunk in users)
+    events = [e for e in await call_events(base_url, record.session_id) if wall(e) > end_wall - 10]
+
+    def after(name: str) -> float | None:
+        times = [wall(e) for e in events if e["event"] == name and wall(e) >= end_wall - 5]
+        return (times[-1] - end_wall) * 1000 if times else None
+
+    await asyncio.sleep(0.6)
+    return {
+        "text": text,
+        "heard": heard,
+        "voice_to_voice_ms": (loud - end) * 1000 if loud else None,
+        "vad_stop_ms": after("speech.ended"),
+        "final_transcript_ms": after("user.message"),
+        "turn_end_ms": after("turn.end"),
+        "first_audio_sent_ms": after("bot.speaking"),
+    }
+
+
+async def barge_in(client: ParleyWebRTCClient) -> float | None:
+    """Speak over the persona's answer; ms from the user's speech start to the voice stopping."""
+    record = client.record
+    finished_before = record.persona_finished_count()
+    _, end, _ = await speak(client, BARGE_IN_QUESTION)
+    await client.wait_for(lambda: any(t > end for t in record.loud_audio_frames), "the menu answer")
+    await asyncio.sleep(1.5)
+    start, _, _ = await speak(client, BARGE_IN_INTERRUPTION)
+    await client.wait_for(lambda: record.persona_finished_count() > finished_before + 1, "the second answer")
+    loud = [t for t in record.loud_audio_frames if t >= start]
+    stop = start
+    for previous, current in itertools.pairwise(loud):
+        if current - previous > VOICE_GAP_SECONDS:
+            stop = previous
+            break
+    return (stop - start) * 1000
+
+
+async def session(base_url: str, token: str, utterances: list[str], with_barge_in: bool) -> dict:
+    from tests.fakes.spoken import ScriptedMicrophone
+
+    microphone = ScriptedMicrophone()
+    async with ParleyWebRTCClient(
+        base_url=base_url, session_token=token, step_timeout_seconds=60, microphone=microphone
+    ) as client:
+        record = client.record
+        await client.wait_for(lambda: record.persona_finished_count() >= 1, "the greeting")
+        await asyncio.sleep(0.5)
+        rows = [await one_utterance(client, base_url, text) for text in utterances]
+        window = (record.audio_frames[0], record.audio_frames[-1]) if record.audio_frames else (0, 1)
+        audio_fps = len(record.audio_frames) / max(1e-6, window[1] - window[0])
+        stop_ms = await barge_in(client) if with_barge_in else None
+    return {"rows": rows, "audio_fps": audio_fps, "barge_in_ms": stop_ms}
+
+
+async def run(base_url: str, count: int, utterances: list[str]) -> list[dict]:
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        tokens = [await mint(http) for _ in range(count)]
+    return await asyncio.gather(
+        *(
+            session(base_url, token, utterances, with_barge_in=(index == 0))
+            for index, token in enumerate(tokens)
+        )
+    )
+
+
+def report(count: int, sessions: list[dict], verbose: bool) -> None:
+    rows = [row for result in sessions for row in result["rows"]]
+    latencies = [row["voice_to_voice_ms"] for row in rows if row["voice_to_voice_ms"] is not None]
+
+    def median_of(name: str) -> str:
+        values = [row[name] for row in rows if row[name] is not None]
+        return f"{statistics.median(values):.0f}" if values else "-"
+
+    def wer(texts: list[str]) -> float:
+        errors = total = 0
+        for row in rows:
+            if row["text"] in texts:
+                e, n = word_errors(row["text"], row["heard"])
+                errors, total = errors + e, total + n
+        return 100.0 * errors / total if total else float("nan")
+
+    print(f"\n== {count} session(s), {len(rows)} utterances ==")
+    if verbose:
+        for row in rows:
+            print(
+                f"  {row['voice_to_voice_ms'] or -1:>6.0f} ms  said {row['text']!r:45} heard {row['heard']!r}"
+            )
+    if latencies:
+        print(
+            f"voice-to-voice ms: median {statistics.median(latencies):.0f}, p95 {percentile(latencies, 0.95):.0f}"
+            f" ({len(latencies)}/{len(rows)} answered)"
+        )
+    print(
+        "breakdown, median ms after the end of speech: VAD end of speech "
+        f"{median_of('vad_stop_ms')}, final transcript {median_of('final_transcript_ms')}, turn end "
+        f"{median_of('turn_end_ms')}, first reply audio sent {median_of('first_audio_sent_ms')}"
+    )
+    print(f"word error rate: in-domain {wer(IN_DOMAIN):.1f} %, general {wer(GENERAL):.1f} %")
+    stops = [result["barge_in_ms"] for result in sessions if result["barge_in_ms"] is not None]
+    if stops:
+        print(f"barge-in stop time: {stops[0]:.0f} ms")
+    print(
+        f"lowest audio frame rate received: {min(result['audio_fps'] for result in sessions):.1f} fps (full: 50)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sessions", default="1", help="comma-separated session counts, e.g. 1,4,8,16")
+    parser.add_argument("--general", action="store_true", default=True, help="include general sentences")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every utterance")
+    args = parser.parse_args()
+    video_decoding_disable()
+    os.environ.setdefault("PARLEY_ICE_LOOPBACK_ONLY", "1")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+    os.environ.setdefault("DJANGO_DEBUG", "1")
+    os.environ.setdefault("PARLEY_LOG_LEVEL", "WARNING")
+    import django
+
+    django.setup()
+    from calls.live import ice_address_policy_apply
+
+    ice_address_policy_apply()
+    utterances = IN_DOMAIN + (GENERAL if args.general else [])
+    with tempfile.TemporaryDirectory(prefix="parley-bench-") as data_dir:
+        process, base_url = start_server(data_dir)
+        try:
+            print(f"server {base_url} (pid {process.pid}); {os.cpu_count()} cores")
+            for count in [int(part) for part in args.sessions.split(",")]:
+                try:
+                    sessions = asyncio.run(run(base_url, count, utterances))
+                except AssertionError as failure:
+                    print(f"{count} session(s) FAILED: {failure}\nserver log:\n{server_log_tail(data_dir)}")
+                    continue
+                report(count, sessions, args.verbose)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except Exception:
+                process.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""The listening persona's pipeline, end to end without WebRTC.
+
+A real `Conversation` (Silero VAD, SmartTurn v3.2, the offline recogniser, the built-in brain,
+espeak-ng) hears a scripted microphone that plays speech made by espeak-ng in another voice,
+and its voice is pulled from the paced track in real time as aiortc would. The events the
+listener receives are checked against the agent seed's real-time flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import pytest
+
+from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
+from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
+from calls.pipeline.turns import TurnSettings, is_backchannel, is_echo, text_completeness, turn_probability
+from personas.management.commands.seed_demo import MARA, MARA_KNOWLEDGE
+from tests.fakes.spoken import ScriptedMicrophone, spoken_pcm, with_room
+
+
+class RecordingListener(ConversationListener):
+    """Keeps every report with its time; `wait_for` waits for one."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, dict[str, Any]]] = []
+        self._changed = asyncio.Event()
+
+    def _add(self, name: str, **data: Any) -> None:
+        self.events.append((time.monotonic(), name, data))
+        self._changed.set()
+
+    def names(self) -> list[str]:
+        return [name for _, name, _ in self.events]
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        return [data for _, event, data in self.events if event == name]
+
+    def first_at(self, name: str, after: float = 0.0) -> float | None:
+        return next((at for at, event, _ in self.events if event == name and at >= after), None)
+
+    async def wait_for(self, name: str, *, after: float = 0.0, within: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        while True:
+            for at, event, data in self.events:
+                if event == name and at >= after:
+                    return data
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {name} within {within} s; saw {self.names()}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def on_user_speech_started(self) -> None:
+        self._add("speech.started")
+
+    async def on_user_speech_ended(self) -> None:
+        self._add("speech.ended")
+
+    async def on_user_speaking(self, *, text: str) -> None:
+        self._add("user.speaking", text=text)
+
+    async def on_user_message(self, *, text: str) -> None:
+        self._add("user.message", text=text)
+
+    async def on_eager_turn(self, *, text: str, probability: float) -> None:
+        self._add("eager.turn", text=text, probability=probability)
+
+    async def on_turn_end(self, *, text: str, probability: float) -> None:
+        self._add("turn.end", text=text, probability=probability)
+
+    async def on_turn_continued(self) -> None:
+        self._add("turn.continued")
+
+    async def on_bot_speaking(self, *, message_id: str, text: str) -> None:
+        self._add("bot.speaking", message_id=message_id, text=text)
+
+    async def on_bot_word(
+        self, *, message_id: str, word: str, index: int, correlation_id: str | None
+    ) -> None:
+        self._add("bot.word", message_id=message_id, word=word)
+
+    async def on_bot_finished(self, **data: Any) -> None:
+        self._add("bot.finished", **data)
+
+    async def on_bot_interrupted(self, **data: Any) -> None:
+        self._add("bot.interrupted", **data)
+
+    async def on_tool_call(self, **data: Any) -> None:
+        self._add("llm.tool_call", **data)
+
+
+class Loop:
+    """A running conversation with a scripted microphone and a speaker pulling its voice."""
+
+    def __init__(
+        self, conversation: Conversation, microphone: ScriptedMicrophone, listener: RecordingListener
+    ):
+        self.conversation = conversation
+        self.microphone = microphone
+        self.listener = listener
+        self.loud_at: list[float] = []  # when voice pieces left the track
+        self._speaker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.conversation.start()
+        self.conversation.peer_ready()
+        self._speaker = asyncio.create_task(self._pull_voice())
+
+    async def _pull_voice(self) -> None:
+        track = self.conversation.track
+        while True:
+            before = track.samples_played
+            await track.recv()
+            if track.samples_played > before:
+                self.loud_at.append(time.monotonic())
+
+    async def say(self, text: str, **room: Any) -> tuple[float, float]:
+        """Speak into the microphone; returns (when speech starts, when it ends) on the loop clock."""
+        speech = await spoken_pcm(text)
+        lead = room.get("lead_seconds", 0.3)
+        samples = with_room(speech, lead_seconds=lead, tail_seconds=room.get("tail_seconds", 0.2))
+        queued_at = time.monotonic()
+        self.microphone.say(samples)
+        return queued_at + lead, queued_at + lead + speech.size / 48_000
+
+    async def stop(self) -> None:
+        if self._speaker is not None:
+            self._speaker.cancel()
+        await self.conversation.stop()
+        self.microphone.stop()
+
+
+@pytest.fixture
+async def loop_factory():
+    loops: list[Loop] = []
+
+    async def make(**overrides: Any) -> Loop:
+        config = ConversationConfig(
+            listening=True,
+            agent="mara",
+            name=MARA["name"],
+            greeting="",
+            skip_greeting=True,
+            knowledge=tuple(MARA_KNOWLEDGE),
+            **overrides,
+        )
+        microphone = ScriptedMicrophone()
+        drain = MicrophoneDrain()
+        drain.track = microphone
+        listener = RecordingListener()
+        conversation = Conversation(
+            config=config, track=PacedAudioTrack(encode=False), microphone=drain, listener=listener
+        )
+        loop = Loop(conversation, microphone, listener)
+        await loop.start()
+        loops.append(loop)
+        return loop
+
+    yield make
+    for loop in loops:
+        await loop.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the interim recogniser (general model, worker processes) delivers the final transcript "
+    "~2 s after the end of speech and mishears 'hours'; the turn then ends by the aggregator's "
+    "timeout without turn.end. Fixed by the persona-model recogniser (issue 4, next session).",
+)
+async def test_a_spoken_question_is_heard_understood_and_answered_in_the_seed_order(loop_factory):
+    loop = await loop_factory()
+    await asyncio.sleep(0.5)  # room noise first, as with a real microphone
+    _, spoken_end = await loop.say("What are your opening hours?")
+    listener = loop.listener
+    finished = await listener.wait_for("bot.finished", within=40)
+
+    names = [name for name in listener.names() if name not in ("bot.word", "user.speaking")]
+    assert names[0] == "speech.started", names
+    assert "turn.end" in names, listener.events
+    assert names.index("speech.ended") < names.index("user.message") < names.index("turn.end"), names
+    assert names.index("turn.end") < names.index("bot.speaking") < names.index("bot.finished"), names
+    assert listener.of("user.speaking"), "interim transcripts while the user spoke"
+    heard = listener.of("user.message")[0]["text"].lower()
+    assert "opening hours" in heard, heard
+    turn = listener.of("turn.end")[0]
+    assert 0.0 <= turn["probability"] <= 1.0
+    assert "opening hours" in turn["text"].lower()
+    # Answered from the knowledge entry, in words actually played.
+    assert "tuesday" in finished["spoken"].lower()
+    words = [data["word"] for data in listener.of("bot.word")]
+    assert len(words) == len(finished["spoken"].split())
+    # The reply started soon after the user stopped (generous here; bench/ measures it).
+    assert loop.loud_at and loop.loud_at[0] - spoken_end < 3.0
+
+
+async def test_interim_transcripts_only_grow(loop_factory):
+    loop = await loop_factory()
+    await asyncio.sleep(0.3)
+    await loop.say("Can I order a birthday cake for Saturday please?")
+    listener = loop.listener
+    await listener.wait_for("user.message", within=30)
+    interims = [data["text"] for data in listener.of("user.speaking")]
+    assert interims
+    for earlier, later in itertools.pairwise(interims):
+        assert later.startswith(earlier), (earlier, later)
+
+
+async def test_speaking_over_the_persona_stops_its_voice_and_keeps_only_what_was_played(loop_factory):
+    loop = await loop_factory()
+    listener = loop.listener
+    await asyncio.sleep(0.3)
+    await loop.say("What is on the menu?")
+    speaking = await listener.wait_for("bot.speaking", within=30)
+    await asyncio.sleep(1.5)  # let a few words play
+    started, _ = await loop.say("Sorry, actually, where are you located?", lead_seconds=0.0)
+    interrupted = await listener.wait_for("bot.interrupted", within=20)
+    interrupted_at = listener.first_at("bot.interrupted") or 0.0
+    assert interrupted["message_id"] == speaking["message_id"]
+    # Its voice stopped: nothing of that message was played after the pause plus one piece.
+    pause_at = loop.conversation.voice_guard.last_pause_at
+    assert pause_at is not None and pause_at >= started
+    late = [at for at in loop.loud_at if pause_at + 0.05 < at < pause_at + 0.6]
+    assert not late, f"voice kept playing {len(late)} pieces after the pause"
+    spoken = interrupted["spoken"].split()
+    assert 0 < len(spoken) < len(interrupted["text"].split())
+    assert interrupted["played_ms"] > 0
+    played_words = [
+        data["word"] for data in listener.of("bot.word") if data["message_id"] == speaking["message_id"]
+    ]
+    assert played_words == spoken
+    # The interruption continues the turn, and the new question gets its own answer.
+    assert "turn.continued" in listener.names()
+    answer = await listener.wait_for("bot.finished", after=interrupted_at, within=40)
+    assert "linden street" in answer["spoken"].lower()
+
+
+async def test_a_backchannel_while_the_persona_speaks_does_not_interrupt_it(loop_factory):
+    loop = await loop_factory()
+    listener = loop.listener
+    await asyncio.sleep(0.3)
+    await loop.say("What is on the menu?")
+    await listener.wait_for("bot.speaking", within=30)
+    await asyncio.sleep(1.0)
+    await loop.say("Okay.", lead_seconds=0.0)
+    finished = await listener.wait_for("bot.finished", within=40)
+    assert "bot.interrupted" not in listener.names()
+    assert "croissants" in finished["spoken"].lower() or "sourdough" in finished["spoken"].lower()
+
+
+def test_turn_settings_follow_the_persona_sensitivity():
+    eager_person = TurnSettings.from_persona(sensitivity=1.0, silence_seconds=0.8)
+    patient = TurnSettings.from_persona(sensitivity=0.0, silence_seconds=3.0)
+    assert eager_person.confident < patient.confident
+    assert eager_person.eager < eager_person.confident
+    assert eager_person.eager_confirm_seconds < patient.eager_confirm_seconds
+    assert eager_person.eager_confirm_seconds <= eager_person.silence_seconds
+    clamped = TurnSettings.from_persona(sensitivity=7, silence_seconds=-1)
+    assert clamped.sensitivity == 1.0 and clamped.silence_seconds == 0.1
+
+
+def test_backchannels_and_echo_are_told_apart_from_questions():
+    for text in ("Mm-hmm.", "okay", "Right, right.", "yeah", "uh huh", "I see"):
+        assert is_backchannel(text), text
+    for text in ("wait", "what time do you close", "no stop", "okay but what about Sunday"):
+        assert not is_backchannel(text), text
+    played = "We are open Tuesday to Friday from seven".split()
+    assert is_echo("open Tuesday to Friday", played)
+    assert not is_echo("open on Monday", played)
+
+
+def test_the_words_temper_the_turn_model():
+    assert text_completeness("Can I order a cake for") == 0.1
+    assert text_completeness("What are your opening hours?") == 0.9
+    assert text_completeness("Hello") is None
+    # A whole question the acoustic model doubted, and a dangling one it was sure of.
+    assert turn_probability(0.37, "What are your opening hours?") > TurnSettings().confident
+    assert turn_probability(0.95, "Can I order a cake for") < TurnSettings().confident
+    assert turn_probability(0.42, "Hello") == 0.42
