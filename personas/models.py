@@ -5,9 +5,12 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from personas.validators import validate_avatar_look
 
 
 class Organization(models.Model):
@@ -170,6 +173,12 @@ class Persona(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.slug})"
+
+    def clean(self) -> None:
+        try:
+            validate_avatar_look(self.avatar_look)
+        except ValidationError as error:
+            raise ValidationError({"avatar_look": error.messages}) from None
 
 
 class KnowledgeEntry(models.Model):

@@ -22,6 +22,11 @@ PORTRAIT_EYES_KEY = "portraitEyes"
 PORTRAIT_MOUTH_WIDTH_RANGE = (0.02, 0.5)
 PORTRAIT_EYE_WIDTH_RANGE = (0.01, 0.25)
 LOOK_KEYS = (*COLOUR_KEYS, "hairStyle", PORTRAIT_MOUTH_KEY, PORTRAIT_EYES_KEY)
+# What a portrait may be: the formats decoded (Pillow's names), and its size in pixels (a small
+# PNG can still unpack to gigabytes).
+PORTRAIT_FORMATS = ("JPEG", "PNG", "WEBP")
+MIN_PORTRAIT_SIDE_PX = 128
+MAX_PORTRAIT_SIDE_PX = 8000
 
 Colour = tuple[float, float, float]
 

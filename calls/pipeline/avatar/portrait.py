@@ -23,7 +23,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from calls.pipeline.avatar.cache import LOOKS, BoundedCache
 from calls.pipeline.avatar.face import Patch, paste, plane_views
-from calls.pipeline.avatar.look import FaceLook, FaceState, PortraitFeature, Viseme
+from calls.pipeline.avatar.look import (
+    MAX_PORTRAIT_SIDE_PX,
+    MIN_PORTRAIT_SIDE_PX,
+    PORTRAIT_FORMATS,
+    FaceLook,
+    FaceState,
+    PortraitFeature,
+    Viseme,
+)
 from calls.pipeline.avatar.raster import (
     BLACK,
     Canvas,
@@ -37,11 +45,6 @@ from calls.pipeline.avatar.raster import (
     shade,
 )
 
-# What is decoded: the formats an upload may have, and a bound on its pixels (a 5 MB PNG can
-# still unpack to gigabytes).
-PORTRAIT_FORMATS = ("JPEG", "PNG", "WEBP")
-MAX_PORTRAIT_SIDE_PX = 8000
-MIN_PORTRAIT_SIDE_PX = 128
 # Breathing: the picture grows by this fraction at a full breath in, about its bottom centre
 # (the shoulders stay, the head rises a pixel or two); one scaled copy per zoom level.
 BREATH_ZOOM = 0.012
