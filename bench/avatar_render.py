@@ -1,27 +1,38 @@
-"""Avatar drawing cost: mean and p95 ms per 320x240 frame, idle and talking; optional screenshots.
+"""Avatar drawing cost: renderer setup (cold and shared), ms per 320x240 frame, memory per session.
 
-python bench/avatar_render.py                # timings
-python bench/avatar_render.py --screenshots  # also var/screenshots/avatar-*.png and a sheet
+python bench/avatar_render.py                          # the drawn face
+python bench/avatar_render.py --portrait               # also a portrait (a generated picture)
+python bench/avatar_render.py --portrait me.jpg --look '{"portraitMouth": {...}, "portraitEyes": [...]}'
+python bench/avatar_render.py --screenshots            # also var/screenshots/avatar-*.png and a sheet
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import statistics
 import sys
+import tempfile
 import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from calls.pipeline.avatar.animator import FaceAnimator, phoneme_events  # noqa: E402
+from calls.pipeline.avatar.cache import LOOKS  # noqa: E402
 from calls.pipeline.avatar.face import FaceRenderer, FaceState, Viseme  # noqa: E402
+from calls.pipeline.avatar.look import FaceLook  # noqa: E402
+from calls.pipeline.avatar.track import Renderer, renderer_create  # noqa: E402
 
 FPS = 20
 SECONDS = 30.0  # of simulated frames per sequence
 SCREENSHOT_DIR = ROOT / "var" / "screenshots"
-LOOKS = {
+LOOK_PRESETS = {
     "default": {
         "skin": "#e8b99a",
         "hair": "#3b2a20",
@@ -50,7 +61,14 @@ SENTENCE = [
 SENTENCE_SECONDS = 2.5
 
 
-def run(renderer: FaceRenderer, talking: bool) -> list[float]:
+# Where the generated portrait's features are (it is the drawn face, photographed at 1280x960).
+SYNTHETIC_PORTRAIT_LOOK = {
+    "portraitMouth": {"x": 0.5, "y": 0.629, "width": 0.1},
+    "portraitEyes": [{"x": 0.433, "y": 0.467, "width": 0.06}, {"x": 0.567, "y": 0.467, "width": 0.06}],
+}
+
+
+def run(renderer: Renderer, talking: bool) -> list[float]:
     animator = FaceAnimator(fps=FPS, seed=7)
     start = 1000.0
     if talking:
@@ -71,11 +89,65 @@ def report(name: str, timings: list[float]) -> None:
     ordered = sorted(timings)
     p95 = ordered[int(len(ordered) * 0.95)]
     print(
-        f"{name:<28} mean {statistics.fmean(timings):6.3f} ms   p95 {p95:6.3f} ms   max {ordered[-1]:6.2f} ms"
+        f"{name:<32} mean {statistics.fmean(timings):6.3f} ms   p95 {p95:6.3f} ms   max {ordered[-1]:6.2f} ms"
     )
 
 
-def screenshots() -> None:
+def synthetic_portrait(directory: Path) -> Path:
+    """A photo-like picture to animate: the drawn face at 1280x960, with grain, light and blur."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    look = FaceLook(skin="#d9a285", hair="#4a3323", lips="#a8505a", background="#b8c4cc", clothes="#6b4f3a")
+    picture = FaceRenderer(look, 1280, 960).render(FaceState()).to_ndarray(format="rgb24").astype(float)
+    picture += np.random.default_rng(1).normal(0.0, 5.0, picture.shape)
+    picture *= (1.05 - 0.15 * np.arange(1280) / 1280)[None, :, None]  # light from the left
+    image = Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(2.0))
+    path = directory / "portrait.jpg"
+    image.save(path, quality=92)
+    return path
+
+
+def setup_and_memory(name: str, create: Callable[[], Renderer]) -> None:
+    """Setup time of three sessions' renderers (the first prepares the look), then the memory
+    a session adds, with tracemalloc (which slows allocation, so it is not on while timing)."""
+    LOOKS.clear()
+    for session in range(3):
+        began = time.perf_counter()
+        create()
+        setup = (time.perf_counter() - began) * 1000
+        kind = "cold: prepares the look" if session == 0 else "warm: the look is shared"
+        print(f"{name} session {session + 1}: renderer setup {setup:7.2f} ms  ({kind})")
+    LOOKS.clear()
+    renderers = []
+    for session in range(3):
+        gc.collect()
+        tracemalloc.start()
+        renderer = create()
+        run(renderer, talking=True)  # 30 s of talking fills what the look's caches will hold
+        held, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        renderers.append(renderer)
+        print(
+            f"{name} session {session + 1}: memory added {held / 1e6:5.2f} MB (peak {peak / 1e6:5.2f} MB)"
+            " after 30 s of talking"
+        )
+    print(f"{name}: the shared look holds {renderers[0].layers.nbytes / 1e6:.2f} MB")
+
+
+def timings(name: str, create: Callable[[], Renderer]) -> None:
+    LOOKS.clear()
+    renderer = create()
+    # The first pass draws every patch once (cold caches); later passes only paste them.
+    report(f"{name}: idle, cold caches", run(renderer, talking=False))
+    report(f"{name}: idle", run(renderer, talking=False))
+    LOOKS.clear()
+    renderer = create()
+    report(f"{name}: talking, cold caches", run(renderer, talking=True))
+    report(f"{name}: talking", run(renderer, talking=True))
+
+
+def screenshots(portrait_look: FaceLook | None) -> None:
     from PIL import Image, ImageDraw
 
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
@@ -88,9 +160,12 @@ def screenshots() -> None:
         poses[f"mouth-{shape.value}"] = FaceState(
             mouth_shape=shape, mouth_open=0.0 if shape is Viseme.CLOSED else 0.8, brow_raise=0.3
         )
+    looks: dict[str, Any] = dict(LOOK_PRESETS)
+    if portrait_look is not None:
+        looks["portrait"] = portrait_look
     rows = []
-    for look_name, look in LOOKS.items():
-        renderer = FaceRenderer(look)
+    for look_name, look in looks.items():
+        renderer = renderer_create(look if isinstance(look, FaceLook) else FaceLook.from_dict(look))
         row = []
         for pose, state in poses.items():
             image = renderer.render(state).to_image()
@@ -111,20 +186,32 @@ def screenshots() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--screenshots", action="store_true")
+    parser.add_argument(
+        "--portrait", nargs="?", const="generated", help="a picture to animate (default: a generated one)"
+    )
+    parser.add_argument("--look", help="avatar_look JSON for --portrait (portraitMouth, portraitEyes)")
     arguments = parser.parse_args()
-    started = time.perf_counter()
-    renderer = FaceRenderer(LOOKS["default"])
-    print(f"renderer setup {(time.perf_counter() - started) * 1000:.0f} ms")
-    # The first pass draws every patch once (cold caches); later passes only paste them.
-    report("idle, cold caches", run(renderer, talking=False))
-    report("idle", run(renderer, talking=False))
-    renderer = FaceRenderer(LOOKS["default"])
-    report("talking, cold caches", run(renderer, talking=True))
-    report("talking", run(renderer, talking=True))
-    if arguments.screenshots:
-        screenshots()
+    face_look = FaceLook.from_dict(LOOK_PRESETS["default"])
+    setup_and_memory("face", lambda: FaceRenderer(face_look))
+    timings("face", lambda: FaceRenderer(face_look))
+    portrait_look = None
+    with tempfile.TemporaryDirectory() as directory:
+        if arguments.portrait:
+            if arguments.portrait == "generated":
+                path = synthetic_portrait(Path(directory))
+                look = json.loads(arguments.look) if arguments.look else SYNTHETIC_PORTRAIT_LOOK
+            else:
+                path = Path(arguments.portrait)
+                look = json.loads(arguments.look) if arguments.look else {}
+            portrait_look = FaceLook.from_dict(look, portrait=str(path))
+            setup_and_memory("portrait", lambda: renderer_create(portrait_look))
+            timings("portrait", lambda: renderer_create(portrait_look))
+        if arguments.screenshots:
+            screenshots(portrait_look)
 
 
 if __name__ == "__main__":

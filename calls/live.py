@@ -198,7 +198,9 @@ class LiveSession(ConversationListener):
         ice_address_policy_apply()
         video_bitrate_policy_apply()
         self.peer = peer = RTCPeerConnection(self._ice_configuration())
-        self._video_track = AvatarVideoTrack(look=self.config.avatar_look, audio=self.audio_track)
+        self._video_track = AvatarVideoTrack(
+            look=self.config.avatar_look, portrait=self.config.avatar_portrait, audio=self.audio_track
+        )
         # The pipeline (brain, voice) builds while ICE and DTLS connect.
         self.conversation = Conversation(
             config=self.config,
@@ -657,6 +659,7 @@ def _build_config(call: Call) -> ConversationConfig:
         llm_temperature=persona.llm_temperature,
         knowledge=tuple((entry.question, entry.answer) for entry in persona.knowledge.all()),
         avatar_look=dict(persona.avatar_look or {}),
+        avatar_portrait=persona.avatar_portrait.path if persona.avatar_portrait else "",
         skip_greeting=bool(overrides.get("skipGreeting", persona.skip_greeting)),
         max_duration_seconds=float(overrides.get("maxSessionLengthSeconds") or persona.max_duration_seconds),
         idle_timeout_seconds=float(

@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.files.uploadedfile import UploadedFile
 from django.db import models
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
@@ -14,6 +15,7 @@ from django.utils.html import format_html
 from personas.models import ApiKey, KnowledgeEntry, Organization, Persona, SessionToken
 from personas.services import api_key_create, api_key_revoke
 from personas.tools import tools_normalize, tools_problems
+from personas.validators import MAX_PORTRAIT_BYTES, MIN_PORTRAIT_SIDE_PX, validate_avatar_portrait
 
 admin.site.site_header = "Parley admin"
 admin.site.site_title = "Parley admin"
@@ -190,6 +192,30 @@ class PersonaAdminForm(forms.ModelForm):
         widgets = {
             "tools": forms.Textarea(attrs={"rows": 10, "cols": 90, "style": "font-family: monospace"}),
         }
+        help_texts = {
+            "avatar_look": (
+                "The drawn face: colours as #rrggbb (skin, hair, eyes, lips, background, clothes) and "
+                "hairStyle (bob, long, short, bun). With a portrait: where its mouth is, "
+                '"portraitMouth": {"x": 0.5, "y": 0.6, "width": 0.13} (the default, for a centred '
+                "head-and-shoulders picture), and its eyes, to make it blink, "
+                '"portraitEyes": [{"x": 0.43, "y": 0.42, "width": 0.07}, {"x": 0.57, "y": 0.42, '
+                '"width": 0.07}]. x and width are fractions of the picture\'s width, y of its height: '
+                "the centre of the lips' parting line, and the corner-to-corner width of the mouth or eye."
+            ),
+            "avatar_portrait": (
+                "A photo or picture of the persona, facing the camera: it replaces the drawn face and "
+                "is animated (breathing, lip-synced mouth, blinks if portraitEyes is set in the look). "
+                f"JPEG, PNG or WebP, at most {MAX_PORTRAIT_BYTES // 1024 // 1024} MB, at least "
+                f"{MIN_PORTRAIT_SIDE_PX}x{MIN_PORTRAIT_SIDE_PX} pixels; the video is 320x240, so about "
+                "640x480 or more looks sharp."
+            ),
+        }
+
+    def clean_avatar_portrait(self) -> Any:
+        portrait = self.cleaned_data.get("avatar_portrait")
+        if isinstance(portrait, UploadedFile):  # a new upload (not the stored file, not a clearing)
+            validate_avatar_portrait(portrait)
+        return portrait
 
     def clean_llm_api_key(self) -> str:
         value = self.cleaned_data.get("llm_api_key", "")

@@ -11,6 +11,7 @@ from django.db import models
 from django.utils import timezone
 
 from personas.tools import tools_normalize, tools_problems
+from personas.validators import validate_avatar_look
 
 
 class Organization(models.Model):
@@ -182,6 +183,10 @@ class Persona(models.Model):
         if problems:
             raise ValidationError({"tools": problems})
         self.tools = tools_normalize(self.tools)
+        try:
+            validate_avatar_look(self.avatar_look)
+        except ValidationError as error:
+            raise ValidationError({"avatar_look": error.messages}) from None
 
 
 class KnowledgeEntry(models.Model):

@@ -99,6 +99,7 @@ class ConversationConfig:
     llm_temperature: float = 0.7
     knowledge: tuple[tuple[str, str], ...] = ()
     avatar_look: dict[str, Any] = field(default_factory=dict)
+    avatar_portrait: str = ""  # a file path: the uploaded portrait, animated instead of the drawn face
     skip_greeting: bool = False
     max_duration_seconds: float = 600.0
     idle_timeout_seconds: float = 60.0

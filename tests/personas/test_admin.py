@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from datetime import timedelta
 
@@ -9,6 +11,7 @@ import pytest
 from django.contrib import admin
 from django.contrib.admin.utils import quote
 from django.contrib.messages import get_messages
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.forms.models import model_to_dict
 from django.urls import reverse
 from django.utils import timezone
@@ -256,3 +259,72 @@ def test_the_llm_api_key_is_never_sent_back_and_kept_when_left_empty(admin_clien
     form = form_class(data={**persona_form_data(persona_a), "clear_llm_api_key": "on"}, instance=persona_a)
     assert form.is_valid(), form.errors
     assert form.save().llm_api_key == ""
+
+
+def image_upload(name: str, size: tuple[int, int] = (640, 480), image_format: str = "PNG", pad_to: int = 0):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 160, 140)).save(buffer, format=image_format)
+    data = buffer.getvalue()
+    if pad_to:
+        data += b"\0" * (pad_to - len(data))  # PNG readers ignore what follows the end chunk
+    return SimpleUploadedFile(name, data, content_type=f"image/{image_format.lower()}")
+
+
+def persona_form(rf, admin_user, persona, *, data=None, files=None):
+    request = rf.post("/")
+    request.user = admin_user
+    form_class = admin.site._registry[type(persona)].get_form(request, persona, change=True)
+    return form_class(
+        data={**persona_form_data(persona), **(data or {})}, files=files or {}, instance=persona
+    )
+
+
+def test_a_good_portrait_upload_is_stored(rf, admin_user, persona_a, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    form = persona_form(rf, admin_user, persona_a, files={"avatar_portrait": image_upload("mara.png")})
+    assert form.is_valid(), form.errors
+    persona = form.save()
+    assert persona.avatar_portrait.name.startswith("portraits/mara")
+    assert (tmp_path / persona.avatar_portrait.name).exists()
+
+
+@pytest.mark.parametrize(
+    ("upload", "problem"),
+    [
+        (lambda: SimpleUploadedFile("notes.png", b"not a picture at all"), "valid image"),
+        (lambda: image_upload("anim.gif", image_format="GIF"), "GIF image; it must be JPEG, PNG, WebP"),
+        (lambda: image_upload("icon.png", size=(64, 200)), "64x200 pixels; it must be at least 128x128"),
+        (lambda: image_upload("huge.png", pad_to=5 * 1024 * 1024 + 1), "may be at most 5 MB"),
+    ],
+    ids=["not-an-image", "gif", "too-small", "too-large"],
+)
+def test_a_bad_portrait_upload_is_refused_naming_the_field(rf, admin_user, persona_a, upload, problem):
+    form = persona_form(rf, admin_user, persona_a, files={"avatar_portrait": upload()})
+    assert not form.is_valid()
+    assert list(form.errors) == ["avatar_portrait"]
+    assert problem in " ".join(form.errors["avatar_portrait"])
+
+
+def test_portrait_positions_in_the_avatar_look_are_checked(rf, admin_user, persona_a):
+    look = {
+        "skin": "#e8b99a",
+        "portraitMouth": {"x": 0.5, "y": 0.62, "width": 0.14},
+        "portraitEyes": [{"x": 0.42, "y": 0.4, "width": 0.07}, {"x": 0.58, "y": 0.4, "width": 0.07}],
+    }
+    form = persona_form(rf, admin_user, persona_a, data={"avatar_look": json.dumps(look)})
+    assert form.is_valid(), form.errors
+
+    bad = {**look, "portraitMouth": {"x": 0.5, "y": 1.4, "width": 0.14}, "portraitEye": []}
+    form = persona_form(rf, admin_user, persona_a, data={"avatar_look": json.dumps(bad)})
+    assert not form.is_valid()
+    assert list(form.errors) == ["avatar_look"]
+    messages_text = " ".join(form.errors["avatar_look"])
+    assert "portraitMouth: must be" in messages_text and "portraitEye: unknown key" in messages_text
+
+
+def test_the_face_fields_explain_themselves_in_the_admin(admin_client, persona_a):
+    page = admin_client.get(admin_url(type(persona_a), "change", persona_a.pk)).content.decode()
+    assert "portraitMouth" in page and "portraitEyes" in page
+    assert "JPEG, PNG or WebP, at most 5 MB" in page

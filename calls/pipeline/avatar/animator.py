@@ -14,7 +14,7 @@ import random
 from collections import deque
 from collections.abc import Iterable
 
-from calls.pipeline.avatar.face import FaceState, Viseme
+from calls.pipeline.avatar.look import FaceState, Viseme
 
 # Blinks: every 2-6 s, sometimes doubled, three frames long (~150 ms at 20 fps).
 BLINK_INTERVAL_SECONDS = (2.0, 6.0)
@@ -240,7 +240,7 @@ class FaceAnimator:
         blink = self._blink(time)
         gaze_x, gaze_y = self._gaze(time)
         brow = self._brows(previous, time, speaking)
-        head_dx, head_dy = self._head(time)
+        head_dx, head_dy, breath = self._head(time)
         openness = self._mouth_open if self._mouth_open >= MOUTH_CLOSED_BELOW else 0.0
         return FaceState(
             mouth_open=openness,
@@ -251,6 +251,7 @@ class FaceAnimator:
             gaze_dx=gaze_x,
             gaze_dy=gaze_y,
             brow_raise=brow,
+            breath=breath,
         )
 
     # -- speech --------------------------------------------------------------------------------
@@ -376,8 +377,9 @@ class FaceAnimator:
         self._brow = _ease_toward(self._brow, target, time - previous, BROW_EASE_SECONDS)
         return self._brow
 
-    def _head(self, time: float) -> tuple[float, float]:
+    def _head(self, time: float) -> tuple[float, float, float]:
+        """Sideways sway and breathing lift (design px), and the breath itself (-1 out .. 1 in)."""
         a, b, c = self._sway_phases
         sway = math.sin(2 * math.pi * time / 7.3 + a) * 0.65 + math.sin(2 * math.pi * time / 3.1 + b) * 0.35
         breath = math.sin(2 * math.pi * time / BREATH_PERIOD_SECONDS + c)
-        return SWAY_PX * sway, BREATH_PX * breath
+        return SWAY_PX * sway, BREATH_PX * breath, breath

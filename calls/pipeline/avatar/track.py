@@ -24,6 +24,8 @@ both tracks share one MediaStream, the browser's A/V sync keeps them together on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 from collections.abc import Callable, Mapping
 from fractions import Fraction
@@ -34,13 +36,42 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
 
 from calls.pipeline.avatar.animator import FaceAnimator
-from calls.pipeline.avatar.face import FaceLook, FaceRenderer
+from calls.pipeline.avatar.face import FaceRenderer, face_layers_cached
+from calls.pipeline.avatar.look import FaceLook
+from calls.pipeline.avatar.portrait import PortraitRenderer, PortraitUnavailable, portrait_layers_cached
+
+logger = logging.getLogger(__name__)
 
 VIDEO_CLOCK_RATE = 90_000  # RTP video clock, Hz
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 DEFAULT_FPS = 20
 # If frames fall this far behind the clock (a stalled loop), skip ahead instead of bursting.
 MAX_LAG_SECONDS = 0.25
+
+
+Renderer = FaceRenderer | PortraitRenderer
+
+
+def renderer_create(look: FaceLook, *, width: int = 320, height: int = 240) -> Renderer:
+    """The look's portrait, animated, if it has one that can be read; else the drawn face.
+
+    Slow (50-150 ms) the first time a look is seen in this process, fast after that: the
+    expensive part is shared (`renderer_ready` says which it will be).
+    """
+    if look.portrait:
+        try:
+            return PortraitRenderer(look, width=width, height=height)
+        except PortraitUnavailable as error:
+            logger.warning("avatar portrait not shown, drawing the face instead: %s", error)
+        look = dataclasses.replace(look, portrait=None)
+    return FaceRenderer(look, width=width, height=height)
+
+
+def renderer_ready(look: FaceLook, *, width: int = 320, height: int = 240) -> bool:
+    """Whether `renderer_create` would be fast: the look is already prepared in this process."""
+    if look.portrait:
+        return portrait_layers_cached(look, width, height)
+    return face_layers_cached(look, width, height)
 
 
 class _LevelFeed:
@@ -62,7 +93,13 @@ class _LevelFeed:
 
 
 class AvatarVideoTrack(VideoStreamTrack):
-    """The persona's face as video: `FaceAnimator` decides, `FaceRenderer` draws, inline."""
+    """The persona's face as video: `FaceAnimator` decides, a renderer draws, inline.
+
+    The renderer is the look's portrait if it has one (`portrait`, a file path), else the drawn
+    face. Constructing the track is cheap: when the look is not prepared in this process yet and
+    an event loop runs, the renderer is built in a worker thread (while ICE and DTLS connect),
+    and the first `recv()` waits for it.
+    """
 
     kind = "video"
 
@@ -71,6 +108,7 @@ class AvatarVideoTrack(VideoStreamTrack):
         look: FaceLook | Mapping[str, Any] | None = None,
         audio: Any = None,
         *,
+        portrait: str | None = None,
         fps: int = DEFAULT_FPS,
         width: int = 320,
         height: int = 240,
@@ -82,7 +120,23 @@ class AvatarVideoTrack(VideoStreamTrack):
             raise ValueError("fps must divide 90000 so pts steps are whole")
         self.fps = fps
         self.clock = clock
-        self.renderer = FaceRenderer(look, width=width, height=height)
+        if not isinstance(look, FaceLook):
+            look = FaceLook.from_dict(look, portrait=portrait)
+        elif portrait:
+            look = dataclasses.replace(look, portrait=portrait)
+        self.look = look
+        self.renderer: Renderer | None = None
+        self._renderer_build: asyncio.Future[Renderer] | None = None
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or renderer_ready(look, width=width, height=height):
+            self.renderer = renderer_create(look, width=width, height=height)
+        else:
+            self._renderer_build = loop.run_in_executor(
+                None, lambda: renderer_create(look, width=width, height=height)
+            )
         self.animator = FaceAnimator(fps=fps, seed=seed)
         self._pts_step = VIDEO_CLOCK_RATE // fps
         self._start_time: float | None = None
@@ -121,6 +175,19 @@ class AvatarVideoTrack(VideoStreamTrack):
         return self._frame_index * self._pts_step, VIDEO_TIME_BASE
 
     async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.renderer is None:
+            # The first frame waits for the renderer being built off the loop; the clock starts after.
+            build = self._renderer_build
+            assert build is not None
+            try:
+                self.renderer = await build
+            except asyncio.CancelledError:
+                if build.cancelled() and self.readyState != "live":
+                    raise MediaStreamError from None  # stopped while it was being built
+                raise
+            self._renderer_build = None
         pts, time_base = await self.next_timestamp()
         frame_time = self.frame_time
         assert frame_time is not None
@@ -137,4 +204,8 @@ class AvatarVideoTrack(VideoStreamTrack):
                 listeners.remove(self._level_feed)
             self._level_feed = None
         self._audio = None
+        if self._renderer_build is not None:
+            # The thread finishes on its own (its result still lands in the shared cache).
+            self._renderer_build.cancel()
+            self._renderer_build = None
         super().stop()

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from calls.pipeline.avatar.animator import FaceAnimator, phoneme_events, viseme_for_phoneme
+from calls.pipeline.avatar.cache import SharedCache
 from calls.pipeline.avatar.face import FaceLook, FaceRenderer, FaceState, Viseme, yuv_to_rgb
-from calls.pipeline.avatar.track import AvatarVideoTrack
+from calls.pipeline.avatar.look import PortraitFeature, look_problems
+from calls.pipeline.avatar.portrait import PortraitRenderer
+from calls.pipeline.avatar.track import AvatarVideoTrack, renderer_create, renderer_ready
 
 FPS = 20
 FRAME = 1.0 / FPS
@@ -257,3 +265,227 @@ async def test_the_track_feeds_audio_levels_to_the_animator():
     state = track.animator.state_at(now + 0.1)
     assert state.mouth_open > 0.3
     track.stop()
+
+
+# --- the portrait -----------------------------------------------------------------------------
+
+PORTRAIT_SIZE = (600, 800)  # a portrait-format photo: framing crops it to 4:3 round the face
+MOUTH = {"x": 0.5, "y": 0.56, "width": 0.18}
+EYES = [{"x": 0.4, "y": 0.4, "width": 0.1}, {"x": 0.6, "y": 0.4, "width": 0.1}]
+
+
+def draw_portrait(path, size=PORTRAIT_SIZE, image_format="PNG") -> str:
+    """A head-and-shoulders picture with its features where MOUTH and EYES say."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    image = Image.new("RGB", size, (150, 170, 190))
+    draw = ImageDraw.Draw(image)
+    for row in range(height):  # a soft vertical gradient, like a studio backdrop
+        shade_value = int(20 * row / height)
+        draw.line([(0, row), (width, row)], fill=(150 - shade_value, 170 - shade_value, 190 - shade_value))
+
+    def box(cx, cy, rx, ry):
+        return [(cx - rx) * width, (cy - ry) * height, (cx + rx) * width, (cy + ry) * height]
+
+    draw.ellipse(box(0.5, 1.05, 0.45, 0.25), fill=(70, 90, 120))  # shoulders
+    draw.rectangle(box(0.5, 0.72, 0.08, 0.1), fill=(215, 170, 140))  # neck
+    draw.ellipse(box(0.5, 0.36, 0.23, 0.22), fill=(60, 40, 30))  # hair
+    draw.ellipse(box(0.5, 0.45, 0.18, 0.2), fill=(225, 180, 150))  # face
+    for eye in EYES:
+        draw.ellipse(box(eye["x"], eye["y"], eye["width"] / 2, 0.012), fill=(245, 245, 240))
+        draw.ellipse(box(eye["x"], eye["y"], 0.015, 0.012), fill=(60, 50, 40))
+    draw.ellipse(box(MOUTH["x"], MOUTH["y"], MOUTH["width"] / 2, 0.012), fill=(170, 80, 85))
+    image.save(path, format=image_format)
+    return str(path)
+
+
+@pytest.fixture
+def portrait_look(tmp_path) -> FaceLook:
+    path = draw_portrait(tmp_path / "portrait.png")
+    return FaceLook.from_dict({**LOOK, "portraitMouth": MOUTH, "portraitEyes": EYES}, portrait=path)
+
+
+def test_a_portrait_is_shown_framed_on_the_face(portrait_look):
+    renderer = PortraitRenderer(portrait_look)
+    frame = renderer.render(FaceState())
+    assert (frame.format.name, frame.width, frame.height) == ("yuv420p", 320, 240)
+    planes = frame.to_ndarray()
+    # The face fills the middle of the frame; the backdrop shows in the corners.
+    assert np.abs(pixel_rgb(planes, 160, 100) - np.array([225, 180, 150])).max() < 14
+    assert np.abs(pixel_rgb(planes, 4, 4) - np.array([150, 170, 190])).max() < 24
+    x0, y0, x1, y1 = renderer.feature_box("mouth")
+    assert x0 < 160 < x1 and 100 < (y0 + y1) / 2 < 200
+
+
+def test_an_open_portrait_mouth_changes_only_the_mouth_region(portrait_look):
+    renderer = PortraitRenderer(portrait_look)
+    closed = renderer.render_planes(FaceState())
+    mouth = renderer.feature_box("mouth")
+    x0, y0, x1, y1 = mouth
+    for shape in Viseme:
+        opened = renderer.render_planes(FaceState(mouth_open=0.8, mouth_shape=shape))
+        box = changed_box(closed, opened)
+        assert box is not None and inside(box, mouth), (shape, box, mouth)
+        # Around the lips the picture really changes (it opens, or at least parts with teeth).
+        region = (slice(y0, y1), slice(x0, x1))
+        assert np.abs(opened[region].astype(int) - closed[region].astype(int)).sum() > 1500, shape
+    # Open vowels show a dark inside that the closed mouth does not have.
+    opened = renderer.render_planes(FaceState(mouth_open=0.9, mouth_shape=Viseme.OPEN))
+    assert opened[y0:y1, x0:x1].min() < closed[y0:y1, x0:x1].min() - 40
+    assert np.array_equal(renderer.render_planes(FaceState(mouth_open=0.0)), closed)
+
+
+def test_a_portrait_blinks_where_its_eyes_are_marked_and_only_there(portrait_look, tmp_path):
+    renderer = PortraitRenderer(portrait_look)
+    open_eyes = renderer.render_planes(FaceState())
+    closed = renderer.render_planes(FaceState(blink=1.0))
+    left, right = renderer.feature_box("eye_left"), renderer.feature_box("eye_right")
+    both = (left[0], min(left[1], right[1]), right[2], max(left[3], right[3]))
+    box = changed_box(open_eyes, closed)
+    assert box is not None and inside(box, both)
+    # Closed, the white of the eye is covered by the lid.
+    eye = (slice(left[1], left[3]), slice(left[0], left[2]))
+    assert closed[eye].max() < open_eyes[eye].max() - 15
+    # Without marked eyes there is nothing to close.
+    unmarked = PortraitRenderer(dataclasses.replace(portrait_look, portrait_eyes=None))
+    assert np.array_equal(unmarked.render_planes(FaceState()), unmarked.render_planes(FaceState(blink=1.0)))
+
+
+def test_an_idle_portrait_breathes_subtly(portrait_look):
+    renderer = PortraitRenderer(portrait_look)
+    animator = FaceAnimator(fps=FPS, seed=3)
+    frames = [renderer.render_planes(state) for _, state in run_animator(animator, 5.0)]
+    differences = [
+        np.abs(a[:240].astype(int) - b[:240].astype(int)).mean() for a, b in itertools.pairwise(frames)
+    ]
+    assert sum(1 for difference in differences if difference > 0) >= 10  # it moves, often
+    breath_in = renderer.render_planes(FaceState(breath=1.0))
+    breath_out = renderer.render_planes(FaceState(breath=-1.0))
+    assert 0 < np.abs(breath_in[:240].astype(int) - breath_out[:240].astype(int)).mean() < 12
+
+
+def test_a_transparent_or_jpeg_portrait_is_read_too(tmp_path):
+    from PIL import Image
+
+    jpeg = draw_portrait(tmp_path / "portrait.jpg", image_format="JPEG")
+    assert isinstance(renderer_create(FaceLook(portrait=jpeg)), PortraitRenderer)
+    rgba = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
+    rgba.paste((200, 150, 120, 255), (100, 80, 200, 240))
+    rgba.save(tmp_path / "cut-out.png")
+    renderer = renderer_create(FaceLook(background="#336699", portrait=str(tmp_path / "cut-out.png")))
+    assert isinstance(renderer, PortraitRenderer)
+    # What was transparent shows the look's background colour.
+    assert np.abs(pixel_rgb(renderer.render_planes(FaceState()), 4, 4) - hex_rgb("#336699")).max() < 10
+
+
+def test_a_missing_or_unreadable_portrait_falls_back_to_the_drawn_face(tmp_path, caplog):
+    (tmp_path / "notes.png").write_text("not a picture")
+    tiny = draw_portrait(tmp_path / "tiny.png", size=(64, 64))
+    for path in (str(tmp_path / "missing.png"), str(tmp_path / "notes.png"), tiny):
+        renderer = renderer_create(FaceLook(portrait=path))
+        assert isinstance(renderer, FaceRenderer), path
+        assert renderer.render(FaceState()).width == 320
+    assert "portrait not shown" in caplog.text
+
+
+def test_portrait_positions_in_the_look_are_read_and_checked():
+    look = FaceLook.from_dict({"portraitMouth": MOUTH, "portraitEyes": list(reversed(EYES))})
+    assert look.portrait_mouth == PortraitFeature(0.5, 0.56, 0.18)
+    assert look.portrait_eyes is not None and look.portrait_eyes[0].x < look.portrait_eyes[1].x
+    # The portrait's file never comes from the look (which anyone editing the look could set).
+    assert FaceLook.from_dict({"portrait": "/etc/passwd"}).portrait is None
+    lenient = FaceLook.from_dict(
+        {"portraitMouth": {"x": 2, "y": 0.5, "width": 0.1}, "portraitEyes": [EYES[0]]}
+    )
+    assert lenient.portrait_mouth == FaceLook().portrait_mouth and lenient.portrait_eyes is None
+    assert look_problems({**LOOK, "portraitMouth": MOUTH, "portraitEyes": EYES}) == {}
+    problems = look_problems(
+        {
+            "skin": "pink",
+            "portraitMouth": {"x": 0.5, "y": 1.5, "width": 0.1},
+            "portraitEyes": [EYES[0]],
+            "portrait": "/x.png",
+            "hairStyle": "mohawk",
+        }
+    )
+    assert set(problems) == {"skin", "portraitMouth", "portraitEyes", "portrait", "hairStyle"}
+    assert "fractions" in problems["portraitMouth"] and "two eyes" in problems["portraitEyes"]
+    assert set(look_problems(["skin"])) == {""}
+
+
+# --- shared preparation -----------------------------------------------------------------------
+
+
+def test_renderers_of_one_look_share_its_prepared_layers(portrait_look, tmp_path):
+    assert FaceRenderer(LOOK).layers is FaceRenderer(dict(LOOK)).layers
+    assert FaceRenderer(LOOK).layers is not FaceRenderer({**LOOK, "skin": "#8d5a3b"}).layers
+    assert FaceRenderer(LOOK).layers is not FaceRenderer(LOOK, width=160, height=120).layers
+    first = PortraitRenderer(portrait_look)
+    assert PortraitRenderer(portrait_look).layers is first.layers
+    # A replaced file (a new upload under the same name) is prepared afresh.
+    assert portrait_look.portrait is not None
+    draw_portrait(portrait_look.portrait, size=(640, 800))
+    os.utime(portrait_look.portrait, ns=(1, 1))
+    assert PortraitRenderer(portrait_look).layers is not first.layers
+
+
+def test_the_shared_cache_builds_a_missing_entry_once_and_keeps_the_newest():
+    cache = SharedCache(capacity=2)
+    builds = []
+    gate = threading.Event()
+
+    def build():
+        builds.append(1)
+        gate.wait(1.0)
+        return object()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(cache.get, "a", build) for _ in range(4)]
+        time.sleep(0.05)
+        gate.set()
+        results = {id(future.result()) for future in futures}
+    assert len(builds) == 1 and len(results) == 1
+    cache.get("b", object)
+    cache.get("a", object)  # a is now the most recent
+    cache.get("c", object)
+    assert "a" in cache and "c" in cache and "b" not in cache and len(cache) == 2
+    with pytest.raises(RuntimeError):
+        cache.get("d", lambda: (_ for _ in ()).throw(RuntimeError("broken")))
+    assert cache.get("d", lambda: "fixed") == "fixed"  # a failed build is not remembered
+
+
+async def test_the_track_prepares_a_new_look_off_the_event_loop(portrait_look):
+    look = dataclasses.replace(portrait_look, lips="#a1b2c3")  # not prepared in this process yet
+    assert not renderer_ready(look)
+    track = AvatarVideoTrack(look=look, seed=1)
+    assert track.renderer is None  # being built in a worker thread
+    frame = await track.recv()
+    assert isinstance(track.renderer, PortraitRenderer) and frame.width == 320
+    assert renderer_ready(look)
+    # Now prepared, the next session's track has its renderer at once.
+    second = AvatarVideoTrack(look=look, seed=2)
+    assert isinstance(second.renderer, PortraitRenderer)
+    track.stop()
+    second.stop()
+
+
+async def test_a_track_stopped_while_its_look_is_prepared_ends_cleanly():
+    track = AvatarVideoTrack(look={**LOOK, "skin": "#123456"}, seed=1)
+    assert track.renderer is None
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+
+
+async def test_the_track_takes_the_portrait_by_path(portrait_look):
+    track = AvatarVideoTrack(look={"portraitMouth": MOUTH}, portrait=portrait_look.portrait, seed=1)
+    await track.recv()
+    assert isinstance(track.renderer, PortraitRenderer)
+    assert track.renderer.look.portrait_mouth == PortraitFeature(**MOUTH)
+    track.stop()
+
+
+def test_the_animator_breathes():
+    breaths = [state.breath for _, state in run_animator(FaceAnimator(fps=FPS, seed=3), 10.0)]
+    assert max(breaths) > 0.9 and min(breaths) < -0.9
