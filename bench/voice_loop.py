@@ -10,6 +10,8 @@ demo persona's built-in brain, and speaks. Prints:
 - word error rate of what was recognised, in-domain (the persona's own questions) and general;
 - barge-in stop time: start of speech over the persona in the sent audio → its voice stops
   arriving;
+- the client holds the persona's voice in a 2-packet (40 ms) playout buffer, about what a
+  browser's adaptive buffer holds on loopback (aiortc's default is 4 packets, 80 ms);
 - with `--sessions 1,4,...`: the same with that many clients at once, and the lowest audio
   frame rate any of them received.
 
@@ -57,6 +59,10 @@ GENERAL = [
 ]
 BARGE_IN_QUESTION = "What is on the menu?"
 BARGE_IN_INTERRUPTION = "Sorry, where are you located?"
+# The client's playout buffer for the persona's voice, in 20 ms packets: about what a browser's
+# adaptive jitter buffer holds on a quiet loopback (aiortc's own default, 4, would add 40 ms to
+# every figure that ends at "voice received").
+PLAYOUT_PACKETS = 2
 # A gap this long in the persona's voice means it stopped.
 VOICE_GAP_SECONDS = 0.3
 
@@ -131,6 +137,7 @@ async def one_utterance(client: ParleyWebRTCClient, base_url: str, text: str) ->
         "vad_stop_ms": after("speech.ended"),
         "final_transcript_ms": after("user.message"),
         "turn_end_ms": after("turn.end"),
+        "eager_ms": after("eager.turn"),
         "first_audio_sent_ms": after("bot.speaking"),
     }
 
@@ -144,6 +151,9 @@ async def barge_in(client: ParleyWebRTCClient) -> float | None:
     await asyncio.sleep(1.5)
     start, _, _ = await speak(client, BARGE_IN_INTERRUPTION)
     await client.wait_for(lambda: record.persona_finished_count() > finished_before + 1, "the second answer")
+    if not any(start - VOICE_GAP_SECONDS < t < start for t in record.loud_audio_frames):
+        print("barge-in: the persona was not speaking when the interruption began; not measured")
+        return None
     loud = [t for t in record.loud_audio_frames if t >= start]
     stop = start
     for previous, current in itertools.pairwise(loud):
@@ -158,7 +168,11 @@ async def session(base_url: str, token: str, utterances: list[str], with_barge_i
 
     microphone = ScriptedMicrophone()
     async with ParleyWebRTCClient(
-        base_url=base_url, session_token=token, step_timeout_seconds=60, microphone=microphone
+        base_url=base_url,
+        session_token=token,
+        step_timeout_seconds=60,
+        microphone=microphone,
+        playout_packets=PLAYOUT_PACKETS,
     ) as client:
         record = client.record
         await client.wait_for(lambda: record.persona_finished_count() >= 1, "the greeting")
@@ -200,8 +214,18 @@ def report(count: int, sessions: list[dict], verbose: bool) -> None:
     print(f"\n== {count} session(s), {len(rows)} utterances ==")
     if verbose:
         for row in rows:
+            steps = " ".join(
+                f"{label} {row[key]:.0f}" if row[key] is not None else f"{label} -"
+                for label, key in (
+                    ("vad", "vad_stop_ms"),
+                    ("final", "final_transcript_ms"),
+                    ("eager", "eager_ms"),
+                    ("turn", "turn_end_ms"),
+                    ("sent", "first_audio_sent_ms"),
+                )
+            )
             print(
-                f"  {row['voice_to_voice_ms'] or -1:>6.0f} ms  said {row['text']!r:45} heard {row['heard']!r}"
+                f"  {row['voice_to_voice_ms'] or -1:>6.0f} ms  said {row['text']!r:40} heard {row['heard']!r:40} {steps}"
             )
     if latencies:
         print(
@@ -227,7 +251,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sessions", default="1", help="comma-separated session counts, e.g. 1,4,8,16")
-    parser.add_argument("--general", action="store_true", default=True, help="include general sentences")
+    parser.add_argument("--no-general", action="store_true", help="in-domain sentences only")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N sentences (a quick run)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every utterance")
     args = parser.parse_args()
     video_decoding_disable()
@@ -241,7 +266,9 @@ def main() -> None:
     from calls.live import ice_address_policy_apply
 
     ice_address_policy_apply()
-    utterances = IN_DOMAIN + (GENERAL if args.general else [])
+    utterances = IN_DOMAIN + ([] if args.no_general else GENERAL)
+    if args.limit:
+        utterances = utterances[: args.limit]
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as data_dir:
         process, base_url = start_server(data_dir)
         try:

@@ -104,12 +104,16 @@ class ParleyWebRTCClient:
         session_token: str,
         step_timeout_seconds: float = 30.0,
         microphone: Any = None,
+        playout_packets: int | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session_token = session_token
         self.step_timeout_seconds = step_timeout_seconds
         self.record = SessionRecord()
         self.microphone = microphone  # an audio MediaStreamTrack to send, or None (silent)
+        # Packets of the persona's voice held before playout: aiortc's default is 4 (80 ms); a
+        # browser's adaptive buffer on a quiet loopback holds about 1-2. None keeps aiortc's.
+        self.playout_packets = playout_packets
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._peer: RTCPeerConnection | None = None
@@ -163,6 +167,14 @@ class ParleyWebRTCClient:
 
         @peer.on("track")
         def on_track(track: Any) -> None:
+            if track.kind == "audio" and self.playout_packets is not None:
+                from aiortc.jitterbuffer import JitterBuffer
+
+                for receiver in peer.getReceivers():
+                    if receiver.track is track:
+                        receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(
+                            capacity=16, prefetch=self.playout_packets
+                        )
             self._tasks.append(asyncio.ensure_future(self._read_track(track)))
 
         @channel.on("message")

@@ -26,6 +26,7 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.utils import timezone
 
 from calls import events, services
 from calls.models import Call, EndReason, new_message_id
@@ -112,6 +113,26 @@ def video_bitrate_policy_apply() -> None:
     vpx.MIN_BITRATE = min(vpx.MIN_BITRATE, ceiling)
 
 
+# How long the end of a call waits for its queued events to be stored (seconds).
+PUBLISH_DRAIN_SECONDS = 5.0
+# Microphone packets aiortc holds before decoding (its default is 4, 80 ms of delay). Parley does
+# not play the microphone out, it only listens to it: a late packet delays what follows, it is
+# never dropped, so a deep playout buffer would only make barge-in and turn-taking slower.
+MICROPHONE_JITTER_PACKETS = 1
+
+
+def microphone_jitter_buffer_shorten(peer: Any, track: Any) -> None:
+    """Give the receiver of this remote audio track a 1-packet jitter buffer (see above)."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    for receiver in peer.getReceivers():
+        if receiver.track is track and hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
+            buffer = receiver._RTCRtpReceiver__jitter_buffer
+            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(
+                capacity=buffer.capacity, prefetch=MICROPHONE_JITTER_PACKETS
+            )
+
+
 class LiveSession(ConversationListener):
     """One call's real-time side. Created by the first signalling socket of its session."""
 
@@ -128,6 +149,9 @@ class LiveSession(ConversationListener):
         self._socket_lost_at: float | None = time.monotonic()
         self._last_heartbeat = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The latest event write; each write waits for the one before it, so a call's events
+        # are stored (and broadcast) in the order they happened.
+        self._publish_tail: asyncio.Future[Any] | None = None
         self._ended = asyncio.Event()
         self._connected = False
         self._started_at = time.monotonic()
@@ -199,7 +223,10 @@ class LiveSession(ConversationListener):
         video_bitrate_policy_apply()
         self.peer = peer = RTCPeerConnection(self._ice_configuration())
         self._video_track = AvatarVideoTrack(
-            look=self.config.avatar_look, portrait=self.config.avatar_portrait, audio=self.audio_track
+            look=self.config.avatar_look,
+            portrait=self.config.avatar_portrait,
+            audio=self.audio_track,
+            encode=True,
         )
         # The pipeline (brain, voice) builds while ICE and DTLS connect.
         self.conversation = Conversation(
@@ -224,6 +251,7 @@ class LiveSession(ConversationListener):
         @peer.on("track")
         def on_track(track: Any) -> None:
             if track.kind == "audio":
+                microphone_jitter_buffer_shorten(peer, track)
                 self.microphone.track = track
             else:  # nothing to do with a video upstream; drain it so it does not pile up
                 self._spawn(_drain(track), "drain-video")
@@ -240,7 +268,7 @@ class LiveSession(ConversationListener):
 
         # Voice and face in one MediaStream (aiortc gives every track of a PC one stream id), so
         # the SDK's streamToVideoElement plays both.
-        peer.addTrack(self._video_track)
+        self._video_track.sender_attach(peer.addTrack(self._video_track))
         peer.addTrack(self.audio_track)
         await peer.setRemoteDescription(
             RTCSessionDescription(sdp=description["sdp"], type=description["type"])
@@ -334,19 +362,37 @@ class LiveSession(ConversationListener):
     async def user_typed(self, text: str) -> None:
         """Typed text is treated as if said: user.message, a transcript row, then a reply."""
         assert self.conversation is not None
-        await self._user_said(text)
+        # The reply does not wait for the writes: every session's writes share one database
+        # thread, busy with the word events of everyone speaking. They are queued there first,
+        # so user.message still precedes the reply's events.
+        self._spawn(self._user_said(text), "user-said")
+        await asyncio.sleep(0)  # let it queue its writes
         if self.conversation.speaking:
             # Typing over the persona is a barge-in: its current reply stops where it is.
             await self.conversation.interrupt()
         await self.conversation.user_text(text)
 
-    async def _user_said(self, text: str) -> None:
-        """The user's final words (typed or recognised): event, transcript row, caption."""
+    async def _user_said(self, text: str, *, wait: bool = True) -> None:
+        """The user's final words (typed or recognised): event, transcript row, caption.
+
+        `wait=False` (recognised speech): the turn decision must not wait for the database; the
+        event and the row are written in order behind the events before them.
+        """
         message_id = new_message_id()
-        await self.publish(events.UserMessage(text=text, message_id=message_id))
-        await database_sync_to_async(services.message_record)(
-            call=self.call, message_id=message_id, role="user", text=text
-        )
+        at = timezone.now()
+
+        async def store() -> None:
+            await self._publish_now(events.UserMessage(text=text, message_id=message_id), at)
+            try:
+                await database_sync_to_async(services.message_record)(
+                    call=self.call, message_id=message_id, role="user", text=text
+                )
+            except Exception:
+                logger.exception("session %s: could not record the user's message", self.session_id)
+
+        stored = self._in_order(store)
+        if wait:
+            await stored
         self.send_data(
             "speechText",
             {
@@ -389,38 +435,62 @@ class LiveSession(ConversationListener):
     # --- conversation listener (pipeline → events, transcript, data channel) ----------------
 
     async def publish(self, event: events.Event) -> None:
+        """Store and broadcast an event, after those published before it; returns once stored."""
+        at = timezone.now()
+        await self._in_order(lambda: self._publish_now(event, at))
+
+    def publish_soon(self, event: events.Event) -> None:
+        """Like `publish`, without waiting: for the listening side, whose decisions (the end of
+        the user's turn, the start of the reply) must not wait for the database."""
+        at = timezone.now()
+        self._in_order(lambda: self._publish_now(event, at))
+
+    async def _publish_now(self, event: events.Event, at: Any = None) -> None:
         try:
-            await services.acall_event_publish(call=self.call, event=event)
+            await services.acall_event_publish(call=self.call, event=event, at=at)
         except Exception:  # the conversation goes on even if one event cannot be stored
             logger.exception("session %s: could not publish %s", self.session_id, event.name)
 
+    def _in_order(self, write: Callable[[], Awaitable[None]]) -> asyncio.Future[Any]:
+        """Run `write` once every write queued before it has finished."""
+        previous = self._publish_tail
+
+        async def run() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            await write()
+
+        task = asyncio.ensure_future(run())
+        self._publish_tail = task
+        return task
+
     async def on_user_speech_started(self) -> None:
         self._user_action_id = "ua_" + secrets.token_hex(8)
-        await self.publish(events.SpeechStarted())
+        self.publish_soon(events.SpeechStarted())
         self.send_data("userSpeechStarted", {"user_action_correlation_id": self._user_action_id})
 
     async def on_user_speech_ended(self) -> None:
-        await self.publish(events.SpeechEnded())
+        self.publish_soon(events.SpeechEnded())
         self.send_data("userSpeechEnded", {"user_action_correlation_id": self._user_action_id})
 
     async def on_user_speaking(self, *, text: str) -> None:
-        await self.publish(events.UserSpeaking(text=text))
+        self.publish_soon(events.UserSpeaking(text=text))
         # A Parley extension the Anam SDK ignores: Parley's page shows the words as they come.
         self.send_data(
             "userSpeechInterim", {"user_action_correlation_id": self._user_action_id, "content": text}
         )
 
     async def on_user_message(self, *, text: str) -> None:
-        await self._user_said(text)
+        await self._user_said(text, wait=False)
 
     async def on_eager_turn(self, *, text: str, probability: float) -> None:
-        await self.publish(events.EagerTurn(text=text, probability=probability))
+        self.publish_soon(events.EagerTurn(text=text, probability=probability))
 
     async def on_turn_end(self, *, text: str, probability: float) -> None:
-        await self.publish(events.TurnEnd(text=text, probability=probability))
+        self.publish_soon(events.TurnEnd(text=text, probability=probability))
 
     async def on_turn_continued(self) -> None:
-        await self.publish(events.TurnContinued())
+        self.publish_soon(events.TurnContinued())
 
     async def on_bot_speaking(self, *, message_id: str, text: str) -> None:
         await self.publish(events.BotSpeaking(message_id=message_id, text=text))
@@ -583,6 +653,8 @@ class LiveSession(ConversationListener):
         self.audio_track.stop()
         if self.peer is not None:
             await self.peer.close()
+        if self._publish_tail is not None:  # the call's last events are stored before its end
+            await asyncio.wait([self._publish_tail], timeout=PUBLISH_DRAIN_SECONDS)
         try:
             self.call = await database_sync_to_async(services.call_end)(call=self.call, reason=reason)
         except Exception:
@@ -646,6 +718,7 @@ def _build_config(call: Call) -> ConversationConfig:
         stt_model=persona.stt_model,
         stt_base_url=persona.stt_base_url,
         stt_api_key=persona.stt_api_key,
+        stt_phrases=tuple(line.strip() for line in persona.stt_phrases.splitlines() if line.strip()),
         end_of_speech_sensitivity=float(
             detection.get("endOfSpeechSensitivity", persona.end_of_speech_sensitivity)
         ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 
 from django.db import models
+from django.utils import timezone
 
 from personas.models import Organization, Persona, SessionToken
 
@@ -119,7 +120,8 @@ class CallEvent(models.Model):
     call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
     type = models.CharField(max_length=40, db_index=True)
     data = models.JSONField()
-    created_at = models.DateTimeField(auto_now_add=True)
+    # When it happened (a live call stamps it as it publishes; the write may come a little later).
+    created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["cursor"]

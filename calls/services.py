@@ -11,12 +11,15 @@ deliver at most once, so stream readers always read kept events back from the da
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+from collections import deque
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
@@ -92,7 +95,43 @@ async def _broadcast_async(broadcast: Broadcast) -> None:
             logger.exception("broadcast of %s to %s failed", broadcast.event, group)
 
 
+# Broadcasts handed from database threads to the event loop, sent in order by one task.
+_pending_broadcasts: deque[Broadcast] = deque()
+_broadcast_sender: asyncio.Task[None] | None = None
+
+
+async def _broadcasts_send() -> None:
+    while _pending_broadcasts:
+        await _broadcast_async(_pending_broadcasts.popleft())
+
+
+def _broadcast_enqueue(broadcast: Broadcast) -> None:
+    """On the event loop: queue a broadcast, starting the sender if it is idle."""
+    global _broadcast_sender
+    _pending_broadcasts.append(broadcast)
+    loop = asyncio.get_running_loop()
+    # A sender left on another loop (one that closed mid-send, as in tests) is replaced.
+    if _broadcast_sender is None or _broadcast_sender.done() or _broadcast_sender.get_loop() is not loop:
+        _broadcast_sender = loop.create_task(_broadcasts_send())
+
+
 def _broadcast_sync(broadcast: Broadcast) -> None:
+    """From a thread: on the event loop the thread works for, without waiting for it.
+
+    `database_sync_to_async` runs every write of the process on one thread, so a write that
+    waited for the loop to deliver its broadcast (what `async_to_sync` does) held up every
+    other session's writes for a loop round trip; with many live calls the loop is busy and
+    session starts queued behind the persona's word events. The loop is the one asgiref
+    recorded for this thread; a plain sync caller (a management command, a sync test) has
+    none and waits as before.
+    """
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if loop is not None and getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) == os.getpid():
+        try:
+            loop.call_soon_threadsafe(_broadcast_enqueue, broadcast)
+            return
+        except RuntimeError:  # the loop closed (shutdown): fall back to waiting
+            pass
     async_to_sync(_broadcast_async)(broadcast)
 
 
@@ -107,10 +146,11 @@ def _call_parts(call: Call) -> tuple[int, int, str]:
     return call.organization_id, call.persona_id, call.persona.slug
 
 
-def call_event_publish(*, call: Call, event: events.Event) -> CallEvent | None:
+def call_event_publish(*, call: Call, event: events.Event, at: datetime | None = None) -> CallEvent | None:
     """Store (if kept) and broadcast one event of a call. Returns the stored row, if any.
 
-    Inside an outer transaction the broadcast waits for its commit; a rollback sends nothing.
+    `at`: when it happened (default: now). Inside an outer transaction the broadcast waits for
+    its commit; a rollback sends nothing.
     """
     organization_id, persona_id, agent = _call_parts(call)
     data = events.event_frame(event=event, call_id=call.id, agent=agent)
@@ -125,17 +165,20 @@ def call_event_publish(*, call: Call, event: events.Event) -> CallEvent | None:
             call_id=call.id,
             type=event.name,
             data=data,
+            created_at=at or timezone.now(),
         )
         broadcast = Broadcast(event.name, row.cursor, data, organization_id, persona_id, call.id)
         transaction.on_commit(lambda: _broadcast_sync(broadcast))
     return row
 
 
-async def acall_event_publish(*, call: Call, event: events.Event) -> CallEvent | None:
+async def acall_event_publish(
+    *, call: Call, event: events.Event, at: datetime | None = None
+) -> CallEvent | None:
     """The async twin for the pipeline and consumers: ephemeral events skip the thread hop."""
     if event.kept:
         # database_sync_to_async also closes connections that went stale in a long call.
-        return await database_sync_to_async(call_event_publish)(call=call, event=event)
+        return await database_sync_to_async(call_event_publish)(call=call, event=event, at=at)
     organization_id, persona_id, agent = _call_parts(call)
     data = events.event_frame(event=event, call_id=call.id, agent=agent)
     await _broadcast_async(Broadcast(event.name, None, data, organization_id, persona_id, call.id))

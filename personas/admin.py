@@ -177,7 +177,7 @@ class KnowledgeEntryInline(admin.TabularInline):
 
 
 class PersonaAdminForm(forms.ModelForm):
-    # The LLM key is a secret: never sent back to the browser; left empty, it stays as it was.
+    # API keys are secrets: never sent back to the browser; left empty, a key stays as it was.
     llm_api_key = forms.CharField(
         label="LLM API key",
         required=False,
@@ -185,10 +185,26 @@ class PersonaAdminForm(forms.ModelForm):
         help_text="Leave empty to keep the current key.",
     )
     clear_llm_api_key = forms.BooleanField(label="Remove the stored LLM API key", required=False)
+    tts_api_key = forms.CharField(
+        label="Speech synthesis API key",
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="For a cloud voice. Leave empty to keep the current key.",
+    )
+    clear_tts_api_key = forms.BooleanField(label="Remove the stored speech synthesis API key", required=False)
+    stt_api_key = forms.CharField(
+        label="Speech recognition API key",
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="For a cloud recogniser. Leave empty to keep the current key.",
+    )
+    clear_stt_api_key = forms.BooleanField(
+        label="Remove the stored speech recognition API key", required=False
+    )
 
     class Meta:
         model = Persona
-        fields = ("llm_api_key",)  # the admin adds the rest from its fieldsets
+        fields = ("llm_api_key", "tts_api_key", "stt_api_key")  # the admin adds the rest from its fieldsets
         widgets = {
             "tools": forms.Textarea(attrs={"rows": 10, "cols": 90, "style": "font-family: monospace"}),
         }
@@ -217,11 +233,20 @@ class PersonaAdminForm(forms.ModelForm):
             validate_avatar_portrait(portrait)
         return portrait
 
-    def clean_llm_api_key(self) -> str:
-        value = self.cleaned_data.get("llm_api_key", "")
+    def _kept_secret(self, name: str) -> str:
+        value = self.cleaned_data.get(name, "")
         if not value and self.instance.pk:
-            return self.instance.llm_api_key
+            return getattr(self.instance, name)
         return value
+
+    def clean_llm_api_key(self) -> str:
+        return self._kept_secret("llm_api_key")
+
+    def clean_tts_api_key(self) -> str:
+        return self._kept_secret("tts_api_key")
+
+    def clean_stt_api_key(self) -> str:
+        return self._kept_secret("stt_api_key")
 
     def clean_tools(self) -> list[dict[str, Any]]:
         value = self.cleaned_data.get("tools")
@@ -234,8 +259,9 @@ class PersonaAdminForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
-        if cleaned.get("clear_llm_api_key"):
-            cleaned["llm_api_key"] = ""
+        for name in ("llm_api_key", "tts_api_key", "stt_api_key"):
+            if cleaned.get(f"clear_{name}"):
+                cleaned[name] = ""
         return cleaned
 
 
@@ -287,7 +313,30 @@ class PersonaAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        ("Voice", {"fields": ("tts_provider", "voice", "stt_provider")}),
+        (
+            "Voice",
+            {
+                "fields": (
+                    "tts_provider",
+                    "voice",
+                    ("tts_model", "tts_base_url"),
+                    "tts_api_key",
+                    "clear_tts_api_key",
+                )
+            },
+        ),
+        (
+            "Hearing",
+            {
+                "fields": (
+                    "stt_provider",
+                    ("stt_model", "stt_base_url"),
+                    "stt_api_key",
+                    "clear_stt_api_key",
+                    "stt_phrases",
+                )
+            },
+        ),
         ("Face", {"fields": ("avatar_look", "avatar_portrait")}),
         (
             "Brain",

@@ -122,6 +122,14 @@ class Persona(models.Model):
         blank=True, help_text="Cloud speech-recognition endpoint; empty uses the provider's own."
     )
     stt_api_key = models.CharField(max_length=300, blank=True)
+    stt_phrases = models.TextField(
+        blank=True,
+        help_text=(
+            "Words and phrases callers will say to this persona, one per line (names, products, "
+            "places). The offline recogniser learns them with the persona's knowledge; "
+            "questions from the knowledge need not be repeated here."
+        ),
+    )
 
     # Face.
     avatar_look = models.JSONField(default=default_avatar_look, blank=True)

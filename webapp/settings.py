@@ -298,9 +298,9 @@ PARLEY_SIGNALLING_GRACE_SECONDS = env_float("PARLEY_SIGNALLING_GRACE_SECONDS", 4
 PARLEY_ALLOW_PRIVATE_ICE = env_bool("PARLEY_ALLOW_PRIVATE_ICE", DEBUG)
 # Gather only 127.0.0.1 (tests and single-machine demos: aioice skips loopback otherwise).
 PARLEY_ICE_LOOPBACK_ONLY = env_bool("PARLEY_ICE_LOOPBACK_ONLY", False)
-# Listening (VAD, SmartTurn, speech recognition, barge-in) in live calls. Off by default until
-# the offline recogniser meets its accuracy and latency aims (see the README's status).
-PARLEY_LISTENING = env_bool("PARLEY_LISTENING", False)
+# Listening (VAD, SmartTurn, speech recognition, barge-in) in live calls. Off: typed text only
+# (the microphone is drained, no recogniser workers are started).
+PARLEY_LISTENING = env_bool("PARLEY_LISTENING", True)
 # The avatar's video bitrate ceiling, bits per second (a 320x240 face looks sharp at 250 kbps).
 PARLEY_VIDEO_MAX_BITRATE = env_int("PARLEY_VIDEO_MAX_BITRATE", 250_000)
 # How long an LLM tool call waits for its result (the browser's for client tools, the app's

@@ -59,6 +59,9 @@ from calls.pipeline.turns import (
 
 logger = logging.getLogger(__name__)
 
+# A user turn no strategy ended is ended by pipecat this long after the silence timer would
+# have (seconds): longer than the recogniser may take for a final transcript (5 s).
+TURN_STOP_TIMEOUT_EXTRA_SECONDS = 6.0
 # How long stopping a pipeline may take before it is cancelled, in seconds.
 STOP_TIMEOUT_SECONDS = 3.0
 # A message whose voice has been silent this long is over (seconds); sentences of one reply
@@ -88,6 +91,8 @@ class ConversationConfig:
     stt_model: str = ""
     stt_base_url: str = ""
     stt_api_key: str = ""
+    # Extra words and phrases for the offline recogniser's persona model (one per item).
+    stt_phrases: tuple[str, ...] = ()
     end_of_speech_sensitivity: float = 0.5
     silence_before_auto_end_turn_seconds: float = 1.5
     # False: no microphone processing at all (typed text only; tests of the speaking side).
@@ -218,6 +223,9 @@ class PlaybackTracker(FrameProcessor):
         super().__init__(name="PlaybackTracker")
         self._plan = plan
         self._track = track
+        # The next interruption came from the user speaking over the persona: after its
+        # bot.interrupted, the listener hears turn.continued (the seed's order).
+        self.turn_continues = False
         self._listener = listener
         self._face = face  # a FaceAnimator, or None
         self._held: list[TTSTextFrame] = []  # words whose voice is paused
@@ -265,6 +273,9 @@ class PlaybackTracker(FrameProcessor):
                 )
             else:
                 self._plan.planned.clear()
+            if self.turn_continues:
+                self.turn_continues = False
+                await self._listener.on_turn_continued()
         await self.push_frame(frame, direction)
 
     async def _words_played(self, frame: TTSTextFrame) -> None:
@@ -408,6 +419,15 @@ class Conversation:
         user_params = None
         if self.config.listening:
             listening, user_params = self._build_listening()
+        else:
+            from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
+            from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies
+
+            # Nothing listens, so nothing decides turns: pipecat's default strategies would load
+            # the SmartTurn model (~0.2 s of CPU and an ONNX thread pool) for every call.
+            user_params = LLMUserAggregatorParams(
+                user_turn_strategies=ExternalUserTurnStrategies(enable_interruptions=False)
+            )
         aggregators = LLMContextAggregatorPair(self.context, user_params=user_params)
         llm = build_llm_service(brain)
         if brain.provider == "openai":
@@ -435,6 +455,8 @@ class Conversation:
                 enable_metrics=False,
             ),
             enable_rtvi=False,
+            # Parley tracks turns itself; pipecat's observer queued every frame push for nothing.
+            enable_turn_tracking=False,
             idle_timeout_secs=None,
             conversation_id=self.config.agent,
         )
@@ -460,16 +482,18 @@ class Conversation:
             settings=settings,
             listener=self.listener,
         )
+        vad = vad_analyzer_build()
+        vad.state_listeners.append(self.turn_strategy.vad_state_changed)
         self.stt = build_stt_service(self.config)
         self.voice_guard = VoiceGuard(
             voice=self.track,
             reply_active=self._reply_active,
-            interrupt=self.interrupt,
+            interrupt=self.barge_in,
             persona_words=lambda: self._tracker.recent_words,
             listener=self.listener,
         )
         user_params = LLMUserAggregatorParams(
-            vad_analyzer=vad_analyzer_build(),
+            vad_analyzer=vad,
             user_turn_strategies=UserTurnStrategies(
                 # Interruptions are VoiceGuard's: speech over the persona first pauses it.
                 start=[
@@ -478,7 +502,10 @@ class Conversation:
                 ],
                 stop=[self.turn_strategy],
             ),
-            user_turn_stop_timeout=settings.silence_seconds + 3.0,
+            # pipecat ends a turn no strategy ended after this long. A late final transcript (a
+            # loaded machine, a slow cloud recogniser) must still reach the stop strategy, which
+            # then says turn.end: so this outlasts the recogniser's own time limit.
+            user_turn_stop_timeout=settings.silence_seconds + TURN_STOP_TIMEOUT_EXTRA_SECONDS,
             empty_user_turn=None,  # a turn with no words (a cough, a backchannel) gets no answer
         )
         return [self.stt, self.voice_guard], user_params
@@ -527,6 +554,11 @@ class Conversation:
         await self._queue(
             LLMMessagesAppendFrame(messages=[{"role": "system", "content": text}], run_llm=False)
         )
+
+    async def barge_in(self) -> None:
+        """The user spoke over the persona: interrupt it, then say turn.continued."""
+        self._tracker.turn_continues = True
+        await self.interrupt()
 
     async def interrupt(self) -> None:
         """Stop the voice now; what was played stays, the rest is dropped."""

@@ -61,8 +61,20 @@ VAD_STOP_SECONDS = 0.2
 # If the recogniser has not delivered the final transcript this long after the end of
 # speech, the turn is decided with what there is.
 FINAL_TRANSCRIPT_WAIT_SECONDS = 1.0
+# Speech over the persona is spotted before the VAD's start time has passed: this many
+# consecutive Silero windows (32 ms each) at or above the VAD confidence pause the voice at once
+# (a false alarm costs a short pause, undone when the VAD does not confirm it).
+EARLY_ONSET_WINDOWS = 1
+# An early pause with no VAD start within this long was a blip (a knock, a breath): resume.
+EARLY_PAUSE_CONFIRM_SECONDS = 0.35
 # Speech over the persona that lasts this long is an interruption whatever it says.
 BARGE_IN_COMMIT_SECONDS = 0.7
+# Speech over the persona shorter than this, of one or two words, is taken for an aside
+# ("okay", "mm-hmm", misheard or not) unless it asks to stop.
+BRIEF_SPEECH_SECONDS = 0.6
+STOP_WORDS = frozenset({"stop", "wait", "no", "hold", "hang", "sorry", "excuse", "pardon", "what"})
+# An interim transcript of speech over the persona interrupts it at once from this many words.
+BARGE_IN_INTERIM_WORDS = 3
 # After speech over the persona stops, how long to wait for its transcript before resuming.
 BARGE_IN_TRANSCRIPT_WAIT_SECONDS = 0.6
 # Microphone audio quieter than this fraction of the persona's voice (RMS) while it speaks is
@@ -82,12 +94,13 @@ BACKCHANNELS = frozenset(
 _WORD = re.compile(r"[a-z']+")
 
 
-# A turn whose last word is one of these is not over ("Can I order a cake for ...").
+# A turn whose last word is one of these is not over ("Can I order a cake for ..."). Only words
+# that (almost) never end a sentence: "you", "is", "that" or "so" often do ("where are you").
 DANGLING_WORDS = frozenset(
     {
-        "a", "about", "an", "and", "are", "as", "at", "because", "but", "by", "for", "from",
-        "if", "in", "is", "like", "my", "of", "on", "or", "our", "so", "than", "that", "the",
-        "then", "to", "uh", "um", "was", "we", "what", "with", "your", "i", "you", "it's",
+        "a", "about", "an", "and", "as", "at", "because", "but", "by", "for", "from", "if",
+        "in", "like", "my", "of", "or", "our", "than", "the", "to", "uh", "um", "with", "your",
+        "i", "we", "their", "his", "her", "its", "into", "onto", "whether", "although",
     }
 )  # fmt: skip
 QUESTION_OPENERS = frozenset(
@@ -185,8 +198,19 @@ class InlineSileroVADAnalyzer(SileroVADAnalyzer):
     what starve the event loop (each can wait out the interpreter's switch interval).
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Called with each new state (QUIET, STARTING, SPEAKING, STOPPING) as it is entered.
+        self.state_listeners: list[Callable[[VADState], None]] = []
+        self._state_seen = VADState.QUIET
+
     async def analyze_audio(self, buffer: bytes) -> VADState:
-        return self._run_analyzer(buffer)
+        state = self._run_analyzer(buffer)
+        if state != self._state_seen:
+            self._state_seen = state
+            for listener in self.state_listeners:
+                listener(state)
+        return state
 
 
 def vad_analyzer_build() -> InlineSileroVADAnalyzer:
@@ -255,6 +279,8 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
         self._ending = False
         self._analysis_task: asyncio.Task[None] | None = None
         self._timer_task: asyncio.Task[None] | None = None
+        # SmartTurn started on the first silent window, while the VAD waits out its stop time.
+        self._early_task: asyncio.Task[tuple[Any, Any]] | None = None
         # Timings of the latest decision, for benchmarks: clock values or None.
         self.timings: dict[str, float | None] = {}
 
@@ -263,6 +289,21 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
     async def setup(self, setup: FrameProcessorSetup) -> None:
         await super().setup(setup)
         self._analyzer.set_sample_rate(setup.audio_in_sample_rate)
+
+    def vad_state_changed(self, state: VADState) -> None:
+        """From the VAD (`InlineSileroVADAnalyzer.state_listeners`), as each state is entered.
+
+        The VAD says the user stopped only after `VAD_STOP_SECONDS` of silence; SmartTurn takes
+        ~100-200 ms here, so it starts on the first silent window and its verdict is ready when
+        the VAD's stop arrives (or is dropped if the user goes on inside that time).
+        """
+        if state == VADState.STOPPING and self._vad_speaking and self._early_task is None:
+            self._early_task = self.task_manager.create_task(
+                self._analyzer.analyze_end_of_turn(), f"{self}::early_analysis"
+            )
+        elif state == VADState.SPEAKING and self._early_task is not None:
+            self._early_task.cancel()  # the pause was inside the sentence
+            self._early_task = None
 
     async def cleanup(self) -> None:
         await self._cancel_tasks()
@@ -285,10 +326,11 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
         self._awaiting_final = False
 
     async def _cancel_tasks(self) -> None:
-        for task in (self._analysis_task, self._timer_task):
-            if task is not None and not task.done():
+        current = asyncio.current_task()
+        for task in (self._analysis_task, self._timer_task, self._early_task):
+            if task is not None and not task.done() and task is not current:
                 await self.task_manager.cancel_task(task)
-        self._analysis_task = self._timer_task = None
+        self._analysis_task = self._timer_task = self._early_task = None
 
     # --- frames ------------------------------------------------------------------------
 
@@ -315,10 +357,7 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
         self._vad_speaking = True
         self._vad_stopped = False
         self._probability = None
-        for task in (self._analysis_task, self._timer_task):
-            if task is not None and not task.done():
-                await self.task_manager.cancel_task(task)
-        self._analysis_task = self._timer_task = None
+        await self._cancel_tasks()
         self._analyzer.update_vad_start_secs(VAD_START_SECONDS)
         await self._listener.on_user_speech_started()
         if self._speculating:
@@ -350,7 +389,11 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
         await self._decide()
 
     async def _analyze(self) -> None:
-        state, metrics = await self._analyzer.analyze_end_of_turn()
+        early, self._early_task = self._early_task, None
+        if early is not None:
+            state, metrics = await early
+        else:
+            state, metrics = await self._analyzer.analyze_end_of_turn()
         probability = getattr(metrics, "probability", None)
         if probability is None:
             probability = 1.0 if state == EndOfTurnState.COMPLETE else 0.0
@@ -424,12 +467,55 @@ class LevelMeter:
         return float(np.sqrt(total / count)) / 32768.0 if count else 0.0
 
 
+class OnsetDetector:
+    """Speech onset from Silero's own confidence, window by window, ahead of the VAD's start time.
+
+    The aggregator's VAD says "speaking" only after `VAD_START_SECONDS` of speech; to pause the
+    persona within ~100 ms, `VoiceGuard` runs a second Silero (its own recurrent state) on the
+    same audio while the persona speaks and reacts to the first windows of speech.
+    """
+
+    def __init__(self, windows: int = EARLY_ONSET_WINDOWS) -> None:
+        self._needed = windows
+        # Loaded here (the pipeline is built off the event loop), not at the first frame.
+        self._vad = InlineSileroVADAnalyzer(params=VADParams(confidence=VAD_CONFIDENCE))
+        self._rate = 0
+        self._buffer = bytearray()
+        self._run = 0
+
+    def reset(self) -> None:
+        self._buffer.clear()
+        self._run = 0
+
+    def push(self, pcm: bytes, sample_rate: int) -> bool:
+        """Feed 16-bit mono audio; True when the latest windows are speech."""
+        if sample_rate != self._rate:
+            if sample_rate not in (8000, 16000):
+                return False  # Silero's rates; the pipeline's input is 16 kHz
+            self._vad.set_sample_rate(sample_rate)
+            self._rate = sample_rate
+            self.reset()
+        self._buffer.extend(pcm)
+        size = self._vad.num_frames_required() * 2
+        onset = False
+        while len(self._buffer) >= size:
+            window = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            if self._vad.voice_confidence(window) >= VAD_CONFIDENCE:
+                self._run += 1
+                onset = onset or self._run >= self._needed
+            else:
+                self._run = 0
+        return onset
+
+
 class VoiceGuard(FrameProcessor):
     """Barge-in: the persona's voice pauses when the user speaks over it, and stops if it was meant.
 
     Between the recogniser and the user aggregator. `voice` is the paced audio track (with
     `pause()`, `resume()`, `paused` and a `level_at()` of what it played), `reply_active()`
-    says whether the persona is speaking or about to, `interrupt()` stops the reply for good,
+    says whether the persona is speaking or about to, `interrupt()` stops the reply for good
+    (and reports bot.interrupted, then turn.continued),
     `persona_words()` gives what it has said lately (for the echo check).
     """
 
@@ -451,9 +537,12 @@ class VoiceGuard(FrameProcessor):
         self._listener = listener
         self._clock = clock
         self._mic = LevelMeter()
+        self._onset = OnsetDetector()
         self._holding = False  # the voice is paused for speech over it
         self._held_since = 0.0
         self._user_speaking = False
+        self._speech_started_at = 0.0
+        self._speech_seconds = 0.0  # of the latest speech, once it stopped
         self._heard = ""
         self._timer: asyncio.Task[None] | None = None
         # When the latest barge-in paused the voice (clock), for benchmarks.
@@ -462,19 +551,39 @@ class VoiceGuard(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, InputAudioRawFrame):
-            self._mic.push(frame.audio, self._clock())
+            now = self._clock()
+            self._mic.push(frame.audio, now)
+            if self._holding or self._user_speaking or not self._reply_active():
+                self._onset.reset()
+            elif self._onset.push(frame.audio, frame.sample_rate):
+                self._onset.reset()
+                if self._pause_for_speech(now):
+                    # Only the first windows: the VAD must confirm it soon, or it was a blip.
+                    self._restart_timer(EARLY_PAUSE_CONFIRM_SECONDS, self._resume_unless_speaking)
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._user_speaking = True
+            self._speech_started_at = self._clock()
             await self._on_user_started()
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._user_speaking = False
+            # How long the user spoke: the VAD starts late by its start time, stops late by its stop time.
+            self._speech_seconds = (
+                self._clock() - self._speech_started_at + VAD_START_SECONDS - VAD_STOP_SECONDS
+            )
             if self._holding:
                 self._restart_timer(BARGE_IN_TRANSCRIPT_WAIT_SECONDS, self._resume_if_nothing)
         elif isinstance(frame, InterimTranscriptionFrame) and direction == FrameDirection.DOWNSTREAM:
-            if self._holding and self._substantive(frame.text):
+            # Interims are early guesses: only a few words of them interrupt at once (a misheard
+            # "okay" must not); otherwise the final transcript or the commit timer decides.
+            if (
+                self._holding
+                and len(normalized_words(frame.text)) >= BARGE_IN_INTERIM_WORDS
+                and self._substantive(frame.text)
+            ):
                 await self._commit()
         elif isinstance(frame, TranscriptionFrame) and direction == FrameDirection.DOWNSTREAM:
-            if (self._holding or self._reply_active()) and not self._substantive(frame.text):
+            over_persona = self._holding or self._reply_active()
+            if over_persona and not (self._substantive(frame.text) and not self._brief_aside(frame.text)):
                 # An acknowledgement or the persona's own echo: it stays out of the turn.
                 if self._holding:
                     await self._resume()
@@ -490,18 +599,44 @@ class VoiceGuard(FrameProcessor):
     def _substantive(self, text: str) -> bool:
         return not is_backchannel(text) and not is_echo(text, self._persona_words())
 
+    def _brief_aside(self, text: str) -> bool:
+        """A word or two in under `BRIEF_SPEECH_SECONDS` over the persona, not a request to stop.
+
+        Short acknowledgements are what the recogniser gets wrong most ("okay" → "oh can"):
+        how long the speech lasted says as much as the words.
+        """
+        words = normalized_words(text)
+        return (
+            self._speech_seconds < BRIEF_SPEECH_SECONDS
+            and len(words) <= 2
+            and not any(word in STOP_WORDS for word in words)
+        )
+
     async def _on_user_started(self) -> None:
-        if self._holding or not self._reply_active():
+        if self._holding:
+            # Paused early on the onset, and the VAD confirms speech: it is a barge-in if it goes
+            # on (counted from the VAD's start, like speech the VAD alone caught).
+            self._restart_timer(BARGE_IN_COMMIT_SECONDS, self._commit_if_still_speaking)
             return
-        now = self._clock()
+        if not self._reply_active():
+            return
+        if self._pause_for_speech(self._clock()):
+            self._restart_timer(BARGE_IN_COMMIT_SECONDS, self._commit_if_still_speaking)
+
+    def _pause_for_speech(self, now: float) -> bool:
+        """Pause the voice for speech over it, unless that speech is the voice's own echo."""
         voice_level = self._voice.level_at(now)
         if voice_level > 0 and self._mic.level(now) < ECHO_LEVEL_RATIO * voice_level:
-            return  # quieter than the persona's own voice: its echo
+            return False  # quieter than the persona's own voice: its echo
         self._holding = True
         self._held_since = now
         self.last_pause_at = now
         self._voice.pause()
-        self._restart_timer(BARGE_IN_COMMIT_SECONDS, self._commit_if_still_speaking)
+        return True
+
+    async def _resume_unless_speaking(self) -> None:
+        if self._holding and not self._user_speaking:
+            await self._resume()
 
     def _restart_timer(self, delay: float, action: Callable[[], Awaitable[None]]) -> None:
         if self._timer is not None and not self._timer.done():
@@ -536,8 +671,7 @@ class VoiceGuard(FrameProcessor):
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
         self._timer = None
-        await self._interrupt()
-        await self._listener.on_turn_continued()
+        await self._interrupt()  # (which reports turn.continued after bot.interrupted)
 
     async def cleanup(self) -> None:
         if self._timer is not None and not self._timer.done():

@@ -195,7 +195,7 @@ def daphne_server(django_db_setup, tmp_path_factory) -> Iterator[LiveServer]:
 
 
 @pytest.fixture
-def live_server_url(daphne_server: LiveServer, transactional_db) -> str:
+def live_server_url(daphne_server: LiveServer, transactional_db) -> Iterator[str]:
     """The base URL of the running server (no trailing slash); the test's rows are committed."""
     if daphne_server.process.poll() is not None:
         pytest.fail(
@@ -203,7 +203,24 @@ def live_server_url(daphne_server: LiveServer, transactional_db) -> str:
             f"Its output:\n{daphne_server.log()}",
             pytrace=False,
         )
-    return daphne_server.url
+    yield daphne_server.url
+    calls_settle()
+
+
+def calls_settle(timeout: float = 10.0) -> None:
+    """Wait for the server to finish the test's calls before the database is flushed.
+
+    A call ends shortly after its browser goes (the server then closes the peer connection and
+    writes the last rows); flushing while it writes can deadlock on PostgreSQL (TRUNCATE's
+    exclusive lock against the insert's foreign-key lock).
+    """
+    from calls.models import Call, CallStatus
+
+    deadline = time.monotonic() + timeout
+    live = Call.objects.filter(status=CallStatus.IN_PROGRESS)
+    while live.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # the rows written right after the end (its events, the last message)
 
 
 @pytest.fixture

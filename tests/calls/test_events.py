@@ -207,3 +207,27 @@ async def test_a_rolled_back_transaction_broadcasts_nothing(persona_a, make_call
     message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT_SECONDS)
     assert message["event"] == "speech.ended"
     await layer.group_discard(group, channel)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_broadcasts_of_writes_on_the_database_thread_arrive_in_order(persona_a, make_call):
+    """The database thread hands its broadcasts to the loop without waiting; they keep their order."""
+    call = await database_sync_to_async(make_call)(persona_a)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    group = group_for_organization(persona_a.organization_id)
+    await layer.group_add(group, channel)
+    words = [f"word{i}" for i in range(20)]
+
+    def publish_all() -> None:
+        for word in words:
+            call_event_publish(call=call, event=events.BotWord(message_id="msg_1", word=word))
+        call_event_publish(call=call, event=events.SpeechStarted())  # an ephemeral one too
+
+    await database_sync_to_async(publish_all)()
+    received = [
+        (await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT_SECONDS))["data"]
+        for _ in range(len(words) + 1)
+    ]
+    assert [data.get("word") for data in received] == [*words, None]
+    await layer.group_discard(group, channel)

@@ -12,6 +12,11 @@ the reply follows from the request, the way a model given tools would behave:
   is sunny.`, or for an `{"error": ...}` result `Sorry, get weather failed: ...`).
 - anything else: `DEFAULT_REPLY`.
 
+`POST /v1/audio/transcriptions` (multipart: `file` a WAV, `model`, `language`, ...) checks the
+WAV (RIFF, PCM, its rate and length are kept in `transcriptions`) and answers the next scripted
+transcript (`script_transcripts(...)`), or 400 with OpenAI's error shape when the upload is not
+a WAV with audio in it.
+
 `GET /v1/models` lists the one model. Every chat request is kept in `requests` (headers and
 JSON body) so a test can assert what the client sent.
 """
@@ -20,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import re
 import threading
 import time
+import wave
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -70,12 +77,22 @@ class RecordedRequest:
         return self.body.get("messages", [])
 
 
+@dataclass(frozen=True)
+class RecordedTranscription:
+    headers: dict[str, str]
+    fields: dict[str, str]  # the form's other fields: model, language, response_format, ...
+    sample_rate: int
+    seconds: float
+
+
 @dataclass
 class FakeOpenAIServer:
     """Run with `async with FakeOpenAIServer() as server:`; point clients at `server.base_url`."""
 
     requests: list[RecordedRequest] = field(default_factory=list)
+    transcriptions: list[RecordedTranscription] = field(default_factory=list)
     _script: deque[TextReply | ToolCallReply] = field(default_factory=deque)
+    _transcripts: deque[str] = field(default_factory=deque)
     _runner: web.AppRunner | None = None
     port: int = 0
 
@@ -87,9 +104,14 @@ class FakeOpenAIServer:
         """Queue replies; each chat request takes the next one."""
         self._script.extend(replies)
 
+    def script_transcripts(self, *texts: str) -> None:
+        """Queue what the recogniser "hears"; each transcription request takes the next one."""
+        self._transcripts.extend(texts)
+
     async def __aenter__(self) -> FakeOpenAIServer:
-        app = web.Application()
+        app = web.Application(client_max_size=25 * 1024 * 1024)  # OpenAI's upload limit
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -109,6 +131,35 @@ class FakeOpenAIServer:
                 "data": [{"id": MODEL_LISTED, "object": "model", "created": 0, "owned_by": "parley-tests"}],
             }
         )
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        def refuse(message: str, param: str) -> web.Response:
+            return web.json_response(
+                {"error": {"message": message, "type": "invalid_request_error", "param": param}}, status=400
+            )
+
+        form = await request.post()
+        upload = form.get("file")
+        if not hasattr(upload, "file"):
+            return refuse("'file' is required: the audio to transcribe", "file")
+        audio = upload.file.read()
+        try:
+            with wave.open(io.BytesIO(audio), "rb") as wav:
+                rate, frames = wav.getframerate(), wav.getnframes()
+        except (wave.Error, EOFError):
+            return refuse("'file' is not a WAV file", "file")
+        if not frames:
+            return refuse("'file' has no audio", "file")
+        if not form.get("model"):
+            return refuse("'model' is required", "model")
+        fields = {key: str(value) for key, value in form.items() if key != "file"}
+        self.transcriptions.append(
+            RecordedTranscription(
+                headers=dict(request.headers), fields=fields, sample_rate=rate, seconds=frames / rate
+            )
+        )
+        text = self._transcripts.popleft() if self._transcripts else ""
+        return web.json_response({"text": text})
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

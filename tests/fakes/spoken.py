@@ -11,6 +11,7 @@ import asyncio
 import wave
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -77,6 +78,7 @@ class ScriptedMicrophone(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self._queue = np.zeros(0, dtype=np.float32)
+        self._echo = np.zeros(0, dtype=np.float32)
         self._floor = noise(2.0, seed=11)
         self._floor_at = 0
         self._sent = 0
@@ -88,6 +90,10 @@ class ScriptedMicrophone(MediaStreamTrack):
         self._queue = np.concatenate([self._queue, samples.astype(np.float32)])
         self.finished.clear()
         return samples.size / RATE
+
+    def mix_in(self, samples: np.ndarray) -> None:
+        """Queue sound heard in the room under whatever is said (the speaker's echo)."""
+        self._echo = np.concatenate([self._echo, samples.astype(np.float32)])
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -109,6 +115,10 @@ class ScriptedMicrophone(MediaStreamTrack):
                 self._floor_at = 0
             piece = self._floor[self._floor_at : self._floor_at + PIECE]
             self._floor_at += PIECE
+        if self._echo.size:
+            echo, self._echo = self._echo[:PIECE], self._echo[PIECE:]
+            piece = piece.copy()
+            piece[: echo.size] += echo
         frame = av.AudioFrame.from_ndarray(
             np.frombuffer(to_int16(piece), dtype=np.int16).reshape(1, -1),
             format="s16",
@@ -119,3 +129,62 @@ class ScriptedMicrophone(MediaStreamTrack):
         frame.time_base = Fraction(1, RATE)
         self._sent += PIECE
         return frame
+
+
+PIPELINE_RATE = 16_000
+
+
+def at_pipeline_rate(samples: np.ndarray) -> bytes:
+    """48 kHz samples as the transport hands them to the pipeline: 16 kHz int16, resampled by
+    PyAV 20 ms at a time (`calls.pipeline.transport`)."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=PIPELINE_RATE)
+    pcm = np.frombuffer(to_int16(samples), dtype=np.int16)
+    pcm = np.concatenate([pcm, np.zeros(-pcm.size % PIECE, dtype=np.int16)])
+    out: list[bytes] = []
+    for at in range(0, pcm.size, PIECE):
+        frame = av.AudioFrame.from_ndarray(pcm[at : at + PIECE].reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = at
+        frame.time_base = Fraction(1, RATE)
+        out.extend(resampled.to_ndarray().tobytes() for resampled in resampler.resample(frame))
+    return b"".join(out)
+
+
+# When Silero VAD (calls.pipeline.turns) reports speech: after this much speech, and after
+# this much silence (seconds).
+VAD_START_AFTER_SECONDS = 0.12
+VAD_STOP_AFTER_SECONDS = 0.2
+
+
+async def heard_frames(
+    text: str, *, lead_seconds: float = 0.6, tail_seconds: float = 0.8, seed: int = 7
+) -> list[Any]:
+    """`text` as the recogniser receives it: 20 ms `InputAudioRawFrame`s paced in real time
+    (`SleepFrame`s), with the VAD's start and stop frames where Silero would send them."""
+    from pipecat.frames.frames import (
+        InputAudioRawFrame,
+        VADUserStartedSpeakingFrame,
+        VADUserStoppedSpeakingFrame,
+    )
+    from pipecat.tests.utils import SleepFrame
+
+    speech = await spoken_pcm(text)
+    pcm = at_pipeline_rate(with_room(speech, lead_seconds=lead_seconds, tail_seconds=tail_seconds, seed=seed))
+    piece_bytes = PIPELINE_RATE // 50 * 2
+    start_at = lead_seconds + VAD_START_AFTER_SECONDS
+    stop_at = lead_seconds + speech.size / RATE + VAD_STOP_AFTER_SECONDS
+    frames: list[Any] = []
+    started = stopped = False
+    for index, at in enumerate(range(0, len(pcm), piece_bytes)):
+        now = index * 0.02
+        if not started and now >= start_at:
+            frames.append(VADUserStartedSpeakingFrame(start_secs=VAD_START_AFTER_SECONDS))
+            started = True
+        if not stopped and now >= stop_at:
+            frames.append(VADUserStoppedSpeakingFrame(stop_secs=VAD_STOP_AFTER_SECONDS))
+            stopped = True
+        frames.append(
+            InputAudioRawFrame(audio=pcm[at : at + piece_bytes], sample_rate=PIPELINE_RATE, num_channels=1)
+        )
+        frames.append(SleepFrame(sleep=0.02))
+    return frames

@@ -239,14 +239,16 @@ def test_whatsapp_messages_filter_by_status(admin_client, one_of_everything):
 def persona_form_data(persona) -> dict:
     data = {key: value for key, value in model_to_dict(persona).items() if value is not None}
     data.pop("avatar_portrait", None)
-    data["llm_api_key"] = ""
+    data["llm_api_key"] = data["tts_api_key"] = data["stt_api_key"] = ""
     return data
 
 
-def test_the_llm_api_key_is_never_sent_back_and_kept_when_left_empty(admin_client, rf, admin_user, persona_a):
-    persona_a.llm_api_key = "sk-secret-value-123"
+@pytest.mark.parametrize("key", ["llm_api_key", "tts_api_key", "stt_api_key"])
+def test_an_api_key_is_never_sent_back_and_kept_when_left_empty(admin_client, rf, admin_user, persona_a, key):
+    setattr(persona_a, key, "sk-secret-value-123")
     persona_a.save()
     page = admin_client.get(admin_url(type(persona_a), "change", persona_a.pk))
+    assert page.status_code == 200
     assert b"sk-secret-value-123" not in page.content
 
     request = rf.post("/")
@@ -254,11 +256,22 @@ def test_the_llm_api_key_is_never_sent_back_and_kept_when_left_empty(admin_clien
     form_class = admin.site._registry[type(persona_a)].get_form(request, persona_a, change=True)
     form = form_class(data=persona_form_data(persona_a), instance=persona_a)
     assert form.is_valid(), form.errors
-    assert form.save().llm_api_key == "sk-secret-value-123"
+    assert getattr(form.save(), key) == "sk-secret-value-123"
 
-    form = form_class(data={**persona_form_data(persona_a), "clear_llm_api_key": "on"}, instance=persona_a)
+    form = form_class(data={**persona_form_data(persona_a), f"clear_{key}": "on"}, instance=persona_a)
     assert form.is_valid(), form.errors
-    assert form.save().llm_api_key == ""
+    assert getattr(form.save(), key) == ""
+
+
+def test_the_phrases_a_persona_should_hear_reach_its_recogniser(persona_a):
+    from types import SimpleNamespace
+
+    from calls.live import _build_config
+
+    persona_a.stt_phrases = "Linden Street\n\n  sourdough loaf \n"
+    persona_a.save()
+    config = _build_config(SimpleNamespace(persona=persona_a, session_token=None))
+    assert config.stt_phrases == ("Linden Street", "sourdough loaf")
 
 
 def image_upload(name: str, size: tuple[int, int] = (640, 480), image_format: str = "PNG", pad_to: int = 0):

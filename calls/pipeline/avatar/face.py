@@ -157,19 +157,25 @@ class FaceRenderer:
         """One frame for this state."""
         return av.VideoFrame.from_ndarray(self.render_planes(state), format="yuv420p")
 
+    def frame_key(self, state: FaceState) -> tuple[Any, ...]:
+        """What a frame is drawn from, quantised: equal keys give identical frames."""
+        limit = MAX_HEAD_OFFSET_PX
+        return (
+            round(min(max(state.head_dx * self.scale, -limit), limit)),
+            round(min(max(state.head_dy * self.scale, -limit), limit)),
+            round(min(max(state.blink, 0.0), 1.0) * BLINK_STEPS) / BLINK_STEPS,
+            round(min(max(state.gaze_dx, -MAX_GAZE_X_PX), MAX_GAZE_X_PX) / GAZE_STEP_PX) * GAZE_STEP_PX,
+            round(min(max(state.gaze_dy, -MAX_GAZE_Y_PX), MAX_GAZE_Y_PX) / GAZE_STEP_PX) * GAZE_STEP_PX,
+            round(min(max(state.brow_raise, 0.0), 1.0) * BROW_STEPS) / BROW_STEPS,
+            round(min(max(state.mouth_open, 0.0), 1.0) * MOUTH_OPEN_STEPS) / MOUTH_OPEN_STEPS,
+            Viseme(state.mouth_shape),
+        )
+
     def render_planes(self, state: FaceState) -> np.ndarray:
         """The frame as one (height * 3 / 2, width) uint8 array: Y, then U, then V."""
-        limit = MAX_HEAD_OFFSET_PX
-        dx = round(min(max(state.head_dx * self.scale, -limit), limit))
-        dy = round(min(max(state.head_dy * self.scale, -limit), limit))
+        dx, dy, blink, gaze_x, gaze_y, brow, mouth, shape = self.frame_key(state)
         buffer = self.layers.base(dx, dy).copy()
         planes = plane_views(buffer, self.width, self.height)
-        blink = round(min(max(state.blink, 0.0), 1.0) * BLINK_STEPS) / BLINK_STEPS
-        gaze_x = round(min(max(state.gaze_dx, -MAX_GAZE_X_PX), MAX_GAZE_X_PX) / GAZE_STEP_PX) * GAZE_STEP_PX
-        gaze_y = round(min(max(state.gaze_dy, -MAX_GAZE_Y_PX), MAX_GAZE_Y_PX) / GAZE_STEP_PX) * GAZE_STEP_PX
-        brow = round(min(max(state.brow_raise, 0.0), 1.0) * BROW_STEPS) / BROW_STEPS
-        mouth = round(min(max(state.mouth_open, 0.0), 1.0) * MOUTH_OPEN_STEPS) / MOUTH_OPEN_STEPS
-        shape = Viseme(state.mouth_shape)
         for side in ("left", "right"):
             paste(planes, self.layers.patch(("eye_" + side, blink, gaze_x, gaze_y), dx, dy), dx, dy)
             paste(planes, self.layers.patch(("brow_" + side, brow), dx, dy), dx, dy)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
@@ -114,12 +115,21 @@ class PortraitRenderer:
         """One frame for this state."""
         return av.VideoFrame.from_ndarray(self.render_planes(state), format="yuv420p")
 
+    def frame_key(self, state: FaceState) -> tuple[Any, ...]:
+        """What a frame is drawn from, quantised: equal keys give identical frames."""
+        breath = min(max(state.breath, -1.0), 1.0)
+        return (
+            round((breath + 1.0) / 2.0 * (ZOOM_LEVELS - 1)),
+            round(min(max(state.head_dx, -MAX_SWAY_PX), MAX_SWAY_PX)),
+            round(min(max(state.mouth_open, 0.0), 1.0) * MOUTH_OPEN_STEPS) / MOUTH_OPEN_STEPS,
+            Viseme(state.mouth_shape),
+            round(min(max(state.blink, 0.0), 1.0) * BLINK_STEPS) / BLINK_STEPS,
+        )
+
     def render_planes(self, state: FaceState) -> np.ndarray:
         """The frame as one (height * 3 / 2, width) uint8 array: Y, then U, then V."""
         layers = self.layers
-        breath = min(max(state.breath, -1.0), 1.0)
-        level = round((breath + 1.0) / 2.0 * (ZOOM_LEVELS - 1))
-        sway = round(min(max(state.head_dx, -MAX_SWAY_PX), MAX_SWAY_PX))
+        level, sway, openness, shape, blink = self.frame_key(state)
         start = MARGIN_PX + sway  # the frame's left edge on the wider scaled copy
         pose = layers.pose(level)
         buffer = np.empty((self.height * 3 // 2, self.width), dtype=np.uint8)
@@ -130,10 +140,8 @@ class PortraitRenderer:
         u, v = pose.chroma[parity]
         u_plane[:] = u[:, chroma_start : chroma_start + self.width // 2]
         v_plane[:] = v[:, chroma_start : chroma_start + self.width // 2]
-        openness = round(min(max(state.mouth_open, 0.0), 1.0) * MOUTH_OPEN_STEPS) / MOUTH_OPEN_STEPS
         if openness > 0:
-            paste(planes, layers.mouth_patch(Viseme(state.mouth_shape), openness, level, start), -start)
-        blink = round(min(max(state.blink, 0.0), 1.0) * BLINK_STEPS) / BLINK_STEPS
+            paste(planes, layers.mouth_patch(shape, openness, level, start), -start)
         if blink > 0:
             for index in range(len(pose.eyes)):
                 paste(planes, layers.eye_patch(index, blink, level, start), -start)

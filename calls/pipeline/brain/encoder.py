@@ -198,3 +198,9 @@ def sentence_encoder_load() -> SentenceEncoder | None:
             logger.warning("Sentence embeddings unavailable, knowledge retrieval is lexical only: %s", error)
             _encoder = None
         return _encoder
+
+
+def query_encode(text: str) -> np.ndarray | None:
+    """One question's vector, in a query worker process (`knowledge.query_pool`); None without the model."""
+    encoder = sentence_encoder_load()
+    return None if encoder is None else encoder.encode([text])[0]

@@ -14,15 +14,17 @@ import enum
 import hashlib
 import logging
 import math
+import multiprocessing
 import re
 import threading
 from collections import Counter, OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
 
-from calls.pipeline.brain.encoder import SentenceEncoder, sentence_encoder_load
+from calls.pipeline.brain.encoder import SentenceEncoder, query_encode, sentence_encoder_load
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +45,17 @@ LEXICAL_UNSURE_THRESHOLD = 0.28
 # Personas whose entry embeddings stay in memory (each is entries * 2 * 384 float32).
 EMBEDDING_CACHE_PERSONAS = 256
 
-# The encoder is CPU-bound: it runs on these threads, never on the event loop nor asyncio's
-# default pool (aiortc encodes audio there, NOTES.md). Queries (~30 ms) get their own thread so
-# they never queue behind another persona's knowledge being encoded (seconds for a big one).
-_query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-embedding-query")
+# The encoder is CPU-bound: it never runs on the event loop. Entries are encoded on a thread
+# (once per persona and content, then cached). Questions are encoded in a worker process: the
+# forward pass is ~100 small numpy operations that each need the GIL, and in the server process
+# they queued behind the event loop (and made it wait in turn), so a ~30 ms question took
+# 0.2-0.6 s with 8 live sessions. The process is spawned, never forked (the server has threads).
 _build_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-embedding-build")
+_query_pool: ProcessPoolExecutor | None = None
+_query_pool_lock = threading.Lock()
+_query_pool_failed = False
+# How long the first question may wait for the query worker to start and load the model.
+QUERY_WORKER_START_TIMEOUT_SECONDS = 60.0
 _embedding_cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 _embedding_cache_lock = threading.Lock()
 
@@ -232,13 +240,17 @@ class KnowledgeIndex:
     def uses_embeddings(self) -> bool:
         return self._encoder is not None
 
-    def search(self, query: str, *, use_embeddings: bool = True) -> KnowledgeMatch:
-        """Best entry for `query`. CPU-bound (~20 ms with embeddings): call it from a thread."""
+    def search(
+        self, query: str, *, use_embeddings: bool = True, query_vector: np.ndarray | None = None
+    ) -> KnowledgeMatch:
+        """Best entry for `query`. CPU-bound (~20 ms with embeddings) unless `query_vector`, the
+        question already encoded, is given: then it takes well under a millisecond."""
         lexical_rank = self._lexical.scores(query)
         lexical = np.minimum(lexical_rank, 1.0)
         semantic: np.ndarray | None = None
         if use_embeddings and self._encoder is not None and self._entry_embeddings is not None:
-            query_vector = self._encoder.encode([query])[0]
+            if query_vector is None:
+                query_vector = self._encoder.encode([query])[0]
             similarities = self._entry_embeddings @ query_vector
             semantic = np.clip(similarities.reshape(len(self.entries), 2).max(axis=1), 0.0, 1.0)
         if not self.entries:
@@ -268,11 +280,54 @@ class KnowledgeIndex:
         )
 
     async def search_async(self, query: str) -> KnowledgeMatch:
-        """`search` on the query thread, so the event loop never runs the model."""
+        """`search` with the question encoded in the query worker process (see `query_pool`)."""
         if self._encoder is None:
-            return self.search(query)  # lexical scoring takes microseconds: no thread hop
+            return self.search(query)  # lexical scoring takes microseconds: no hop
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_query_executor, self.search, query)
+        pool = query_pool()
+        if pool is None:
+            return await loop.run_in_executor(_build_executor, self.search, query)
+        try:
+            query_vector = await loop.run_in_executor(pool, query_encode, query)
+        except BrokenProcessPool:
+            logger.warning("The query worker died; questions are now encoded on a thread", exc_info=True)
+            query_pool_shutdown(failed=True)
+            return await loop.run_in_executor(_build_executor, self.search, query)
+        if query_vector is None:  # the worker has no model (it failed to load there)
+            return self.search(query, use_embeddings=False)
+        return self.search(query, query_vector=query_vector)
+
+
+def query_pool() -> ProcessPoolExecutor | None:
+    """The process that encodes questions for every call of this server process (None once it
+    has failed: questions are then encoded on a thread, as they were before)."""
+    global _query_pool
+    with _query_pool_lock:
+        if _query_pool is None and not _query_pool_failed:
+            _query_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return _query_pool
+
+
+def query_pool_warm_up() -> None:
+    """Start the query worker and load its model now (blocking: call it off the event loop)."""
+    pool = query_pool()
+    if pool is None:
+        return
+    try:
+        pool.submit(query_encode, "warm up").result(timeout=QUERY_WORKER_START_TIMEOUT_SECONDS)
+    except BrokenProcessPool:
+        query_pool_shutdown(failed=True)
+        raise
+
+
+def query_pool_shutdown(*, failed: bool = False) -> None:
+    """Stop the worker; with `failed`, never start another in this process."""
+    global _query_pool, _query_pool_failed
+    with _query_pool_lock:
+        pool, _query_pool = _query_pool, None
+        _query_pool_failed = _query_pool_failed or failed
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def lexical_index_build(*, entries: tuple[KnowledgeEntry, ...]) -> KnowledgeIndex:
@@ -281,9 +336,16 @@ def lexical_index_build(*, entries: tuple[KnowledgeEntry, ...]) -> KnowledgeInde
 
 
 def knowledge_index_build(
-    *, persona_id: str, entries: tuple[KnowledgeEntry, ...], use_embeddings: bool = True
+    *,
+    persona_id: str,
+    entries: tuple[KnowledgeEntry, ...],
+    use_embeddings: bool = True,
+    warm_query_worker: bool = False,
 ) -> KnowledgeIndex:
-    """Build an index (blocking: loads the model and encodes entries on first use)."""
+    """Build an index (blocking: loads the model and encodes entries on first use).
+
+    With `warm_query_worker`, also start the process that will encode questions (`search_async`).
+    """
     encoder = sentence_encoder_load() if use_embeddings and entries else None
     embeddings = None
     if encoder is not None:
@@ -292,6 +354,11 @@ def knowledge_index_build(
         except Exception:
             logger.warning("Encoding knowledge failed, retrieval is lexical only", exc_info=True)
             encoder = None
+    if encoder is not None and warm_query_worker:
+        try:
+            query_pool_warm_up()  # so the first question does not wait for the process to start
+        except Exception:  # the question will try again (and fall back to a thread)
+            logger.warning("The query worker did not start", exc_info=True)
     return KnowledgeIndex(entries=entries, encoder=encoder, entry_embeddings=embeddings)
 
 
@@ -302,5 +369,7 @@ async def knowledge_index_build_async(
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
         _build_executor,
-        lambda: knowledge_index_build(persona_id=persona_id, entries=entries, use_embeddings=use_embeddings),
+        lambda: knowledge_index_build(
+            persona_id=persona_id, entries=entries, use_embeddings=use_embeddings, warm_query_worker=True
+        ),
     )

@@ -3,11 +3,13 @@
 `build_stt_service(config)` returns a pipecat STT service for the pipeline position right after
 the transport input (before the user aggregator, whose VAD frames it receives):
 
-- `pocketsphinx` (default, offline): `SphinxSTTService`, the general en-US model decoding in a
-  small pool of worker processes. While the user speaks, the audio so far is re-decoded every
-  `INTERIM_SECONDS` and the words that two decodes in a row agree on are pushed as interim
-  transcripts (they only ever grow); at the end of speech the whole segment is decoded and
-  pushed as the final, finalized transcript.
+- `pocketsphinx` (default, offline): `SphinxSTTService`. Each utterance is a stream on one
+  worker process (`workers`), decoded incrementally while the user speaks by the general en-US
+  model and by a model of the persona's own questions (`corpus`, `sphinx_worker`), starting
+  with a little audio from before the VAD noticed the speech. Every `INTERIM_SECONDS` the
+  words two partial hypotheses in a row agree on are pushed as interim transcripts (they only
+  ever grow); at the end of speech only the decoders' last step remains, and the better of the
+  two hypotheses is pushed as one finalized transcript (none if nothing was recognised).
 - `openai`: pipecat's `OpenAISTTService` (Whisper-style `POST /audio/transcriptions`) with the
   persona's base URL, key and model.
 """
@@ -15,72 +17,43 @@ the transport input (before the user aggregator, whose VAD frames it receives):
 from __future__ import annotations
 
 import asyncio
+import collections
+import importlib.util
 import logging
-import multiprocessing
-from collections.abc import AsyncGenerator
-from concurrent.futures import ProcessPoolExecutor
+import time
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
     Frame,
-    InputAudioRawFrame,
     InterimTranscriptionFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
-from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import STTSettings
-from pipecat.services.stt_service import SegmentedSTTService
+from pipecat.services.stt_service import STTService
 from pipecat.utils.time import time_now_iso8601
 
-from calls.pipeline.listening import sphinx_worker
+from calls.pipeline.listening.corpus import corpus_key, persona_corpus
+from calls.pipeline.listening.workers import RecogniserUnavailable, RecognitionStream, recogniser_pool
 
 logger = logging.getLogger(__name__)
 
-# Worker processes shared by every call of this server process.
-WORKERS = 2
-# While the user speaks, the audio so far is re-decoded this often (seconds).
-INTERIM_SECONDS = 0.5
-# Silence appended to a segment before the final decode (seconds).
-TRAILING_SILENCE_SECONDS = 0.15
 # Only pocketsphinx's bundled model exists offline.
 SPHINX_LANGUAGES = ("en", "en-us")
-
-_pool: ProcessPoolExecutor | None = None
-
-
-def recogniser_pool() -> ProcessPoolExecutor:
-    """The process-wide pool (spawned, never forked: the server has threads and a loop)."""
-    global _pool
-    if _pool is None:
-        _pool = ProcessPoolExecutor(
-            max_workers=WORKERS,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=sphinx_worker.worker_start,
-        )
-    return _pool
-
-
-def warm_up(timeout: float = 60.0) -> None:
-    """Start the workers and load their models now (blocking; call it off the event loop).
-
-    A worker takes a second or two to start and load the model; the first call's first
-    utterance must not pay for it.
-    """
-    pool = recogniser_pool()
-    if getattr(pool, "_parley_warm", False):
-        return
-    futures = [pool.submit(sphinx_worker.decode, bytes(3200)) for _ in range(WORKERS * 2)]
-    for future in futures:
-        future.result(timeout=timeout)
-    pool._parley_warm = True  # type: ignore[attr-defined]
-
-
-def shutdown() -> None:
-    global _pool
-    if _pool is not None:
-        _pool.shutdown(wait=False, cancel_futures=True)
-        _pool = None
+SAMPLE_RATE = 16_000
+# Audio kept from before the VAD's start of speech and decoded with it (seconds): the VAD
+# fires ~0.12 s after the onset, and the recogniser wants ~0.3 s of room before the words.
+PRE_ROLL_SECONDS = 0.45
+# While the user speaks, a partial hypothesis is asked for this often (seconds).
+INTERIM_SECONDS = 0.2
+# The final transcript is given up on after this long (seconds): a worker that slow is stuck.
+FINAL_TIMEOUT_SECONDS = 5.0
+# What this service promises the turn logic: end of speech → final transcript, p99 (seconds).
+FINAL_LATENCY_P99_SECONDS = 0.3
 
 
 def stable_prefix(previous: list[str], latest: list[str]) -> list[str]:
@@ -93,60 +66,112 @@ def stable_prefix(previous: list[str], latest: list[str]) -> list[str]:
     return agreed
 
 
-class SphinxSTTService(SegmentedSTTService):
-    """Offline recognition with pocketsphinx in worker processes, with stabilised interims."""
+def recogniser_check() -> None:
+    if importlib.util.find_spec("pocketsphinx") is None:
+        raise RuntimeError(
+            "the offline recogniser needs the pocketsphinx package (requirements.txt); "
+            "install it, or choose another stt_provider for the persona"
+        )
 
-    def __init__(self, *, language: str = "en-US", **kwargs: Any) -> None:
+
+def warm_up() -> None:
+    """Start the worker processes and load their models now (blocking; off the event loop)."""
+    recogniser_check()
+    recogniser_pool().wait_ready()
+
+
+class SphinxSTTService(STTService):
+    """Offline recognition: incremental pocketsphinx decoding in worker processes."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        greeting: str = "",
+        knowledge: Sequence[tuple[str, str]] = (),
+        phrases: Sequence[str] = (),
+        language: str = "en-US",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
-            trailing_silence_secs=TRAILING_SILENCE_SECONDS,
-            ttfs_p99_latency=0.6,
+            ttfs_p99_latency=FINAL_LATENCY_P99_SECONDS,
             settings=STTSettings(model="pocketsphinx-en-us", language=language),
             **kwargs,
         )
         warm_up()  # built off the event loop (Conversation._build runs in a thread)
-        self._pool = recogniser_pool()
+        self.corpus = persona_corpus(name=name, greeting=greeting, knowledge=knowledge, phrases=phrases)
+        self.corpus_key = corpus_key(self.corpus)
+        recogniser_pool().prepare(self.corpus_key, self.corpus)  # not at the first utterance
+        self._pre_roll: collections.deque[bytes] = collections.deque()
+        self._pre_roll_bytes = 0
+        self._stream: RecognitionStream | None = None
         self._previous: list[str] = []
         self._emitted: list[str] = []
-        self._interim_task: asyncio.Task[None] | None = None
         self._last_interim_at = 0.0
+        self._interim_task: asyncio.Task[None] | None = None
+        self._final_tasks: set[asyncio.Task[None]] = set()
+        # Seconds from each VADUserStoppedSpeakingFrame to its final transcript (bench/, tests).
+        self.final_latencies: list[float] = []
+        self.last_result: dict[str, Any] | None = None
+        # This call's cepstral mean after its last utterance: its microphone's, carried to the next.
+        self._cmn = ""
 
-    @property
-    def wants_wav_segments(self) -> bool:
-        return False
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
+        stream = self._stream
+        if stream is not None and not stream.closed:
+            stream.feed(audio)
+            now = time.monotonic()
+            idle = self._interim_task is None or self._interim_task.done()
+            if self._user_speaking and idle and now - self._last_interim_at >= INTERIM_SECONDS:
+                self._last_interim_at = now
+                self._interim_task = self.create_task(self._interim(stream), f"{self}::interim")
+        else:
+            self._keep_pre_roll(audio)
+        if False:  # an async generator that yields nothing: the transcripts come from tasks
+            yield None
 
-    async def _decode(self, pcm: bytes) -> str:
-        loop = asyncio.get_running_loop()
+    def _keep_pre_roll(self, audio: bytes) -> None:
+        self._pre_roll.append(audio)
+        self._pre_roll_bytes += len(audio)
+        limit = int(PRE_ROLL_SECONDS * SAMPLE_RATE) * 2
+        while self._pre_roll and self._pre_roll_bytes - len(self._pre_roll[0]) >= limit:
+            self._pre_roll_bytes -= len(self._pre_roll.popleft())
+
+    async def _handle_vad_user_started_speaking(self, frame: VADUserStartedSpeakingFrame) -> None:
+        await super()._handle_vad_user_started_speaking(frame)
+        if self._stream is not None and not self._stream.closed:
+            self._stream.cancel()
         try:
-            return await loop.run_in_executor(self._pool, sphinx_worker.decode, pcm)
-        except Exception as error:  # a dead worker: this utterance is lost, the next gets a new pool
-            logger.warning("speech recognition failed: %s", error)
-            shutdown()
-            self._pool = recogniser_pool()
-            return ""
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        if isinstance(frame, VADUserStartedSpeakingFrame):
-            self._previous, self._emitted = [], []
-            self._last_interim_at = asyncio.get_running_loop().time()
-        await super().process_frame(frame, direction)
-
-    async def process_audio_frame(self, frame: InputAudioRawFrame, direction: FrameDirection) -> None:
-        await super().process_audio_frame(frame, direction)
-        if not self._user_speaking:
-            return
-        now = asyncio.get_running_loop().time()
-        busy = self._interim_task is not None and not self._interim_task.done()
-        if now - self._last_interim_at >= INTERIM_SECONDS and not busy:
-            self._last_interim_at = now
-            self._interim_task = self.create_task(
-                self._interim(bytes(self._audio_buffer)), f"{self}::interim"
+            self._stream = recogniser_pool().open_stream(
+                corpus_key=self.corpus_key, corpus=self.corpus, cmn=self._cmn
             )
+        except RecogniserUnavailable as error:
+            logger.warning("speech recognition unavailable: %s", error)
+            self._stream = None
+            return
+        self._stream.feed(b"".join(self._pre_roll))
+        self._pre_roll.clear()
+        self._pre_roll_bytes = 0
+        self._previous, self._emitted = [], []
+        self._last_interim_at = time.monotonic()
 
-    async def _interim(self, pcm: bytes) -> None:
-        words = (await self._decode(pcm)).split()
+    async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame) -> None:
+        await super()._handle_vad_user_stopped_speaking(frame)
+        stream, self._stream = self._stream, None
+        if stream is None or stream.closed:
+            return
+        task = self.create_task(self._final(stream, time.monotonic()), f"{self}::final")
+        self._final_tasks.add(task)
+        task.add_done_callback(self._final_tasks.discard)
+
+    async def _interim(self, stream: RecognitionStream) -> None:
+        try:
+            words = (await stream.partial()).split()
+        except RecogniserUnavailable:
+            return
         agreed = stable_prefix(self._previous, words)
         self._previous = words
-        if not self._user_speaking:
+        if stream is not self._stream or not self._user_speaking:
             return  # the final transcript is on its way
         if len(agreed) > len(self._emitted) and agreed[: len(self._emitted)] == self._emitted:
             self._emitted = agreed
@@ -154,14 +179,60 @@ class SphinxSTTService(SegmentedSTTService):
                 InterimTranscriptionFrame(" ".join(agreed), self._user_id, time_now_iso8601())
             )
 
-    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
-        if self._interim_task is not None and not self._interim_task.done():
-            self._interim_task.cancel()
-        text = await self._decode(audio)
-        if text:
-            yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), finalized=True)
-        else:
-            yield None
+    async def _final(self, stream: RecognitionStream, stopped_at: float) -> None:
+        try:
+            result = await asyncio.wait_for(stream.final(), FINAL_TIMEOUT_SECONDS)
+        except (RecogniserUnavailable, TimeoutError) as error:
+            logger.warning("speech recognition failed, this utterance is lost: %s", error or "timed out")
+            stream.cancel()
+            return
+        latency = time.monotonic() - stopped_at
+        self.final_latencies.append(latency)
+        self.last_result = result
+        self._cmn = result.get("cmn", "")
+        logger.debug(
+            "recognised %r (%s model) %.0f ms after the end of speech; persona %s, general %s",
+            result["text"],
+            result["model"],
+            latency * 1000,
+            result.get("persona"),
+            result.get("general"),
+        )
+        if result["text"]:
+            await self.push_frame(
+                TranscriptionFrame(result["text"], self._user_id, time_now_iso8601(), finalized=True)
+            )
+
+    async def _close_streams(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
+        for task in [self._interim_task, *self._final_tasks]:
+            if task is not None and not task.done():
+                await self.cancel_task(task)
+
+    async def stop(self, frame: EndFrame) -> None:
+        if self._final_tasks:  # a graceful end still delivers the last transcript
+            await asyncio.wait(set(self._final_tasks), timeout=FINAL_TIMEOUT_SECONDS)
+        await self._close_streams()
+        await super().stop(frame)
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        await self._close_streams()
+        await super().cancel(frame)
+
+
+def pipecat_language(code: str) -> Any:
+    """The persona's language as pipecat's `Language` (BCP 47 like en-US, or just its base)."""
+    from pipecat.transcriptions.language import Language
+
+    for candidate in (code, code.split("-")[0].lower()):
+        try:
+            return Language(candidate)
+        except ValueError:
+            continue
+    logger.warning("unknown language %r for the recogniser; using English", code)
+    return Language.EN
 
 
 def build_stt_service(config: Any) -> Any:
@@ -174,10 +245,18 @@ def build_stt_service(config: Any) -> Any:
         return OpenAISTTService(
             api_key=config.stt_api_key or "not-needed",
             base_url=config.stt_base_url or None,
-            settings=OpenAISTTService.Settings(model=config.stt_model or "whisper-1"),
+            settings=OpenAISTTService.Settings(
+                model=config.stt_model or "whisper-1", language=pipecat_language(language)
+            ),
         )
     if provider not in ("pocketsphinx", ""):
         logger.warning("speech recognition provider %r is not available; using pocketsphinx", provider)
     if language.lower() not in SPHINX_LANGUAGES:
         logger.warning("pocketsphinx has no model for %s; recognising it as US English", language)
-    return SphinxSTTService(language=language)
+    return SphinxSTTService(
+        name=getattr(config, "name", ""),
+        greeting=getattr(config, "greeting", ""),
+        knowledge=tuple(getattr(config, "knowledge", ()) or ()),
+        phrases=tuple(getattr(config, "stt_phrases", ()) or ()),
+        language=language,
+    )

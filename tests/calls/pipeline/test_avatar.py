@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
@@ -265,6 +266,81 @@ async def test_the_track_feeds_audio_levels_to_the_animator():
     state = track.animator.state_at(now + 0.1)
     assert state.mouth_open > 0.3
     track.stop()
+
+
+class FakeSender:
+    """What `Vp8InlineEncoder` reads of aiortc's RTCRtpSender: a keyframe flag and its encoder."""
+
+    def __init__(self, bitrate: int) -> None:
+        self._RTCRtpSender__force_keyframe = False
+        self._RTCRtpSender__encoder = type("Encoder", (), {"target_bitrate": bitrate})()
+
+
+def _vp8_keyframe(packet: av.Packet) -> bool:
+    return not bytes(packet)[0] & 1  # VP8 frame tag: bit 0 clear on a key frame
+
+
+async def test_an_encoding_track_sends_vp8_that_decodes_to_the_face():
+    track = AvatarVideoTrack(look=LOOK, seed=7, encode=True)
+    sender = FakeSender(bitrate=200_000)
+    track.sender_attach(sender)
+    decoder = av.CodecContext.create("libvpx", "r")
+    packets = [await track.recv() for _ in range(4)]
+    assert [p.pts for p in packets] == [i * 4500 for i in range(4)]
+    assert _vp8_keyframe(packets[0]) and not any(_vp8_keyframe(p) for p in packets[1:])
+    frames = [frame for packet in packets for frame in decoder.decode(packet)]
+    assert len(frames) == 4 and (frames[-1].width, frames[-1].height) == (320, 240)
+    # The decoded face matches the drawn one (VP8 is lossy: compare the luma loosely).
+    drawn = track.renderer.render_planes(track.animator.state_at(track.frame_time))[:240]
+    decoded = frames[-1].to_ndarray(format="yuv420p")[:240].astype(int)
+    assert np.abs(decoded - drawn).mean() < 4
+    track.stop()
+
+
+async def test_an_encoding_track_honours_keyframe_requests_and_the_bitrate_estimate():
+    track = AvatarVideoTrack(look=LOOK, seed=8, encode=True)
+    sender = FakeSender(bitrate=200_000)
+    track.sender_attach(sender)
+    await track.recv()
+    assert not _vp8_keyframe(await track.recv())
+    sender._RTCRtpSender__force_keyframe = True  # what aiortc does on a PLI or FIR
+    assert _vp8_keyframe(await track.recv())
+    assert sender._RTCRtpSender__force_keyframe is False
+    assert not _vp8_keyframe(await track.recv())
+    sender._RTCRtpSender__encoder.target_bitrate = 100_000  # a receiver estimate (REMB)
+    await track.recv()
+    assert track._encoder is not None and track._encoder.bitrate == 100_000
+    track.stop()
+
+
+async def test_an_encoding_track_draws_an_unchanged_picture_once(monkeypatch):
+    track = AvatarVideoTrack(look=LOOK, seed=9, encode=True)
+    track.sender_attach(FakeSender(bitrate=200_000))
+    await track.recv()  # the renderer is ready
+    assert track.renderer is not None
+    drawn = []
+    render = track.renderer.render
+    monkeypatch.setattr(track.renderer, "render", lambda state: drawn.append(state) or render(state))
+    first = track._last_key
+    still = track.renderer.frame_key(track.animator.state_at(0.0))
+    monkeypatch.setattr(track.renderer, "frame_key", lambda state: still)  # nothing moves
+    packets = [await track.recv() for _ in range(3)]
+    assert len(drawn) == (0 if still == first else 1)  # drawn once at most, then reused
+    assert [p.pts for p in packets] == [4500, 9000, 13500]
+    track.stop()
+
+
+def test_equal_frame_keys_mean_identical_frames(renderer):
+    animator = FaceAnimator(fps=FPS, seed=3)
+    frames: dict = {}
+    for index in range(400):
+        state = animator.state_at(index * FRAME)
+        planes = renderer.render_planes(state)
+        key = renderer.frame_key(state)
+        if key in frames:
+            assert np.array_equal(frames[key], planes)
+        frames[key] = planes
+    assert len(frames) < 400  # idle frames do repeat
 
 
 # --- the portrait -----------------------------------------------------------------------------

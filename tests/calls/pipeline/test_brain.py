@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 from pipecat.frames.frames import (
@@ -28,10 +30,10 @@ from pipecat.services.llm_service import FunctionCallParams
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.workers.runner import WorkerRunner
 
-from calls.pipeline.brain import encoder
+from calls.pipeline.brain import encoder, knowledge
 from calls.pipeline.brain.builtin import BuiltinBrain, BuiltinLLMService
 from calls.pipeline.brain.config import BrainConfig, BrainTool
-from calls.pipeline.brain.knowledge import Verdict, knowledge_index_build
+from calls.pipeline.brain.knowledge import Verdict, knowledge_index_build, knowledge_index_build_async
 from calls.pipeline.brain.openai import build_context, build_llm_service
 from tests.fakes.bakery import BAKERY_KNOWLEDGE, BAKERY_PARAPHRASES, OFF_TOPIC_QUESTIONS
 from tests.fakes.openai_server import FakeOpenAIServer, TextReply, ToolCall, ToolCallReply
@@ -134,6 +136,32 @@ def test_questions_about_something_else_are_judged_off_topic(use_embeddings: boo
     index = knowledge_index_build(persona_id="mill-bakery", entries=BAKERY_KNOWLEDGE)
     for question in OFF_TOPIC_QUESTIONS:
         assert index.search(question, use_embeddings=use_embeddings).verdict is Verdict.OFF_TOPIC, question
+
+
+async def test_questions_encoded_in_the_query_worker_process_match_as_on_a_thread():
+    index = await knowledge_index_build_async(persona_id="mill-bakery", entries=BAKERY_KNOWLEDGE)
+    assert knowledge.query_pool() is not None  # started (and warmed) with the index
+    for question, _ in BAKERY_PARAPHRASES[:3]:
+        in_worker, on_thread = await index.search_async(question), index.search(question)
+        assert (in_worker.index, in_worker.verdict) == (on_thread.index, on_thread.verdict)
+        assert in_worker.score == pytest.approx(on_thread.score, abs=1e-5)
+
+
+async def test_if_the_query_worker_dies_questions_are_encoded_on_a_thread(monkeypatch, caplog):
+    index = await knowledge_index_build_async(persona_id="mill-bakery", entries=BAKERY_KNOWLEDGE)
+
+    class DeadPool(ProcessPoolExecutor):
+        def submit(self, *args, **kwargs):
+            raise BrokenProcessPool("gone")
+
+    monkeypatch.setattr(knowledge, "_query_pool", DeadPool(max_workers=1))
+    monkeypatch.setattr(knowledge, "_query_pool_failed", False)
+    question, expected = BAKERY_PARAPHRASES[0]
+    with caplog.at_level(logging.WARNING):
+        assert (await index.search_async(question)).index == expected
+        assert knowledge.query_pool() is None  # no new worker: threads from now on
+        assert (await index.search_async(question)).index == expected
+    assert "query worker died" in caplog.text
 
 
 def test_without_the_embedding_model_the_index_falls_back_to_lexical_with_a_warning(monkeypatch, caplog):

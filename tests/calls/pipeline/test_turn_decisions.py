@@ -1,0 +1,243 @@
+"""ParleyTurnStopStrategy's decisions inside pipecat's user turn controller, frame by frame.
+
+The turn model is replaced by a scripted one (its verdict is the input here); the controller,
+its start strategies and the timers are pipecat's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
+from pipecat.audio.vad.vad_analyzer import VADState
+from pipecat.clocks.system_clock import SystemClock
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameProcessorSetup
+from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
+from pipecat.turns.user_turn_controller import UserTurnController
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.utils.asyncio.task_manager import TaskManager
+
+from calls.pipeline.conversation import TURN_STOP_TIMEOUT_EXTRA_SECONDS
+from calls.pipeline.turns import ParleyTurnStopStrategy, TurnSettings, UserSideListener
+
+SILENCE = bytes(640)  # 20 ms at 16 kHz
+
+
+class ScriptedTurnModel:
+    """SmartTurn's interface with a fixed verdict, after `delay` seconds of "inference"."""
+
+    def __init__(self, probability: float, delay: float = 0.05) -> None:
+        self.probability = probability
+        self.delay = delay
+        self.analyses: list[float] = []  # when each inference started (monotonic)
+
+    def set_sample_rate(self, rate: int) -> None: ...
+
+    def append_audio(self, audio: bytes, speaking: bool) -> EndOfTurnState:
+        return EndOfTurnState.INCOMPLETE
+
+    async def analyze_end_of_turn(self):
+        self.analyses.append(time.monotonic())
+        await asyncio.sleep(self.delay)
+        state = EndOfTurnState.COMPLETE if self.probability >= 0.5 else EndOfTurnState.INCOMPLETE
+        return state, SimpleNamespace(probability=self.probability)
+
+    def update_vad_start_secs(self, seconds: float) -> None: ...
+
+    def clear(self) -> None: ...
+
+    async def cleanup(self) -> None: ...
+
+
+class Recorder(UserSideListener):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    async def on_user_message(self, *, text: str) -> None:
+        self.events.append(("user.message", text))
+
+    async def on_eager_turn(self, *, text: str, probability: float) -> None:
+        self.events.append(("eager.turn", text))
+
+    async def on_turn_end(self, *, text: str, probability: float) -> None:
+        self.events.append(("turn.end", text))
+
+    async def on_turn_continued(self) -> None:
+        self.events.append(("turn.continued", None))
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.events]
+
+
+class Turns:
+    """A user turn controller with Parley's strategies, fed frames by the test."""
+
+    def __init__(self, probability: float, *, sensitivity: float = 0.5, silence: float = 1.5) -> None:
+        self.listener = Recorder()
+        self.settings = TurnSettings.from_persona(sensitivity=sensitivity, silence_seconds=silence)
+        self.model = ScriptedTurnModel(probability)
+        self.strategy = ParleyTurnStopStrategy(
+            turn_analyzer=self.model, settings=self.settings, listener=self.listener
+        )
+        self.controller = UserTurnController(
+            user_turn_strategies=UserTurnStrategies(
+                start=[
+                    VADUserTurnStartStrategy(enable_interruptions=False),
+                    TranscriptionUserTurnStartStrategy(enable_interruptions=False),
+                ],
+                stop=[self.strategy],
+            ),
+            user_turn_stop_timeout=silence + TURN_STOP_TIMEOUT_EXTRA_SECONDS,
+        )
+        self.outcomes: list[str] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        setup = FrameProcessorSetup(
+            clock=SystemClock(), task_manager=TaskManager(loop=loop), pipeline_worker=None
+        )
+        await self.controller.setup(setup)
+        await self.controller.start()
+
+        @self.controller.event_handler("on_user_turn_stopped")
+        async def stopped(controller, strategy, params):
+            self.outcomes.append("stopped by " + ("timeout" if strategy is None else "strategy"))
+
+        @self.controller.event_handler("on_user_turn_inference_triggered")
+        async def inference(controller, strategy, speculation):
+            if speculation is not None:  # (a plain turn stop is also announced as an inference)
+                self.outcomes.append("speculation")
+
+        @self.controller.event_handler("on_user_turn_speculation_cancelled")
+        async def cancelled(controller):
+            self.outcomes.append("speculation cancelled")
+
+    async def stop(self) -> None:
+        await self.controller.stop()
+        await self.controller.cleanup()
+
+    async def feed(self, frame) -> None:
+        await self.controller.process_frame(frame)
+
+    async def silence(self, seconds: float) -> None:
+        """Microphone silence, in real time (the turn model's own timer counts it)."""
+        for _ in range(int(seconds / 0.02)):
+            await self.feed(InputAudioRawFrame(audio=SILENCE, sample_rate=16000, num_channels=1))
+            await asyncio.sleep(0.02)
+
+    async def utterance(self, text: str | None, *, final_after: float = 0.05) -> None:
+        await self.feed(VADUserStartedSpeakingFrame())
+        await self.feed(InterimTranscriptionFrame(text="what", user_id="u", timestamp="t"))
+        await self.feed(VADUserStoppedSpeakingFrame())
+        await self.silence(final_after)
+        if text is not None:
+            await self.feed(TranscriptionFrame(text=text, user_id="u", timestamp="t", finalized=True))
+
+
+@pytest.fixture
+async def turns():
+    made: list[Turns] = []
+
+    async def make(probability: float, **kwargs) -> Turns:
+        made.append(Turns(probability, **kwargs))
+        await made[-1].start()
+        return made[-1]
+
+    yield make
+    for one in made:
+        await one.stop()
+
+
+async def test_a_complete_question_ends_the_turn_at_once(turns):
+    t = await turns(0.95)
+    await t.utterance("what are your opening hours")
+    await t.silence(0.2)
+    assert t.listener.names() == ["user.message", "turn.end"]
+    assert t.outcomes == ["stopped by strategy"]
+
+
+async def test_a_final_transcript_arriving_late_still_ends_the_turn_with_turn_end(turns):
+    # A cloud recogniser (or a loaded machine) may deliver the final seconds after the speech.
+    t = await turns(0.95)
+    await t.utterance("what are your opening hours", final_after=4.8)
+    await t.silence(0.2)
+    assert t.listener.names() == ["user.message", "turn.end"]
+    assert t.outcomes == ["stopped by strategy"]
+
+
+async def test_a_probable_end_is_eager_then_confirmed_by_silence(turns):
+    t = await turns(0.55)
+    await t.utterance("my sister is visiting next week")
+    await t.silence(0.1)
+    assert t.listener.names() == ["user.message", "eager.turn"]
+    assert t.outcomes == ["speculation"]
+    await t.silence(t.settings.eager_confirm_seconds + 0.3)
+    assert t.listener.names() == ["user.message", "eager.turn", "turn.end"]
+    assert t.outcomes == ["speculation", "stopped by strategy"]
+
+
+async def test_speaking_again_after_an_eager_turn_continues_it(turns):
+    t = await turns(0.55)
+    await t.utterance("i would like a cake")
+    await t.silence(0.1)
+    assert t.listener.names() == ["user.message", "eager.turn"]
+    await t.feed(VADUserStartedSpeakingFrame())
+    assert t.listener.names()[-1] == "turn.continued"
+    assert t.outcomes == ["speculation", "speculation cancelled"]
+    # The rest of the sentence completes the turn, with both parts.
+    t.model.probability = 0.95
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.silence(0.05)
+    await t.feed(TranscriptionFrame(text="for saturday", user_id="u", timestamp="t", finalized=True))
+    await t.silence(0.2)
+    assert t.listener.events[-1] == ("turn.end", "i would like a cake for saturday")
+    assert t.outcomes[-1] == "stopped by strategy"
+
+
+async def test_an_unfinished_sentence_waits_for_the_silence_timer(turns):
+    t = await turns(0.1, silence=0.6)
+    await t.utterance("can i order a cake for")
+    await t.silence(0.2)
+    assert t.listener.names() == ["user.message"]
+    assert t.outcomes == []
+
+
+async def test_the_turn_model_starts_on_the_first_silent_window_not_the_vads_stop(turns):
+    t = await turns(0.95)
+    t.model.delay = 0.15
+    await t.feed(VADUserStartedSpeakingFrame())
+    t.strategy.vad_state_changed(VADState.SPEAKING)
+    t.strategy.vad_state_changed(VADState.STOPPING)  # the first silent window
+    await t.silence(0.2)  # the VAD's stop time
+    stopped_at = time.monotonic()
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.feed(TranscriptionFrame(text="where are you", user_id="u", timestamp="t", finalized=True))
+    await t.silence(0.1)
+    assert len(t.model.analyses) == 1 and t.model.analyses[0] < stopped_at
+    assert t.listener.names() == ["user.message", "turn.end"]
+
+
+async def test_an_early_verdict_is_dropped_when_the_user_goes_on_inside_the_stop_time(turns):
+    t = await turns(0.95)
+    await t.feed(VADUserStartedSpeakingFrame())
+    t.strategy.vad_state_changed(VADState.SPEAKING)
+    t.strategy.vad_state_changed(VADState.STOPPING)
+    await t.silence(0.06)
+    t.strategy.vad_state_changed(VADState.SPEAKING)  # a pause inside the sentence
+    t.model.probability = 0.1
+    await t.silence(0.1)
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.feed(TranscriptionFrame(text="i would like", user_id="u", timestamp="t", finalized=True))
+    await t.silence(0.2)
+    assert len(t.model.analyses) == 2  # the early one was dropped; the stop got a fresh verdict
+    assert t.listener.names() == ["user.message"]
