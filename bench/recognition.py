@@ -78,7 +78,8 @@ async def hear(service, text: str) -> tuple[str, float, dict]:
 
 
 async def run(verbose: bool) -> None:
-    from calls.pipeline.listening.providers import SphinxSTTService
+    # The recogniser told the VAD's states, as in the pipeline (it settles in the end-of-speech wait).
+    from tests.fakes.hearing import MarkedSphinxSTTService as SphinxSTTService
 
     name, greeting, knowledge = demo_persona()
     started = time.perf_counter()

@@ -485,6 +485,8 @@ class Conversation:
         vad = vad_analyzer_build()
         vad.state_listeners.append(self.turn_strategy.vad_state_changed)
         self.stt = build_stt_service(self.config)
+        if hasattr(self.stt, "vad_state_changed"):  # the offline recogniser settles in pauses
+            vad.state_listeners.append(self.stt.vad_state_changed)
         self.voice_guard = VoiceGuard(
             voice=self.track,
             reply_active=self._reply_active,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import wave
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from pipecat.frames.frames import SystemFrame
 
 RATE = 48_000
 PIECE = 960  # 20 ms at 48 kHz
@@ -156,11 +158,35 @@ VAD_START_AFTER_SECONDS = 0.12
 VAD_STOP_AFTER_SECONDS = 0.2
 
 
+@dataclass
+class VADStateMark(SystemFrame):
+    """Where Silero's VAD enters a state (`InlineSileroVADAnalyzer.state_listeners`), in
+    `heard_frames`' list: `tests.fakes.hearing.MarkedSphinxSTTService` calls the recogniser's
+    `vad_state_changed` for it, as the VAD does in the pipeline."""
+
+    state: Any = None
+
+
+# Silero's confidence falls below the VAD's threshold this long after the last word (seconds).
+VAD_SILENCE_NOTICED_SECONDS = 0.05
+
+
 async def heard_frames(
-    text: str, *, lead_seconds: float = 0.6, tail_seconds: float = 0.8, seed: int = 7
+    text: str,
+    *,
+    lead_seconds: float = 0.6,
+    tail_seconds: float = 0.8,
+    seed: int = 7,
+    pauses: tuple[float, ...] = (),
 ) -> list[Any]:
     """`text` as the recogniser receives it: 20 ms `InputAudioRawFrame`s paced in real time
-    (`SleepFrame`s), with the VAD's start and stop frames where Silero would send them."""
+    (`SleepFrame`s), with the VAD's start and stop frames where Silero would send them, and
+    `VADStateMark`s where it enters its states.
+
+    With `pauses`, `text` is split at its commas and each comma becomes a pause of that many
+    seconds, shorter than the VAD's stop time: the speaker goes on after it.
+    """
+    from pipecat.audio.vad.vad_analyzer import VADState
     from pipecat.frames.frames import (
         InputAudioRawFrame,
         VADUserStartedSpeakingFrame,
@@ -168,11 +194,33 @@ async def heard_frames(
     )
     from pipecat.tests.utils import SleepFrame
 
-    speech = await spoken_pcm(text)
+    parts = [part.strip() for part in text.split(",")] if pauses else [text]
+    assert len(parts) == len(pauses) + 1, "one pause per comma"
+    pieces: list[np.ndarray] = []
+    silences: list[tuple[float, float]] = []  # (from, to) seconds into the speech
+    at_seconds = 0.0
+    for index, part in enumerate(parts):
+        speech_part = await spoken_pcm(part)
+        pieces.append(speech_part)
+        at_seconds += speech_part.size / RATE
+        if index < len(pauses):
+            pieces.append(np.zeros(int(pauses[index] * RATE), dtype=np.float32))
+            silences.append((at_seconds, at_seconds + pauses[index]))
+            at_seconds += pauses[index]
+    speech = np.concatenate(pieces)
     pcm = at_pipeline_rate(with_room(speech, lead_seconds=lead_seconds, tail_seconds=tail_seconds, seed=seed))
     piece_bytes = PIPELINE_RATE // 50 * 2
     start_at = lead_seconds + VAD_START_AFTER_SECONDS
-    stop_at = lead_seconds + speech.size / RATE + VAD_STOP_AFTER_SECONDS
+    end_at = lead_seconds + speech.size / RATE
+    marks: list[tuple[float, Any]] = [(start_at, VADState.SPEAKING)]
+    for begin, end in silences:
+        if end - begin > VAD_SILENCE_NOTICED_SECONDS:
+            marks += [
+                (lead_seconds + begin + VAD_SILENCE_NOTICED_SECONDS, VADState.STOPPING),
+                (lead_seconds + end + 0.03, VADState.SPEAKING),
+            ]
+    marks += [(end_at + VAD_SILENCE_NOTICED_SECONDS, VADState.STOPPING)]
+    stop_at = end_at + VAD_STOP_AFTER_SECONDS
     frames: list[Any] = []
     started = stopped = False
     for index, at in enumerate(range(0, len(pcm), piece_bytes)):
@@ -180,11 +228,18 @@ async def heard_frames(
         if not started and now >= start_at:
             frames.append(VADUserStartedSpeakingFrame(start_secs=VAD_START_AFTER_SECONDS))
             started = True
+        while marks and now >= marks[0][0]:
+            frames.append(VADStateMark(marks.pop(0)[1]))
         if not stopped and now >= stop_at:
             frames.append(VADUserStoppedSpeakingFrame(stop_secs=VAD_STOP_AFTER_SECONDS))
+            frames.append(VADStateMark(VADState.QUIET))
             stopped = True
         frames.append(
             InputAudioRawFrame(audio=pcm[at : at + piece_bytes], sample_rate=PIPELINE_RATE, num_channels=1)
         )
         frames.append(SleepFrame(sleep=0.02))
     return frames
+
+
+def without_marks(frames: list[Any]) -> list[Any]:
+    return [frame for frame in frames if not isinstance(frame, VADStateMark)]

@@ -8,8 +8,10 @@ the transport input (before the user aggregator, whose VAD frames it receives):
   model and by a model of the persona's own questions (`corpus`, `sphinx_worker`), starting
   with a little audio from before the VAD noticed the speech. Every `INTERIM_SECONDS` the
   words two partial hypotheses in a row agree on are pushed as interim transcripts (they only
-  ever grow); at the end of speech only the decoders' last step remains, and the better of the
-  two hypotheses is pushed as one finalized transcript (none if nothing was recognised).
+  ever grow). Once the speech has paused for `SETTLE_SECONDS` the stream is settled: the
+  decoders' last step runs while the VAD still waits out its stop time, so at its stop the
+  better of the two hypotheses is pushed at once as one finalized transcript (none if nothing
+  was recognised). If the user goes on instead, the utterance is decoded again whole.
 - `openai`: pipecat's `OpenAISTTService` (Whisper-style `POST /audio/transcriptions`) with the
   persona's base URL, key and model.
 """
@@ -24,6 +26,7 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
+from pipecat.audio.vad.vad_analyzer import VADState
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
@@ -50,6 +53,11 @@ SAMPLE_RATE = 16_000
 PRE_ROLL_SECONDS = 0.45
 # While the user speaks, a partial hypothesis is asked for this often (seconds).
 INTERIM_SECONDS = 0.2
+# Audio after the VAD's first silent window before the stream is settled (seconds): the VAD
+# says the user stopped after `turns.VAD_STOP_SECONDS` (0.2 s) of silence; the decoding's end
+# (~40 ms, ~120 ms for a call's first utterance) is done within that wait. Sooner would settle
+# (and decode again) at more of the short dips inside sentences.
+SETTLE_SECONDS = 0.06
 # The final transcript is given up on after this long (seconds): a worker that slow is stuck.
 FINAL_TIMEOUT_SECONDS = 5.0
 # What this service promises the turn logic: end of speech → final transcript, p99 (seconds).
@@ -115,14 +123,40 @@ class SphinxSTTService(STTService):
         self.last_result: dict[str, Any] | None = None
         # This call's cepstral mean after its last utterance: its microphone's, carried to the next.
         self._cmn = ""
+        # Audio (bytes) since the VAD's first silent window in this utterance, None while speaking.
+        self._silence_bytes: int | None = None
+        self.settles = self.resumes = 0  # counts, for benchmarks
+
+    def vad_state_changed(self, state: VADState) -> None:
+        """From the VAD (`InlineSileroVADAnalyzer.state_listeners`), as each state is entered."""
+        stream = self._stream
+        if state == VADState.STOPPING:
+            self._silence_bytes = 0
+        elif state == VADState.SPEAKING:
+            self._silence_bytes = None
+            if stream is not None and stream.settled:
+                stream.resume()  # a pause inside the sentence: decode it whole again
+                self.resumes += 1
+                self._previous = []
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
         stream = self._stream
         if stream is not None and not stream.closed:
             stream.feed(audio)
+            if self._silence_bytes is not None and not stream.settled:
+                self._silence_bytes += len(audio)
+                if self._silence_bytes >= int(SETTLE_SECONDS * SAMPLE_RATE) * 2:
+                    stream.settle()
+                    self.settles += 1
             now = time.monotonic()
             idle = self._interim_task is None or self._interim_task.done()
-            if self._user_speaking and idle and now - self._last_interim_at >= INTERIM_SECONDS:
+            settled = stream.settled
+            if (
+                self._user_speaking
+                and idle
+                and not settled
+                and now - self._last_interim_at >= INTERIM_SECONDS
+            ):
                 self._last_interim_at = now
                 self._interim_task = self.create_task(self._interim(stream), f"{self}::interim")
         else:
@@ -152,11 +186,13 @@ class SphinxSTTService(STTService):
         self._stream.feed(b"".join(self._pre_roll))
         self._pre_roll.clear()
         self._pre_roll_bytes = 0
+        self._silence_bytes = None
         self._previous, self._emitted = [], []
         self._last_interim_at = time.monotonic()
 
     async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame) -> None:
         await super()._handle_vad_user_stopped_speaking(frame)
+        self._silence_bytes = None
         stream, self._stream = self._stream, None
         if stream is None or stream.closed:
             return

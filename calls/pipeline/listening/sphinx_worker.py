@@ -93,10 +93,16 @@ class _Stream:
     pending: list[bytes] = field(default_factory=list)  # audio that arrived before it could start
     started: bool = False
     ended: bool = False  # "end" arrived while it was waiting
+    settling: bool = False  # "settle" arrived while it was waiting
+    settles: int = 0  # "settle" requests received (its answers carry the count)
+    # Settled: decoded up to the first silence, its result kept (`Recogniser.settle`).
+    settled: dict[str, Any] | None = None
+    after_settle: list[bytes] = field(default_factory=list)  # audio that came after it settled
     audio_seconds: float = 0.0
     tail: bytes = b""  # the last TRAILING_PAD_SECONDS of its audio
-    # A call's first utterance (no cepstral mean of its own yet) keeps its audio: the persona
-    # model decodes it again with the mean it ended with (see `_finish`).
+    # Its audio so far: a call's first utterance (no cepstral mean of its own yet) is decoded
+    # again by the persona model with the mean it ended with (see `_finish`), and a settled
+    # utterance whose speaker goes on is decoded again whole (`resume`).
     audio: list[bytes] = field(default_factory=list)
 
 
@@ -228,15 +234,16 @@ class Recogniser:
         stream = self._streams.get(stream_id)
         if stream is None or not pcm:
             return
-        stream.audio_seconds += len(pcm) / (2 * SAMPLE_RATE)
-        if not stream.cmn:
-            stream.audio.append(pcm)
-        pad_bytes = int(TRAILING_PAD_SECONDS * SAMPLE_RATE) * 2
-        stream.tail = (stream.tail + pcm)[len(stream.tail) + len(pcm) - pad_bytes :] if pad_bytes else b""
-        if stream is self._active:
-            self._feed(pcm)
-        else:
+        if stream.settled is not None:
+            stream.after_settle.append(pcm)  # silence, unless the speaker goes on (`resume`)
+        elif stream is not self._active:
             stream.pending.append(pcm)
+        else:
+            stream.audio_seconds += len(pcm) / (2 * SAMPLE_RATE)
+            stream.audio.append(pcm)
+            pad_bytes = int(TRAILING_PAD_SECONDS * SAMPLE_RATE) * 2
+            stream.tail = (stream.tail + pcm)[len(stream.tail) + len(pcm) - pad_bytes :] if pad_bytes else b""
+            self._feed(pcm)
 
     def partial(self, stream_id: int) -> str:
         if self._active is None or self._active.stream_id != stream_id:
@@ -249,12 +256,57 @@ class Recogniser:
         stream = self._streams.get(stream_id)
         if stream is None:
             return {"text": "", "model": "none"}
+        if stream.settled is not None:  # the silence since added nothing
+            self._streams.pop(stream_id, None)
+            return stream.settled
         if stream is not self._active:
             stream.ended = True
             return None
         return self._finish(stream)
 
-    def cancel(self, stream_id: int) -> list[tuple[int, dict[str, Any]]]:
+    def settle(self, stream_id: int) -> dict[str, Any] | None:
+        """The result the stream would end with now, while the speaker is (probably) done.
+
+        The VAD waits out `VAD_STOP_SECONDS` of silence before it says the user stopped; the
+        last decoding step is done in that wait instead of after it. The stream keeps its
+        audio: if the speaker goes on, `resume` decodes it all again with what follows; if not,
+        `end` answers at once with this result. None while the stream waits for the decoders
+        (its result is sent when it is done, like an ended one's).
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return {"text": "", "model": "none"}
+        stream.settles += 1
+        if stream.settled is not None:
+            return {**stream.settled, "settle": stream.settles}
+        if stream is not self._active:
+            stream.settling = True
+            return None
+        return self._settle(stream)
+
+    def _settle(self, stream: _Stream) -> dict[str, Any]:
+        result = {**self._finish(stream, keep=True), "settle": stream.settles}
+        stream.settled = result
+        stream.cmn = result["cmn"]  # a decoding after `resume` starts from what it adapted to
+        return result
+
+    def resume(self, stream_id: int) -> None:
+        """The speaker of a settled stream went on: decode all its audio again, then continue."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        stream.settling = False
+        if stream.settled is None:
+            return  # not settled yet: it simply goes on
+        stream.settled = None
+        stream.started = False
+        stream.pending = [*stream.audio, *stream.after_settle]
+        stream.audio, stream.after_settle = [], []
+        stream.audio_seconds = 0.0
+        stream.tail = b""
+        self._streams.move_to_end(stream_id, last=False)  # it was first; it stays first
+
+    def cancel(self, stream_id: int) -> list[tuple[str, int, dict[str, Any]]]:
         stream = self._streams.pop(stream_id, None)
         if stream is not None and stream is self._active:
             self._persona.end_utt()
@@ -262,7 +314,8 @@ class Recogniser:
             self._active = None
         return self._advance()
 
-    def _finish(self, stream: _Stream) -> dict[str, Any]:
+    def _finish(self, stream: _Stream, *, keep: bool = False) -> dict[str, Any]:
+        """End the active stream's utterance; `keep` keeps the stream (settled) and its audio."""
         started = time.perf_counter()
         if stream.tail:  # cheap: the persona model is small
             self._persona.process_raw(stream.tail, full_utt=False)
@@ -275,9 +328,10 @@ class Recogniser:
                 # The call's first utterance was decoded with another channel's mean (or the
                 # starting guess), which costs words; the mean has now adapted to this
                 # microphone, and the small persona model decodes it again in ~0.05 x real time.
-                persona = self._redecode(stream, self._last_cmn)
+                persona = self._redecode(stream, self._last_cmn, keep=keep)
         text, model = choose(persona, general)
-        self._streams.pop(stream.stream_id, None)
+        if not keep:
+            self._streams.pop(stream.stream_id, None)
         self._active = None
         return {
             "text": text,
@@ -290,13 +344,14 @@ class Recogniser:
             "cmn": self._last_cmn if stream.audio_seconds >= CMN_MIN_SECONDS else stream.cmn,
         }
 
-    def _redecode(self, stream: _Stream, cmn: str) -> Decoded:
+    def _redecode(self, stream: _Stream, cmn: str, *, keep: bool = False) -> Decoded:
         decoder = self._persona
         decoder.set_cmn(cmn)
         decoder.start_utt()
         decoder.process_raw(b"".join(stream.audio) + stream.tail, full_utt=True)
         decoder.end_utt()
-        stream.audio.clear()
+        if not keep:
+            stream.audio.clear()
         return _result(decoder)
 
     def _feed(self, pcm: bytes) -> None:
@@ -305,11 +360,14 @@ class Recogniser:
         self._persona.process_raw(pcm, full_utt=False)
         self.general.process_raw(pcm, full_utt=False)
 
-    def _advance(self) -> list[tuple[int, dict[str, Any]]]:
-        """Start waiting streams while the decoders are free; results of those already ended."""
-        finished: list[tuple[int, dict[str, Any]]] = []
-        while self._active is None and self._streams:
-            stream = next(iter(self._streams.values()))
+    def _advance(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """Start waiting streams while the decoders are free; replies for those already ended
+        ("final") or settled ("settled") meanwhile."""
+        finished: list[tuple[str, int, dict[str, Any]]] = []
+        while self._active is None:
+            stream = next((each for each in self._streams.values() if each.settled is None), None)
+            if stream is None:
+                break
             self._persona = self.persona_decoder(stream.corpus_key, stream.corpus)
             # Each call's channel has its own cepstral mean, carried from its last utterance;
             # a call's first starts from the last one this worker heard.
@@ -320,11 +378,14 @@ class Recogniser:
             self.general.start_utt()
             self._active = stream
             stream.started = True
-            for pcm in stream.pending:
-                self._feed(pcm)
-            stream.pending.clear()
+            pending, stream.pending = stream.pending, []
+            for pcm in pending:
+                self.audio(stream.stream_id, pcm)
             if stream.ended:
-                finished.append((stream.stream_id, self._finish(stream)))
+                finished.append(("final", stream.stream_id, self._finish(stream)))
+            elif stream.settling:
+                stream.settling = False
+                finished.append(("settled", stream.stream_id, self._settle(stream)))
         return finished
 
 
@@ -332,9 +393,10 @@ def worker_main(connection: Any) -> None:
     """A worker process: serve requests on `connection` until it closes.
 
     Requests: ("begin", id, corpus_key, corpus, cmn), ("audio", id, pcm), ("partial", id),
-    ("end", id), ("cancel", id), ("prepare", corpus_key, corpus), ("ping",). Replies:
-    ("ready",) once the model is loaded, ("partial", id, text), ("final", id, result dict),
-    ("prepared", corpus_key), ("pong",).
+    ("settle", id), ("resume", id), ("end", id), ("cancel", id), ("prepare", corpus_key,
+    corpus), ("ping",). Replies: ("ready",) once the model is loaded, ("partial", id, text),
+    ("settled", id, result dict), ("final", id, result dict), ("prepared", corpus_key),
+    ("pong",).
     """
     recogniser = Recogniser()
     try:
@@ -354,15 +416,19 @@ def worker_main(connection: Any) -> None:
                 recogniser.begin(*request[1:])
             elif kind == "partial":
                 connection.send(("partial", request[1], recogniser.partial(request[1])))
-            elif kind == "end":
-                result = recogniser.end(request[1])
+            elif kind in ("end", "settle"):
+                result = (recogniser.end if kind == "end" else recogniser.settle)(request[1])
                 if result is not None:
-                    connection.send(("final", request[1], result))
-                for stream_id, later in recogniser._advance():
-                    connection.send(("final", stream_id, later))
+                    connection.send(("final" if kind == "end" else "settled", request[1], result))
+                for reply in recogniser._advance():
+                    connection.send(reply)
+            elif kind == "resume":
+                recogniser.resume(request[1])
+                for reply in recogniser._advance():
+                    connection.send(reply)
             elif kind == "cancel":
-                for stream_id, later in recogniser.cancel(request[1]):
-                    connection.send(("final", stream_id, later))
+                for reply in recogniser.cancel(request[1]):
+                    connection.send(reply)
             elif kind == "prepare":
                 recogniser.persona_decoder(request[1], request[2])
                 connection.send(("prepared", request[1]))

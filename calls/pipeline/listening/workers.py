@@ -81,7 +81,7 @@ class _Worker:
                 self.ready.set()
             elif kind == "prepared":
                 self.prepared.setdefault(reply[1], threading.Event()).set()
-            elif kind in ("partial", "final"):
+            elif kind in ("partial", "settled", "final"):
                 stream = self.streams.get(reply[1])
                 if stream is not None:
                     stream._resolve(kind, reply[2])
@@ -115,6 +115,8 @@ class RecognitionStream:
         self._worker = worker
         self.stream_id = stream_id
         self._partial: asyncio.Future[str] | None = None
+        self._settled: asyncio.Future[dict[str, Any]] | None = None
+        self._settles = 0  # settle requests sent; the worker numbers its answers the same way
         self._final: asyncio.Future[dict[str, Any]] | None = None
         self._loop = asyncio.get_running_loop()
         self.closed = False
@@ -132,6 +134,31 @@ class RecognitionStream:
         self._worker.send(("partial", self.stream_id))
         return await self._partial
 
+    def settle(self) -> None:
+        """Decode up to here now: the speaker has (probably) stopped (`sphinx_worker.settle`).
+
+        Audio fed after this is kept, not decoded, unless `resume()` says the speaker went on;
+        `final()` then answers with the settled result as soon as it is ready.
+        """
+        if self.closed or not self._worker.alive or self._settled is not None:
+            return
+        self._settled = self._loop.create_future()
+        self._settles += 1
+        self._worker.send(("settle", self.stream_id))
+
+    @property
+    def settled(self) -> bool:
+        return self._settled is not None
+
+    def resume(self) -> None:
+        """The speaker went on after `settle()`: the whole utterance is decoded again."""
+        if self.closed or self._settled is None:
+            return
+        settled, self._settled = self._settled, None
+        if not settled.done():
+            settled.cancel()
+        self._worker.send(("resume", self.stream_id))
+
     async def final(self) -> dict[str, Any]:
         """End the utterance: its transcript and how it was chosen (`sphinx_worker._finish`)."""
         if self.closed or not self._worker.alive:
@@ -139,6 +166,8 @@ class RecognitionStream:
         self.closed = True
         self._final = self._loop.create_future()
         self._worker.send(("end", self.stream_id))
+        if self._settled is not None:  # the worker answers "end" with it: no need to wait
+            return await asyncio.shield(self._settled)
         return await self._final
 
     def cancel(self) -> None:
@@ -149,13 +178,15 @@ class RecognitionStream:
             self._worker.send(("cancel", self.stream_id))
 
     def _resolve(self, kind: str, value: Any) -> None:
-        future = self._partial if kind == "partial" else self._final
+        future = {"partial": self._partial, "settled": self._settled, "final": self._final}[kind]
+        if kind == "settled" and value.get("settle", self._settles) != self._settles:
+            return  # an answer to a settle the speaker has since gone on from
         if future is not None:
             self._loop.call_soon_threadsafe(_settle, future, value, None)
 
     def _fail(self) -> None:
         error = RecogniserUnavailable("the recogniser worker died")
-        for future in (self._partial, self._final):
+        for future in (self._partial, self._settled, self._final):
             if future is not None:
                 self._loop.call_soon_threadsafe(_settle, future, None, error)
 

@@ -24,6 +24,7 @@ from calls.pipeline.listening.sphinx_worker import Decoded, choose
 from calls.pipeline.listening.workers import recogniser_pool
 from calls.pipeline.turns import normalized_words
 from personas.management.commands.seed_demo import MARA, MARA_KNOWLEDGE
+from tests.fakes.hearing import MarkedSphinxSTTService
 from tests.fakes.spoken import heard_frames
 
 
@@ -39,7 +40,10 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
 
 
 def mara_service() -> SphinxSTTService:
-    return SphinxSTTService(name=MARA["name"], greeting=MARA["greeting"], knowledge=tuple(MARA_KNOWLEDGE))
+    # Told the VAD's states as the pipeline's VAD tells it (it settles in the end-of-speech wait).
+    return MarkedSphinxSTTService(
+        name=MARA["name"], greeting=MARA["greeting"], knowledge=tuple(MARA_KNOWLEDGE)
+    )
 
 
 async def hear(service: SphinxSTTService, *sentences: str) -> list:
@@ -183,6 +187,35 @@ async def test_one_final_transcript_after_the_end_of_speech_and_interims_that_on
     for earlier, later in itertools.pairwise(interims):
         assert later.startswith(earlier), (earlier, later)
     assert "birthday" in finals_only[0].text
+
+
+async def test_the_transcript_is_ready_when_the_vad_says_the_user_stopped():
+    service = mara_service()
+    await hear(service, "Hello.")  # the call's first utterance is decoded twice; not this one's case
+    heard = finals(await hear(service, "What are your opening hours?"))
+    assert heard == ["what are your opening hours"], heard
+    assert service.settles == 2 and service.resumes == 0
+    latency = service.final_latencies[-1]
+    print(f"final {latency * 1000:.0f} ms after VADUserStoppedSpeakingFrame (settled in the VAD's wait)")
+    assert service.last_result and service.last_result.get("settle") == 1
+
+
+async def test_a_pause_inside_a_sentence_is_decoded_whole_after_the_speaker_goes_on():
+    service = mara_service()
+    frames = await heard_frames(
+        "Can I order a birthday cake, for Saturday please?",
+        pauses=(0.15,),
+        lead_seconds=0.5,
+        tail_seconds=0.5,
+    )
+    down, _ = await run_test(service, frames_to_send=frames)
+    heard = finals(down)
+    assert service.settles == 2 and service.resumes == 1  # settled in the pause, then at the end
+    assert len(heard) == 1, heard
+    assert "birthday" in heard[0] and "saturday" in heard[0], heard
+    interims = [frame.text for frame in down if isinstance(frame, InterimTranscriptionFrame)]
+    for earlier, later in itertools.pairwise(interims):
+        assert later.startswith(earlier), (earlier, later)
 
 
 async def test_a_killed_worker_is_replaced_and_the_next_utterance_is_heard(caplog):
