@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 from channels.db import database_sync_to_async
@@ -115,22 +116,38 @@ def video_bitrate_policy_apply() -> None:
 
 # How long the end of a call waits for its queued events to be stored (seconds).
 PUBLISH_DRAIN_SECONDS = 5.0
-# Microphone packets aiortc holds before decoding (its default is 4, 80 ms of delay). Parley does
-# not play the microphone out, it only listens to it: a late packet delays what follows, it is
-# never dropped, so a deep playout buffer would only make barge-in and turn-taking slower.
-MICROPHONE_JITTER_PACKETS = 1
+
+
+class MicrophoneJitterBuffer(JitterBuffer):
+    """Each audio RTP packet is one whole Opus frame: it is decoded as soon as it arrives.
+
+    A packet older than one already handed on is dropped (too late to be heard in order); a
+    lost one is simply skipped.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity=capacity, prefetch=0)
+        self._next: int | None = None  # the sequence number expected next
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        if self._next is not None and (packet.sequence_number - self._next) & 0xFFFF >= 0x8000:
+            return False, None
+        self._next = (packet.sequence_number + 1) & 0xFFFF
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
 
 
 def microphone_jitter_buffer_shorten(peer: Any, track: Any) -> None:
-    """Give the receiver of this remote audio track a 1-packet jitter buffer (see above)."""
-    from aiortc.jitterbuffer import JitterBuffer
+    """Give the receiver of this remote audio track a `MicrophoneJitterBuffer`.
 
+    aiortc holds 4 audio packets (80 ms) before decoding, and even with fewer its buffer hands
+    a packet on only when the next one arrives (it waits to know a frame is complete, which an
+    audio packet always is): 20 ms more. Parley does not play the microphone out, it listens
+    to it, so every packet it holds back only makes barge-in and turn-taking slower.
+    """
     for receiver in peer.getReceivers():
         if receiver.track is track and hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
             buffer = receiver._RTCRtpReceiver__jitter_buffer
-            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(
-                capacity=buffer.capacity, prefetch=MICROPHONE_JITTER_PACKETS
-            )
+            receiver._RTCRtpReceiver__jitter_buffer = MicrophoneJitterBuffer(capacity=buffer.capacity)
 
 
 class LiveSession(ConversationListener):

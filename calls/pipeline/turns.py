@@ -80,8 +80,13 @@ BARGE_IN_TRANSCRIPT_WAIT_SECONDS = 0.6
 # Microphone audio quieter than this fraction of the persona's voice (RMS) while it speaks is
 # taken for its echo (browsers cancel most of it; what is left is much quieter than a voice).
 ECHO_LEVEL_RATIO = 0.35
-# How much recent microphone audio the echo check looks at, in seconds.
+# How much of the persona's recent voice the echo check looks at, in seconds: its echo comes
+# back after the round trip and the device's own delay.
 LEVEL_WINDOW_SECONDS = 0.3
+# How much recent microphone audio it looks at: only the newest, or the room's quiet before
+# the first words would drown them and speech would pass for echo until it filled the window
+# (measured: the pause came ~100 ms after Silero's onset with 0.3 s). Two Silero windows.
+MIC_LEVEL_WINDOW_SECONDS = 0.064
 
 # Short acknowledgements that do not take the turn while the persona speaks.
 BACKCHANNELS = frozenset(
@@ -458,10 +463,12 @@ class LevelMeter:
         while self._pieces and self._pieces[0][0] < at - self._window:
             self._pieces.popleft()
 
-    def level(self, now: float) -> float:
+    def level(self, now: float, window: float | None = None) -> float:
+        """RMS (0..1) of the audio pushed in the last `window` seconds (at most the meter's own)."""
+        window = self._window if window is None else min(window, self._window)
         total = count = 0.0
         for at, squares, samples in self._pieces:
-            if at >= now - self._window:
+            if at > now - window - 1e-9:
                 total += squares
                 count += samples
         return float(np.sqrt(total / count)) / 32768.0 if count else 0.0
@@ -626,7 +633,8 @@ class VoiceGuard(FrameProcessor):
     def _pause_for_speech(self, now: float) -> bool:
         """Pause the voice for speech over it, unless that speech is the voice's own echo."""
         voice_level = self._voice.level_at(now)
-        if voice_level > 0 and self._mic.level(now) < ECHO_LEVEL_RATIO * voice_level:
+        mic_level = self._mic.level(now, window=MIC_LEVEL_WINDOW_SECONDS)
+        if voice_level > 0 and mic_level < ECHO_LEVEL_RATIO * voice_level:
             return False  # quieter than the persona's own voice: its echo
         self._holding = True
         self._held_since = now

@@ -1,0 +1,111 @@
+"""VoiceGuard's first reaction to speech over the persona: pause at the onset, unless it is echo.
+
+Real Silero on espeak speech over a quiet room's noise, at the pipeline's 16 kHz in 20 ms
+frames. The guard's clock is the audio's own (one tick of 20 ms per frame), so what is
+checked is which frame the pause comes on, not how fast this machine is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.tests.utils import run_test
+
+from calls.pipeline.turns import ECHO_LEVEL_RATIO, OnsetDetector, UserSideListener, VoiceGuard
+from tests.fakes.spoken import PIPELINE_RATE, at_pipeline_rate, spoken_pcm, with_room
+
+FRAME_BYTES = PIPELINE_RATE // 50 * 2
+LEAD_SECONDS = 0.6  # the room's quiet before the words
+
+
+class PlayingVoice:
+    """The persona's track, speaking at a steady level (RMS, 0..1)."""
+
+    def __init__(self, level: float) -> None:
+        self.level = level
+        self.paused = False
+        self.pauses: list[float] = []
+
+    def level_at(self, now: float, window: float = 0.3) -> float:
+        return self.level
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+
+class AudioClock:
+    """20 ms per call: the guard asks the time once per audio frame."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return self.calls * 0.02
+
+
+async def spoken_frames(text: str, gain: float = 1.0) -> list[InputAudioRawFrame]:
+    speech = await spoken_pcm(text) * gain
+    pcm = at_pipeline_rate(with_room(speech, lead_seconds=LEAD_SECONDS, tail_seconds=0.3))
+    return [
+        InputAudioRawFrame(audio=pcm[at : at + FRAME_BYTES], sample_rate=PIPELINE_RATE, num_channels=1)
+        for at in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)
+    ]
+
+
+def onset_time(frames: list[InputAudioRawFrame]) -> float:
+    """When Silero's first confident window ends, on the guard's clock."""
+    detector = OnsetDetector()
+    for index, frame in enumerate(frames, 1):
+        if detector.push(frame.audio, frame.sample_rate):
+            return index * 0.02
+    raise AssertionError("Silero heard no speech")
+
+
+async def guard_hearing(frames: list[InputAudioRawFrame], voice: PlayingVoice) -> VoiceGuard:
+    async def interrupt() -> None:
+        pass
+
+    guard = VoiceGuard(
+        voice=voice,
+        reply_active=lambda: True,
+        interrupt=interrupt,
+        persona_words=lambda: ["our", "sourdough", "country", "loaf"],
+        listener=UserSideListener(),
+        clock=AudioClock(),
+    )
+    await run_test(guard, frames_to_send=frames)
+    return guard
+
+
+def loudest_level(frames: list[InputAudioRawFrame]) -> float:
+    """The highest RMS (0..1) over 100 ms of these frames: a voice's level as the track measures it."""
+    samples = np.frombuffer(b"".join(frame.audio for frame in frames), dtype=np.int16).astype(np.float32)
+    window = PIPELINE_RATE // 10
+    return max(
+        float(np.sqrt(np.mean(samples[at : at + window] ** 2))) / 32768
+        for at in range(0, samples.size - window, window // 2)
+    )
+
+
+async def test_speech_over_the_persona_pauses_it_on_the_first_confident_window():
+    frames = await spoken_frames("Wait, do you deliver?")
+    voice = PlayingVoice(level=loudest_level(frames))  # the user speaks as loud as the persona plays
+    guard = await guard_hearing(frames, voice)
+    assert voice.paused, "speech over the persona was taken for its echo"
+    # The quiet before the words does not count against them (the echo check looks at the
+    # newest audio only): the pause comes with Silero's first confident window or the next
+    # (the first words are soft). Measuring the room's quiet too, it came 120 ms after it.
+    onset = onset_time(frames)
+    assert onset <= guard.last_pause_at <= onset + 0.04 + 1e-9
+
+
+async def test_the_personas_own_voice_coming_back_quieter_does_not_pause_it():
+    frames = await spoken_frames("Our sourdough country loaf")
+    # What comes back is quieter than the voice as played (an echo at -12 dB is 0.25 of it).
+    voice = PlayingVoice(level=loudest_level(frames) / (0.8 * ECHO_LEVEL_RATIO))
+    guard = await guard_hearing(frames, voice)
+    assert not voice.paused and guard.last_pause_at is None
