@@ -77,8 +77,20 @@ STOP_WORDS = frozenset({"stop", "wait", "no", "hold", "hang", "sorry", "excuse",
 BARGE_IN_INTERIM_WORDS = 3
 # After speech over the persona stops, how long to wait for its transcript before resuming.
 BARGE_IN_TRANSCRIPT_WAIT_SECONDS = 0.6
-# Microphone audio quieter than this fraction of the persona's voice (RMS) while it speaks is
-# taken for its echo (browsers cancel most of it; what is left is much quieter than a voice).
+# Speech over the persona must be this much louder (RMS) than what the microphone picked up
+# while the persona spoke and the user did not: its echo, learnt per call. A browser's echo
+# canceller leaves little of it, so a user at any normal level gets through; a speakerphone
+# without one leaves a lot, and the user has to speak up. (Digital levels of the voice played
+# and of the microphone are not comparable: a close-talking voice at -15 dBFS is ~0.25 of the
+# persona's.)
+ECHO_MARGIN = 2.0
+# The microphone's level while the persona speaks is kept this long (seconds) ...
+ECHO_HISTORY_SECONDS = 1.5
+# ... leaving out the newest (seconds), which may already be the user's first words.
+ECHO_HISTORY_SKIP_SECONDS = 0.25
+# Until this much of it was heard (seconds), the echo is guessed from the voice's own level:
+# microphone audio quieter than ECHO_LEVEL_RATIO of it is taken for echo.
+ECHO_LEARN_SECONDS = 0.5
 ECHO_LEVEL_RATIO = 0.35
 # How much of the persona's recent voice the echo check looks at, in seconds: its echo comes
 # back after the round trip and the device's own delay.
@@ -544,6 +556,8 @@ class VoiceGuard(FrameProcessor):
         self._listener = listener
         self._clock = clock
         self._mic = LevelMeter()
+        # (clock, microphone level) while the persona spoke and the user did not: its echo.
+        self._echo: deque[tuple[float, float]] = deque()
         self._onset = OnsetDetector()
         self._holding = False  # the voice is paused for speech over it
         self._held_since = 0.0
@@ -560,7 +574,9 @@ class VoiceGuard(FrameProcessor):
         if isinstance(frame, InputAudioRawFrame):
             now = self._clock()
             self._mic.push(frame.audio, now)
-            if self._holding or self._user_speaking or not self._reply_active():
+            active = self._reply_active()
+            self._learn_echo(now, active)
+            if self._holding or self._user_speaking or not active:
                 self._onset.reset()
             elif self._onset.push(frame.audio, frame.sample_rate):
                 self._onset.reset()
@@ -630,12 +646,25 @@ class VoiceGuard(FrameProcessor):
         if self._pause_for_speech(self._clock()):
             self._restart_timer(BARGE_IN_COMMIT_SECONDS, self._commit_if_still_speaking)
 
+    def _learn_echo(self, now: float, reply_active: bool) -> None:
+        if reply_active and not self._user_speaking and not self._holding and self._voice.level_at(now) > 0:
+            self._echo.append((now, self._mic.level(now, window=MIC_LEVEL_WINDOW_SECONDS)))
+        while self._echo and self._echo[0][0] < now - ECHO_HISTORY_SECONDS:
+            self._echo.popleft()
+
+    def is_echo_level(self, now: float) -> bool:
+        """The microphone's newest audio is no louder than the persona's voice coming back."""
+        mic_level = self._mic.level(now, window=MIC_LEVEL_WINDOW_SECONDS)
+        heard = [(at, level) for at, level in self._echo if at <= now - ECHO_HISTORY_SKIP_SECONDS]
+        if heard and heard[-1][0] - heard[0][0] >= ECHO_LEARN_SECONDS - 1e-9:
+            return mic_level < ECHO_MARGIN * max(level for _, level in heard)
+        voice_level = self._voice.level_at(now)
+        return voice_level > 0 and mic_level < ECHO_LEVEL_RATIO * voice_level
+
     def _pause_for_speech(self, now: float) -> bool:
         """Pause the voice for speech over it, unless that speech is the voice's own echo."""
-        voice_level = self._voice.level_at(now)
-        mic_level = self._mic.level(now, window=MIC_LEVEL_WINDOW_SECONDS)
-        if voice_level > 0 and mic_level < ECHO_LEVEL_RATIO * voice_level:
-            return False  # quieter than the persona's own voice: its echo
+        if self.is_echo_level(now):
+            return False
         self._holding = True
         self._held_since = now
         self.last_pause_at = now
