@@ -127,11 +127,9 @@ def main() -> None:
             for line in history[history_seen:]:
                 print(f"{at()}  history + {line}")
             history_seen = max(history_seen, len(history))
-            if (
-                sum("message-persona" in line for line in history) >= 2
-                and sum("message-user" in line for line in history) >= 2
-            ):
-                break
+            answered = bool(history) and "message-persona" in history[-1] and "interrupted" not in history[-1]
+            if answered and sum("message-user" in line for line in history) >= 2:
+                break  # both questions asked, and the last one answered
             page.wait_for_timeout(100)
         page.wait_for_timeout(3000)
         history = page.evaluate(

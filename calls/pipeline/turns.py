@@ -89,8 +89,9 @@ ECHO_HISTORY_SECONDS = 1.5
 # ... leaving out the newest (seconds), which may already be the user's first words.
 ECHO_HISTORY_SKIP_SECONDS = 0.25
 # Until this much of it was heard (seconds), the echo is guessed from the voice's own level:
-# microphone audio quieter than ECHO_LEVEL_RATIO of it is taken for echo.
-ECHO_LEARN_SECONDS = 0.5
+# microphone audio quieter than ECHO_LEVEL_RATIO of it is taken for echo. Short: users often
+# speak over a greeting's first words.
+ECHO_LEARN_SECONDS = 0.2
 ECHO_LEVEL_RATIO = 0.35
 # How much of the persona's recent voice the echo check looks at, in seconds: its echo comes
 # back after the round trip and the device's own delay.
@@ -617,6 +618,10 @@ class VoiceGuard(FrameProcessor):
                 return
             if self._holding:
                 await self._commit()
+            elif over_persona:
+                # Words over the persona whose pause was undone before they were recognised
+                # (the transcript came late): the user said something, and it is answered.
+                await self._interrupt()
         await self.push_frame(frame, direction)
 
     def _substantive(self, text: str) -> bool:
@@ -649,13 +654,18 @@ class VoiceGuard(FrameProcessor):
     def _learn_echo(self, now: float, reply_active: bool) -> None:
         if reply_active and not self._user_speaking and not self._holding and self._voice.level_at(now) > 0:
             self._echo.append((now, self._mic.level(now, window=MIC_LEVEL_WINDOW_SECONDS)))
-        while self._echo and self._echo[0][0] < now - ECHO_HISTORY_SECONDS:
-            self._echo.popleft()
+            # The last ECHO_HISTORY_SECONDS heard (not of the clock: while the user speaks over
+            # the persona, what was heard before is what its echo is).
+            while self._echo and self._echo[0][0] < now - ECHO_HISTORY_SECONDS:
+                self._echo.popleft()
 
     def is_echo_level(self, now: float) -> bool:
         """The microphone's newest audio is no louder than the persona's voice coming back."""
         mic_level = self._mic.level(now, window=MIC_LEVEL_WINDOW_SECONDS)
-        heard = [(at, level) for at, level in self._echo if at <= now - ECHO_HISTORY_SKIP_SECONDS]
+        cutoff = now - ECHO_HISTORY_SKIP_SECONDS
+        if self._user_speaking:  # the VAD noticed the speech late: leave out its first words
+            cutoff = min(cutoff, self._speech_started_at - VAD_START_SECONDS - ECHO_HISTORY_SKIP_SECONDS)
+        heard = [(at, level) for at, level in self._echo if at <= cutoff]
         if heard and heard[-1][0] - heard[0][0] >= ECHO_LEARN_SECONDS - 1e-9:
             return mic_level < ECHO_MARGIN * max(level for _, level in heard)
         voice_level = self._voice.level_at(now)

@@ -108,9 +108,9 @@ async def test_speech_over_the_persona_pauses_it_on_the_first_confident_window()
 async def test_a_user_at_a_normal_microphone_level_pauses_a_louder_persona():
     # The persona plays at espeak's full level; the user speaks at -15 dBFS, about a quarter of
     # it, and what came back of the persona before was the room's quiet (a browser's echo
-    # canceller at work) for the second it has been speaking.
+    # canceller at work) for the 0.6 s it has been speaking (a greeting's first words).
     loud = loudest_level(await spoken_frames("Wait, do you deliver?"))
-    frames = await spoken_frames("Wait, do you deliver?", gain=0.25, lead_seconds=1.0)
+    frames = await spoken_frames("Wait, do you deliver?", gain=0.25, lead_seconds=0.6)
     assert loudest_level(frames) < ECHO_LEVEL_RATIO * loud  # the level alone would say echo
     voice = PlayingVoice(level=loud)
     guard = await guard_hearing(frames, voice)
