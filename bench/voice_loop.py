@@ -181,6 +181,9 @@ async def barge_in(client: ParleyWebRTCClient, base_url: str, interruption: str)
         )
         return None
     loud = [t for t in record.loud_audio_frames if t >= start]
+    if len(loud) < 2 or loud[1] - loud[0] > VOICE_GAP_SECONDS:
+        print(f"barge-in: the voice had stopped by itself when {interruption!r} began; not measured")
+        return None
     stop = start
     for previous, current in itertools.pairwise(loud):
         if current - previous > VOICE_GAP_SECONDS:
