@@ -84,9 +84,9 @@ class _Worker:
             elif kind in ("partial", "settled", "final"):
                 stream = self.streams.get(reply[1])
                 if stream is not None:
-                    stream._resolve(kind, reply[2])
                     if kind == "final":
                         self.streams.pop(reply[1], None)
+                    stream._resolve(kind, reply[2])
         self._died()
 
     def _died(self) -> None:
@@ -177,18 +177,26 @@ class RecognitionStream:
             self._worker.streams.pop(self.stream_id, None)
             self._worker.send(("cancel", self.stream_id))
 
+    def _call_soon(self, *args: Any) -> None:
+        """Hand a result to the stream's loop; a loop that has closed (its call is over) is skipped,
+        never allowed to stop the reader thread that serves every other stream."""
+        try:
+            self._loop.call_soon_threadsafe(*args)
+        except RuntimeError:
+            pass
+
     def _resolve(self, kind: str, value: Any) -> None:
         future = {"partial": self._partial, "settled": self._settled, "final": self._final}[kind]
         if kind == "settled" and value.get("settle", self._settles) != self._settles:
             return  # an answer to a settle the speaker has since gone on from
         if future is not None:
-            self._loop.call_soon_threadsafe(_settle, future, value, None)
+            self._call_soon(_settle, future, value, None)
 
     def _fail(self) -> None:
         error = RecogniserUnavailable("the recogniser worker died")
         for future in (self._partial, self._settled, self._final):
             if future is not None:
-                self._loop.call_soon_threadsafe(_settle, future, None, error)
+                self._call_soon(_settle, future, None, error)
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -9,6 +9,7 @@ are printed, never asserted.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -227,3 +228,19 @@ async def test_a_killed_worker_is_replaced_and_the_next_utterance_is_heard(caplo
     heard = finals(await hear(service, "Do you deliver?"))
     assert heard == ["do you deliver"], heard
     assert "died" in caplog.text
+
+
+def test_a_reply_for_a_call_whose_loop_has_closed_does_not_stop_the_reader():
+    # A worker's reader thread serves every call; a reply arriving after a call's event loop
+    # closed (its final transcript, say) must be dropped, not raise in that thread.
+    from calls.pipeline.listening.workers import RecognitionStream
+
+    loop = asyncio.new_event_loop()
+    stream = RecognitionStream.__new__(RecognitionStream)
+    stream._loop = loop
+    stream._partial = loop.create_future()
+    stream._settled = stream._final = None
+    stream._settles = 0
+    loop.close()
+    stream._resolve("partial", "do you deliver")
+    stream._fail()
