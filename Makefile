@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Daphne processes: each new session goes to the least busy (ports PORT, PORT+1, ...).
+WORKERS ?= 1
 # The demo runs with Django's debug mode unless told otherwise (it needs no secret key then).
 export DJANGO_DEBUG ?= 1
 
@@ -13,6 +15,7 @@ export DJANGO_DEBUG ?= 1
 
 help:
 	@echo "make run    - install, migrate, seed the demo and serve on http://$(HOST):$(PORT)/"
+	@echo "             (WORKERS=2: two Daphne processes, sessions spread over both)"
 	@echo "make test   - install (incl. Chromium for browser tests) and run the whole test suite"
 	@echo "make lint   - ruff lint and format check"
 
@@ -45,7 +48,7 @@ run: seed
 	@echo "  admin:         http://$(HOST):$(PORT)/admin/"
 	@echo "  API docs:      http://$(HOST):$(PORT)/v1/docs   (schema: /v1/schema)"
 	@echo ""
-	exec $(BIN)/daphne -b $(HOST) -p $(PORT) --access-log /dev/null webapp.asgi:application
+	BIN=$(BIN) exec bash scripts/serve $(HOST) $(PORT) $(WORKERS)
 
 tests/browser/sdk/node_modules/.installed: tests/browser/sdk/package.json
 	# The official Anam SDK for the compatibility test (installed, never committed).

@@ -71,6 +71,8 @@ BARGE_IN_INTERRUPTIONS = (
 # adaptive jitter buffer holds on a quiet loopback (aiortc's own default, 4, would add 40 ms to
 # every figure that ends at "voice received").
 PLAYOUT_PACKETS = 2
+# Room noise after each spoken sentence, in seconds.
+SPEECH_TAIL_SECONDS = 0.2
 # A gap this long in the persona's voice means it stopped.
 VOICE_GAP_SECONDS = 0.3
 # The barge-in starts as this word of the menu answer is played (its captions arrive with it).
@@ -115,7 +117,7 @@ async def speak(client: ParleyWebRTCClient, text: str) -> tuple[float, float, fl
 
     speech = await spoken_pcm(text)
     lead = 0.3
-    samples = with_room(speech, lead_seconds=lead, tail_seconds=0.2)
+    samples = with_room(speech, lead_seconds=lead, tail_seconds=SPEECH_TAIL_SECONDS)
     mono, wall_now = time.monotonic(), time.time()
     client.microphone.say(samples)
     duration = speech.size / RATE
@@ -126,10 +128,17 @@ async def one_utterance(client: ParleyWebRTCClient, base_url: str, text: str) ->
     record = client.record
     users_before = len(record.speech_texts("user"))
     finished_before = record.persona_finished_count()
+    queued_at = time.monotonic()
     _, end, end_wall = await speak(client, text)
+    planned_dry = end + SPEECH_TAIL_SECONDS
     await client.wait_for(
         lambda: record.persona_finished_count() > finished_before, f"the answer to {text!r}"
     )
+    # The end of speech is when the microphone really sent it: a busy client sends late, and
+    # that lateness is the client's, not Parley's.
+    dry_at = client.microphone.dry_at
+    send_lag = max(0.0, dry_at[0] - planned_dry) if dry_at is not None and dry_at[0] > queued_at else 0.0
+    end, end_wall = end + send_lag, end_wall + send_lag
     loud = next((t for t in record.loud_audio_frames if t > end), None)
     users = record.speech_texts("user")[users_before:]
     heard = " ".join(chunk["content"] for chunk in users)
@@ -149,6 +158,7 @@ async def one_utterance(client: ParleyWebRTCClient, base_url: str, text: str) ->
         "turn_end_ms": after("turn.end"),
         "eager_ms": after("eager.turn"),
         "first_audio_sent_ms": after("bot.speaking"),
+        "client_send_lag_ms": send_lag * 1000,
     }
 
 
@@ -204,27 +214,56 @@ async def session(base_url: str, token: str, utterances: list[str], with_barge_i
         playout_packets=PLAYOUT_PACKETS,
     ) as client:
         record = client.record
-        await client.wait_for(lambda: record.persona_finished_count() >= 1, "the greeting")
-        await asyncio.sleep(0.5)
-        rows = [await one_utterance(client, base_url, text) for text in utterances]
-        window = (record.audio_frames[0], record.audio_frames[-1]) if record.audio_frames else (0, 1)
-        audio_fps = len(record.audio_frames) / max(1e-6, window[1] - window[0])
-        stops: list[tuple[str, float | None]] = []
-        for interruption in BARGE_IN_INTERRUPTIONS if with_barge_in else ():
-            stops.append((interruption, await barge_in(client, base_url, interruption)))
-            await asyncio.sleep(1.0)
+        try:
+            await client.wait_for(lambda: record.persona_finished_count() >= 1, "the greeting")
+            await asyncio.sleep(0.5)
+            rows = [await one_utterance(client, base_url, text) for text in utterances]
+            window = (record.audio_frames[0], record.audio_frames[-1]) if record.audio_frames else (0, 1)
+            audio_fps = len(record.audio_frames) / max(1e-6, window[1] - window[0])
+            stops: list[tuple[str, float | None]] = []
+            for interruption in BARGE_IN_INTERRUPTIONS if with_barge_in else ():
+                stops.append((interruption, await barge_in(client, base_url, interruption)))
+                await asyncio.sleep(1.0)
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}\n{await events_told(base_url, record.session_id)}") from None
     return {"rows": rows, "audio_fps": audio_fps, "barge_ins": stops}
+
+
+async def events_told(base_url: str, call_id: str, last: int = 30) -> str:
+    """The call's last stored events, one a line (what a failed session had got to)."""
+    try:
+        events = await call_events(base_url, call_id)
+    except httpx.HTTPError as error:
+        return f"(the call's events could not be read: {error})"
+    lines = [
+        f"  {event['createdAt']} {event['event']} "
+        + " ".join(
+            f"{key}={str(value)[:60]!r}"
+            for key, value in (event.get("data") or {}).items()
+            if key not in {"callId", "agent", "from", "to", "direction", "transport", "metadata"}
+        )
+        for event in events[-last:]
+    ]
+    return f"the call's last {len(lines)} events:\n" + "\n".join(lines)
 
 
 async def run(base_url: str, count: int, utterances: list[str]) -> list[dict]:
     async with httpx.AsyncClient(base_url=base_url) as http:
         tokens = [await mint(http) for _ in range(count)]
-    return await asyncio.gather(
-        *(
-            session(base_url, token, utterances, with_barge_in=(index == 0))
-            for index, token in enumerate(tokens)
-        )
-    )
+    tasks = [
+        asyncio.ensure_future(session(base_url, token, utterances, with_barge_in=(index == 0)))
+        for index, token in enumerate(tokens)
+    ]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    failures = [task.exception() for task in tasks if task.done() and task.exception() is not None]
+    if failures:
+        # The others are stopped with a limit: a peer connection torn down mid-call can take
+        # long to close, and asyncio.run would wait for it forever.
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=10)
+        raise AssertionError(f"{len(failures)} of {count} session(s) failed; the first: {failures[0]}")
+    return [task.result() for task in tasks]
 
 
 def report(count: int, sessions: list[dict], verbose: bool) -> None:
@@ -268,6 +307,8 @@ def report(count: int, sessions: list[dict], verbose: bool) -> None:
         "breakdown, median ms after the end of speech: VAD end of speech "
         f"{median_of('vad_stop_ms')}, final transcript {median_of('final_transcript_ms')}, turn end "
         f"{median_of('turn_end_ms')}, first reply audio sent {median_of('first_audio_sent_ms')}"
+        f" (times from when the client really sent the end of speech; it sent it "
+        f"{median_of('client_send_lag_ms')} ms late, median)"
     )
     print(f"word error rate: in-domain {wer(IN_DOMAIN):.1f} %, general {wer(GENERAL):.1f} %")
     trials = [trial for result in sessions for trial in result["barge_ins"]]
@@ -287,6 +328,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sessions", default="1", help="comma-separated session counts, e.g. 1,4,8,16")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="Daphne processes, sessions spread over them (default 1)"
+    )
     parser.add_argument("--no-general", action="store_true", help="in-domain sentences only")
     parser.add_argument("--limit", type=int, default=0, help="only the first N sentences (a quick run)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every utterance")
@@ -306,9 +350,9 @@ def main() -> None:
     if args.limit:
         utterances = utterances[: args.limit]
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as data_dir:
-        process, base_url = start_server(data_dir)
+        processes, base_url = start_server(data_dir, args.workers)
         try:
-            print(f"server {base_url} (pid {process.pid}); {os.cpu_count()} cores")
+            print(f"server {base_url} ({len(processes)} Daphne process(es)); {os.cpu_count()} cores")
             for count in [int(part) for part in args.sessions.split(",")]:
                 try:
                     sessions = asyncio.run(run(base_url, count, utterances))
@@ -317,11 +361,13 @@ def main() -> None:
                     continue
                 report(count, sessions, args.verbose)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except Exception:
-                process.kill()
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=10)
+                except Exception:
+                    process.kill()
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ class SessionRecord:
 
     session_id: str = ""
     started_at: float = 0.0
+    # When each connection step ended (session started, socket open, offer made, answer, ...).
+    steps: dict[str, float] = field(default_factory=dict)
     signals: list[dict[str, Any]] = field(default_factory=list)
     signal_times: list[float] = field(default_factory=list)  # when each of `signals` arrived
     data: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
@@ -155,6 +157,7 @@ class ParleyWebRTCClient:
         if response.status_code != 200:
             raise AssertionError(f"session start failed: {response.status_code} {response.text}")
         session = response.json()
+        record.steps["session started"] = time.monotonic()
         record.session_id = session["sessionId"]
         scheme = "ws" if session["engineProtocol"] == "http" else "wss"
         url = f"{scheme}://{session['engineHost']}{session['signallingEndpoint']}?session_id={record.session_id}"
@@ -183,9 +186,11 @@ class ParleyWebRTCClient:
             self._note()
 
         self._socket = await websockets.connect(url)
+        record.steps["socket open"] = time.monotonic()
         self._tasks.append(asyncio.ensure_future(self._read_signals()))
         self._tasks.append(asyncio.ensure_future(self._heartbeats()))
         await peer.setLocalDescription(await peer.createOffer())
+        record.steps["offer made"] = time.monotonic()
         await self.signal(
             "offer",
             {
@@ -194,6 +199,7 @@ class ParleyWebRTCClient:
             },
         )
         await self.wait_for(lambda: channel.readyState == "open", "the data channel to open")
+        record.steps["data channel open"] = time.monotonic()
 
     async def signal(self, action_type: str, payload: Any) -> None:
         await self._socket.send(
@@ -216,6 +222,7 @@ class ParleyWebRTCClient:
                 self.record.signals.append(frame)
                 self.record.signal_times.append(time.monotonic())
                 if frame["actionType"] == "answer":
+                    self.record.steps["answer"] = time.monotonic()
                     assert self._peer is not None
                     await self._peer.setRemoteDescription(RTCSessionDescription(**frame["payload"]))
                 self._note()

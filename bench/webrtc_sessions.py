@@ -1,8 +1,11 @@
 """Benchmark of the speaking persona over real WebRTC, against a real Daphne process.
 
-Prints, for 1, 4, 8 and 16 simultaneous sessions (or `--sessions 1,2`):
-- session start to first video frame (the SDK's click-to-first-frame, minus the browser),
-- typed message to first reply audio,
+Prints, for 1, 4, 8 and 16 simultaneous sessions (or `--sessions 1,2`), served by one Daphne
+process or by `--workers N`:
+- session start to first video frame (the SDK's click-to-first-frame, minus the browser) and
+  typed message to first reply audio, for the N-1 sessions that start at once (a burst: the
+  worst case) and for the last one, which joins while the others talk (a visitor arriving at
+  a server that holds N-1 calls),
 - audio and video frames per second received per stream while everyone talks,
 - the server process's CPU (percent of one core), that of its event-loop thread alone (at
   ~100 % the process is saturated, whatever its total says), and CPU milliseconds per
@@ -37,6 +40,7 @@ from bench.webrtc_client import ParleyWebRTCClient, video_decoding_disable  # no
 
 DEMO_KEY = "prl_bench000_benchmark-key-not-secret-000000"
 QUESTION = "What are your opening hours?"
+LONG_QUESTION = "Tell me about your cakes and your prices, please."
 # How long every session keeps talking while frame rates and CPU are measured, in seconds.
 MEASURE_SECONDS = 10.0
 SERVER_START_TIMEOUT_SECONDS = 60.0
@@ -57,46 +61,64 @@ def server_environment(data_dir: str) -> dict[str, str]:
         "PARLEY_ICE_LOOPBACK_ONLY": "1",
         "PARLEY_DEFAULT_MAX_CONCURRENT_SESSIONS": "100",
         "PARLEY_SESSION_TOKEN_RATE": "1000/min",
-        "PARLEY_LOG_LEVEL": "WARNING",
+        "PARLEY_LOG_LEVEL": os.environ.get("PARLEY_LOG_LEVEL", "WARNING"),
     }
 
 
-def start_server(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(data_dir: str, workers: int = 1) -> tuple[list[subprocess.Popen[bytes]], str]:
+    """`workers` Daphne processes (sessions spread over them, as `make run WORKERS=N`); the
+    first one's URL is where sessions start."""
     env = server_environment(data_dir)
     python = sys.executable
     for command in (["migrate", "--noinput"], ["seed_demo", "--quiet"]):
         subprocess.run([python, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
-    port = free_port()
-    # The server's log goes to a file: an unread pipe fills up and then blocks the server.
-    log = open(Path(data_dir) / "server.log", "wb")
-    process = subprocess.Popen(
-        [
-            python,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--access-log",
-            "/dev/null",
-            "webapp.asgi:application",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
+    ports = [free_port() for _ in range(workers)]
+    if workers > 1:
+        env["PARLEY_ENGINE_HOSTS"] = ",".join(f"127.0.0.1:{port}" for port in ports)
+    processes = []
+    for index, port in enumerate(ports):
+        # The server's log goes to a file: an unread pipe fills up and then blocks the server.
+        log = open(Path(data_dir) / ("server.log" if index == 0 else f"server-{index}.log"), "wb")
+        processes.append(
+            subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "--access-log",
+                    "/dev/null",
+                    "webapp.asgi:application",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        )
+    started = time.monotonic()
+    deadline = started + SERVER_START_TIMEOUT_SECONDS
+    waiting = list(ports)
+    # Each process answers /healthz at once and warms up meanwhile (calls.warmup); sessions
+    # start once it is done, as behind a balancer that waits for it.
+    while waiting and time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return process, base_url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"the server did not start: {server_log_tail(data_dir)}")
+            response = httpx.get(f"http://127.0.0.1:{waiting[0]}/healthz", timeout=1)
+            if response.status_code == 200 and response.json().get("warmUp") != "running":
+                waiting.pop(0)
+                continue
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.2)
+    if waiting:
+        for process in processes:
+            process.kill()
+        raise SystemExit(f"the server did not start: {server_log_tail(data_dir)}")
+    print(f"server started and warmed up in {time.monotonic() - started:.1f} s")
+    return processes, f"http://127.0.0.1:{ports[0]}"
 
 
 def server_log_tail(data_dir: str, lines: int = 40) -> str:
@@ -161,29 +183,43 @@ async def one_session(
     base_url: str,
     token: str,
     ready: list[str],
+    busy: asyncio.Event,
     measure_start: asyncio.Event,
     results: list[dict],
     measure_seconds: float,
+    *,
+    joiner: bool = False,
 ) -> None:
     async with ParleyWebRTCClient(base_url=base_url, session_token=token, step_timeout_seconds=60) as client:
         record = client.record
         await client.wait_for(lambda: bool(record.video_frames), "the first video frame")
         first_frame_ms = (record.video_frames[0] - record.started_at) * 1000
+        steps = {
+            name: (moment - record.started_at) * 1000
+            for name, moment in sorted(
+                [*record.steps.items(), ("first frame", record.video_frames[0])], key=lambda item: item[1]
+            )
+        }
         await client.wait_for(lambda: record.persona_finished_count() >= 1, "the greeting")
         await asyncio.sleep(0.3)
         asked = client.ask(QUESTION)
         await client.wait_for(lambda: any(t > asked for t in record.loud_audio_frames), "reply audio")
         reply_ms = (next(t for t in record.loud_audio_frames if t > asked) - asked) * 1000
         ready.append(record.session_id)
+        # Everyone talks while the last session joins and while the rates are measured.
+        await busy.wait()
+        await asyncio.sleep(0.5)
+        client.ask(LONG_QUESTION)
         await measure_start.wait()
         window_start = time.monotonic()
-        client.ask("Tell me about your cakes and your prices, please.")
         await asyncio.sleep(measure_seconds)
         window_end = time.monotonic()
         audio = sum(1 for t in record.audio_frames if window_start <= t < window_end)
         video = sum(1 for t in record.video_frames if window_start <= t < window_end)
         results.append(
             {
+                "joiner": joiner,
+                "steps": steps,
                 "first_frame_ms": first_frame_ms,
                 "reply_ms": reply_ms,
                 "audio_fps": audio / (window_end - window_start),
@@ -194,57 +230,89 @@ async def one_session(
 
 async def run_round(
     base_url: str,
-    pid: int,
+    pids: list[int],
     count: int,
     measure_seconds: float,
     profile_dir: Path | None,
     profile_flags: list[str],
 ) -> dict[str, float]:
+    """`count - 1` sessions start at once (a burst); while they talk, one more joins; then all
+    `count` are measured together."""
     async with httpx.AsyncClient(base_url=base_url) as http:
         tokens = [await mint(http) for _ in range(count)]
-    measure_start = asyncio.Event()
+    busy, measure_start = asyncio.Event(), asyncio.Event()
     ready: list[str] = []
     results: list[dict] = []
-    tasks = [
-        asyncio.ensure_future(one_session(base_url, token, ready, measure_start, results, measure_seconds))
-        for token in tokens
-    ]
-    # Every session connects and gets its first answer; then all are measured together.
-    while len(ready) < count and not any(task.done() for task in tasks):  # noqa: ASYNC110 (a bench poll)
-        await asyncio.sleep(0.2)
+
+    def session(token: str, joiner: bool) -> asyncio.Future[None]:
+        return asyncio.ensure_future(
+            one_session(base_url, token, ready, busy, measure_start, results, measure_seconds, joiner=joiner)
+        )
+
+    async def until_ready(number: int, tasks: list[asyncio.Future[None]]) -> None:
+        while len(ready) < number and not any(task.done() for task in tasks):  # noqa: ASYNC110 (a bench poll)
+            await asyncio.sleep(0.2)
+        failures = [task.exception() for task in tasks if task.done() and task.exception() is not None]
+        if failures:
+            # The others are stopped here, with a limit: a peer connection torn down mid-setup
+            # can take long to close, and asyncio.run would wait for it forever.
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=10)
+            raise AssertionError(f"{len(failures)} session(s) failed: {failures[0]!r}")
+
+    tasks = [session(token, False) for token in tokens[:-1]]
+    await until_ready(count - 1, tasks)
+    busy.set()
+    await asyncio.sleep(1.0)  # the burst's sessions are answering their long question
+    tasks.append(session(tokens[-1], True))
+    await until_ready(count, tasks)
+    await asyncio.sleep(0.6)  # the joiner asks its long question too
     load_before = os.getloadavg()[0]
     profiler = None
     if profile_dir is not None:
-        profiler = profile_start(pid, measure_seconds, profile_dir / f"server-{count}.txt", profile_flags)
-    threads_before, client_before = thread_cpu_seconds(pid), cpu_seconds(os.getpid())
+        profiler = profile_start(pids[0], measure_seconds, profile_dir / f"server-{count}.txt", profile_flags)
+    threads_before = {pid: thread_cpu_seconds(pid) for pid in pids}
+    client_before = cpu_seconds(os.getpid())
     wall_before = time.monotonic()
     measure_start.set()
     await asyncio.gather(*tasks, return_exceptions=False)
-    threads_after, client_after = thread_cpu_seconds(pid), cpu_seconds(os.getpid())
+    threads_after = {pid: thread_cpu_seconds(pid) for pid in pids}
+    client_after = cpu_seconds(os.getpid())
     wall = time.monotonic() - wall_before
     if profiler is not None:
         profiler.wait()
-    server_seconds = sum(threads_after.values()) - sum(
-        seconds for thread, seconds in threads_before.items() if thread in threads_after
+    server_seconds = sum(
+        sum(after.values())
+        - sum(seconds for thread, seconds in threads_before[pid].items() if thread in after)
+        for pid, after in threads_after.items()
     )
-    loop_seconds = threads_after.get(pid, 0.0) - threads_before.get(pid, 0.0)
+    # The busiest process's event loop: at ~100 % it is saturated whatever the total says.
+    loop_seconds = max(threads_after[pid].get(pid, 0.0) - threads_before[pid].get(pid, 0.0) for pid in pids)
 
-    def pick(name: str) -> list[float]:
-        return sorted(result[name] for result in results)
+    def pick(name: str, *, burst: bool | None = None) -> list[float]:
+        return sorted(result[name] for result in results if burst is None or result["joiner"] is not burst)
 
+    burst_first_frames = pick("first_frame_ms", burst=True) or [float("nan")]
+    burst_replies = pick("reply_ms", burst=True) or [float("nan")]
+    (join_first_frame,) = pick("first_frame_ms", burst=False)
+    (join_reply,) = pick("reply_ms", burst=False)
+    (join_steps,) = [result["steps"] for result in results if result["joiner"]]
     return {
+        "join_steps": join_steps,
         "sessions": count,
         "load": load_before,
-        "first_frame_ms_median": statistics.median(pick("first_frame_ms")),
-        "first_frame_ms_max": max(pick("first_frame_ms")),
-        "reply_ms_median": statistics.median(pick("reply_ms")),
-        "reply_ms_max": max(pick("reply_ms")),
+        "first_frame_ms_median": statistics.median(burst_first_frames),
+        "first_frame_ms_max": max(burst_first_frames),
+        "first_frame_ms_join": join_first_frame,
+        "reply_ms_median": statistics.median(burst_replies),
+        "reply_ms_max": max(burst_replies),
+        "reply_ms_join": join_reply,
         "audio_fps_min": min(pick("audio_fps")),
         "audio_fps_median": statistics.median(pick("audio_fps")),
         "video_fps_min": min(pick("video_fps")),
         "video_fps_median": statistics.median(pick("video_fps")),
         "server_cpu_percent": server_seconds / wall * 100,
-        # The event loop's own thread: at ~100 % the process is saturated whatever the total says.
         "loop_cpu_percent": loop_seconds / wall * 100,
         # Milliseconds of server CPU per second of one session: robust to a busy machine.
         "cpu_ms_per_session_second": server_seconds / wall / count * 1000,
@@ -259,6 +327,12 @@ def main() -> None:
     parser.add_argument("--sessions", default="1,4,8,16", help="comma-separated session counts")
     parser.add_argument(
         "--seconds", type=float, default=MEASURE_SECONDS, help="length of each measured window"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Daphne processes, sessions spread over them (as `make run WORKERS=N`); default 1",
     )
     parser.add_argument(
         "--decode-video",
@@ -295,41 +369,41 @@ def main() -> None:
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as data_dir:
-        process, base_url = start_server(data_dir)
+        processes, base_url = start_server(data_dir, args.workers)
+        pids = [process.pid for process in processes]
         try:
             print(
-                f"server {base_url} (pid {process.pid}); {os.cpu_count()} cores; {args.seconds:.0f} s windows;"
-                f" load average now {os.getloadavg()[0]:.2f}"
+                f"server {base_url} ({len(pids)} Daphne process(es), pids {pids}); {os.cpu_count()} cores;"
+                f" {args.seconds:.0f} s windows; load average now {os.getloadavg()[0]:.2f}"
             )
             print(
-                "sessions  load  first-frame ms  reply-audio ms  audio fps   video fps  "
-                "server CPU %   loop thread %  CPU ms per  client"
+                "In each round N-1 sessions start at once (burst), then one more joins while they talk;"
+                " rates are measured with all N."
             )
             print(
-                "                   (med / max)     (med / max)  (min / med) (min / med)  "
-                "(total)                         session-s   CPU %"
+                "sessions  load  first-frame ms       reply-audio ms       audio fps   video fps  "
+                "server CPU %  busiest loop %  CPU ms per  client"
+            )
+            print(
+                "                  (burst med/max; join)  (burst med/max; join) (min / med) (min / med)  "
+                "(total)                       session-s   CPU %"
             )
             for count in [int(part) for part in args.sessions.split(",")]:
                 try:
                     row = asyncio.run(
                         run_round(
-                            base_url,
-                            process.pid,
-                            count,
-                            args.seconds,
-                            profile_dir,
-                            args.profile_flags.split(),
+                            base_url, pids, count, args.seconds, profile_dir, args.profile_flags.split()
                         )
                     )
-                except AssertionError as failure:
+                except (AssertionError, TimeoutError) as failure:
                     print(
                         f"{count:>8}  FAILED: {failure}\nserver log:\n{server_log_tail(data_dir)}", flush=True
                     )
                     continue
                 print(
                     f"{row['sessions']:>8}  {row['load']:>4.1f}"
-                    f"  {row['first_frame_ms_median']:>5.0f} / {row['first_frame_ms_max']:<5.0f}"
-                    f"  {row['reply_ms_median']:>5.0f} / {row['reply_ms_max']:<5.0f}"
+                    f"  {row['first_frame_ms_median']:>5.0f}/{row['first_frame_ms_max']:<5.0f}; {row['first_frame_ms_join']:>5.0f}"
+                    f"  {row['reply_ms_median']:>5.0f}/{row['reply_ms_max']:<5.0f}; {row['reply_ms_join']:>5.0f}"
                     f"  {row['audio_fps_min']:>4.1f} / {row['audio_fps_median']:<4.1f}"
                     f"  {row['video_fps_min']:>4.1f} / {row['video_fps_median']:<4.1f}"
                     f"  {row['server_cpu_percent']:>7.0f}"
@@ -338,12 +412,20 @@ def main() -> None:
                     f"  {row['client_cpu_percent']:>6.0f}",
                     flush=True,
                 )
+                print(
+                    "          the joiner's first frame: "
+                    + ", ".join(f"{name} {ms:.0f}" for name, ms in row["join_steps"].items())
+                    + " ms",
+                    flush=True,
+                )
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
 
 
 if __name__ == "__main__":

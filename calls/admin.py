@@ -113,7 +113,7 @@ class CallAdmin(HistoryAdmin):
     date_hierarchy = "created_at"
     fieldsets = (
         (None, {"fields": ("id", "organization", "persona", "transport", "direction", "status")}),
-        ("Parties", {"fields": ("from_address", "to_address", "session_token")}),
+        ("Parties", {"fields": ("from_address", "to_address", "session_token", "engine_host")}),
         ("Time", {"fields": ("created_at", "started_at", "ended_at", "duration", "end_reason")}),
         ("Metadata", {"fields": ("metadata_json",)}),
     )
@@ -127,6 +127,7 @@ class CallAdmin(HistoryAdmin):
         "from_address",
         "to_address",
         "session_token",
+        "engine_host",
         "created_at",
         "started_at",
         "ended_at",

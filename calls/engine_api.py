@@ -36,10 +36,13 @@ class SessionStartSerializer(StrictSerializer):
     clientMetadata = serializers.DictField(required=False)
 
 
-def _engine_location(request: Request) -> tuple[str, str]:
-    host = settings.PARLEY_ENGINE_HOST or request.get_host()
-    protocol = settings.PARLEY_ENGINE_PROTOCOL or ("https" if request.is_secure() else "http")
-    return host, protocol
+def _engine_hosts(request: Request) -> list[str]:
+    """The Parley processes a browser may be sent to: the configured ones, else this one."""
+    return list(settings.PARLEY_ENGINE_HOSTS) or [request.get_host()]
+
+
+def _engine_protocol(request: Request) -> str:
+    return settings.PARLEY_ENGINE_PROTOCOL or ("https" if request.is_secure() else "http")
 
 
 class EngineSessionView(APIView):
@@ -65,16 +68,17 @@ class EngineSessionView(APIView):
             )
         try:
             call = services.engine_session_start(
-                token=token.strip(), client_metadata=body.validated_data.get("clientMetadata")
+                token=token.strip(),
+                engine_hosts=_engine_hosts(request),
+                client_metadata=body.validated_data.get("clientMetadata"),
             )
         except services.SessionStartRefused as refusal:
             return engine_error(refusal.status, refusal.error, refusal.message)
-        host, protocol = _engine_location(request)
         return Response(
             {
                 "sessionId": call.id,
-                "engineHost": host,
-                "engineProtocol": protocol,
+                "engineHost": call.engine_host or request.get_host(),
+                "engineProtocol": _engine_protocol(request),
                 "signallingEndpoint": "/ws/engine/",
                 "clientConfig": {
                     "heartbeatIntervalSeconds": settings.PARLEY_HEARTBEAT_SECONDS,

@@ -35,6 +35,7 @@ from calls.pipeline.brain.config import BrainTool, brain_tools_from_definitions
 from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
 from calls.pipeline.tools import PendingToolCall
 from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
+from personas.models import Persona
 from personas.tools import tools_problems
 
 logger = logging.getLogger(__name__)
@@ -711,12 +712,19 @@ async def _drain(track: Any) -> None:
 
 
 def _build_config(call: Call) -> ConversationConfig:
-    """The persona as plain values, with an ephemeral token's inline overrides applied."""
-    persona = call.persona
-    overrides: dict[str, Any] = {}
+    """The call's persona as plain values, with an ephemeral token's inline overrides applied."""
     token = call.session_token
+    overrides: dict[str, Any] = {}
     if token is not None and token.kind == "ephemeral":
         overrides = token.persona_config or {}
+    return persona_conversation_config(call.persona, overrides)
+
+
+def persona_conversation_config(
+    persona: Persona, overrides: dict[str, Any] | None = None
+) -> ConversationConfig:
+    """The persona as plain values (an ephemeral token's `persona_config` as `overrides`)."""
+    overrides = overrides or {}
     detection = overrides.get("voiceDetectionOptions") or {}
     llm_id = overrides.get("llmId")
     return ConversationConfig(

@@ -72,12 +72,16 @@ class Call(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
     duration_seconds = models.FloatField(null=True, blank=True)
     end_reason = models.CharField(max_length=14, choices=EndReason.choices, blank=True)
+    # The Parley process (host[:port], as browsers reach it) that holds this call's media;
+    # blank for calls without a browser session (WhatsApp, the REST API).
+    engine_host = models.CharField(max_length=255, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["organization", "-created_at"]),
             models.Index(fields=["organization", "status"]),
+            models.Index(fields=["engine_host", "status"]),
         ]
 
     def __str__(self) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 
-from django.db.models import Max, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 
-from calls.models import LIVE_STATUSES, Call, CallEvent
+from calls.models import LIVE_STATUSES, Call, CallEvent, CallStatus
 from personas.models import Organization
 
 # One page of the event log; a reader far behind gets it in several pages.
@@ -45,3 +46,24 @@ def call_events_after(
 def latest_event_cursor() -> int:
     """The newest cursor anywhere (0 for an empty log): a live-only reader starts after it."""
     return CallEvent.objects.aggregate(latest=Max("cursor"))["latest"] or 0
+
+
+def engine_host_least_busy(hosts: Sequence[str], *, connecting_since: datetime) -> str:
+    """Of several Parley processes, the one holding the fewest live calls (the first on a tie).
+
+    A call counts while it is in progress, or while it is connecting and was created after
+    `connecting_since` (a browser that never connected stops weighing on its host).
+    """
+    if len(hosts) == 1:
+        return hosts[0]
+    counts = dict(
+        Call.objects.filter(engine_host__in=hosts)
+        .filter(
+            Q(status=CallStatus.IN_PROGRESS)
+            | Q(status=CallStatus.CONNECTING, created_at__gte=connecting_since)
+        )
+        .order_by()
+        .values_list("engine_host")
+        .annotate(live=Count("id"))
+    )
+    return min(hosts, key=lambda host: (counts.get(host, 0), hosts.index(host)))

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from django.utils import timezone
 
 from calls import events
 from calls.models import Call, CallEvent, CallStatus, Direction, EndReason, Message, Transport
+from calls.selectors import engine_host_least_busy
 from personas.models import SessionToken
 from personas.services import session_token_consume
 from personas.tokens import SESSION_AUDIENCE, TokenError, token_decode
@@ -273,8 +275,13 @@ class SessionStartRefused(Exception):
         self.message = message
 
 
-def engine_session_start(*, token: str, client_metadata: dict[str, Any] | None = None) -> Call:
+def engine_session_start(
+    *, token: str, engine_hosts: Sequence[str], client_metadata: dict[str, Any] | None = None
+) -> Call:
     """Consume a session token and create its Call (transport webrtc, status connecting).
+
+    The call goes to the least busy of `engine_hosts` (the Parley processes browsers can
+    reach); its signalling, media and /talk stay there.
 
     A retry with the same token inside SESSION_START_RETRY_WINDOW, while the call has not
     connected yet, returns the same call instead of refusing the replay.
@@ -296,6 +303,9 @@ def engine_session_start(*, token: str, client_metadata: dict[str, Any] | None =
             direction=Direction.INBOUND,
             from_address=(record.client_label or "browser")[:200],
             to_address=record.persona.slug,
+            engine_host=engine_host_least_busy(
+                engine_hosts, connecting_since=timezone.now() - SESSION_START_RETRY_WINDOW
+            ),
             metadata={
                 "client": client_metadata or {},
                 "tokenType": record.kind,

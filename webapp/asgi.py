@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from django.core.asgi import get_asgi_application
+import django
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIHandler
+
+
+class OneHopASGIHandler(ASGIHandler):
+    """Django over ASGI, with each request's middleware and view run in one thread hop.
+
+    Django's own handler runs its synchronous middleware (all of ours) in async mode: every
+    `process_request` and `process_response` is a separate hop to a thread and back to the
+    event loop, ~20 per request here. Each hop waits for the loop's next turn, and with live
+    calls on the loop that made a 40 ms session start take 0.5 s (measured with
+    `bench/webrtc_sessions.py --workers 2`). Here the middleware chain is built synchronous and
+    called once in the request's thread, as under WSGI; the request's own thread (Django's
+    `ThreadSensitiveContext`) still keeps requests apart from each other.
+    """
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        super().load_middleware(is_async=False)
+        self._middleware_chain: Any = sync_to_async(self._middleware_chain, thread_sensitive=True)
+
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 # Build Django (apps, settings) before anything imports models through the routing.
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+django_asgi_app = OneHopASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -18,6 +40,11 @@ from django.urls import re_path  # noqa: E402
 from webapp.accesslog import AccessLogMiddleware  # noqa: E402
 from webapp.origins import WebsocketOriginValidator  # noqa: E402
 from webapp.routing import http_consumer_routes, websocket_routes  # noqa: E402
+
+if settings.PARLEY_WARM_UP:
+    from calls.warmup import warm_up_in_background
+
+    warm_up_in_background()
 
 django_http = ASGIStaticFilesHandler(django_asgi_app) if settings.PARLEY_SERVE_STATIC else django_asgi_app
 

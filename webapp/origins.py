@@ -15,6 +15,8 @@ def origin_allowed(origin: str, *, host: str | None = None) -> bool:
     origin = origin.rstrip("/")
     if origin in settings.PARLEY_ALLOWED_ORIGINS or "*" in settings.PARLEY_ALLOWED_ORIGINS:
         return True
+    if origin.lower() in (engine.lower() for engine in settings.PARLEY_ENGINE_ORIGINS):
+        return True  # a page served by another Parley process of this installation
     if settings.PARLEY_ALLOW_LOCALHOST_ORIGINS and re.match(settings.LOCALHOST_ORIGIN_REGEX, origin):
         return True
     parts = urlsplit(origin)

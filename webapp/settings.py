@@ -285,7 +285,19 @@ PARLEY_ICE_SERVERS = _ice_servers()
 # The host[:port] and scheme browsers use to reach the signalling websocket and /talk; by
 # default the Host and scheme of the session-start request.
 PARLEY_ENGINE_HOST = os.environ.get("PARLEY_ENGINE_HOST", "").strip()
+# Several Parley processes (`make run WORKERS=2`, or one per core behind a proxy): the
+# host[:port] of each, as browsers reach it. Every new session goes to the one holding the
+# fewest live calls, and its signalling socket, media and /talk stay there.
+PARLEY_ENGINE_HOSTS = env_list("PARLEY_ENGINE_HOSTS", [PARLEY_ENGINE_HOST] if PARLEY_ENGINE_HOST else [])
 PARLEY_ENGINE_PROTOCOL = os.environ.get("PARLEY_ENGINE_PROTOCOL", "").strip()
+# A page served by one Parley process may call the others: their origins pass CORS and the
+# websocket Origin check.
+PARLEY_ENGINE_ORIGINS = [
+    f"{scheme}://{host}"
+    for host in PARLEY_ENGINE_HOSTS
+    for scheme in ((PARLEY_ENGINE_PROTOCOL,) if PARLEY_ENGINE_PROTOCOL else ("http", "https"))
+]
+CORS_ALLOWED_ORIGINS = [*PARLEY_ALLOWED_ORIGINS, *PARLEY_ENGINE_ORIGINS]
 PARLEY_HEARTBEAT_SECONDS = env_int("PARLEY_HEARTBEAT_SECONDS", 5)
 PARLEY_WS_RECONNECT_ATTEMPTS = env_int("PARLEY_WS_RECONNECT_ATTEMPTS", 5)
 # A session whose socket is gone and whose media has stopped for this long is ended.
@@ -301,6 +313,11 @@ PARLEY_ICE_LOOPBACK_ONLY = env_bool("PARLEY_ICE_LOOPBACK_ONLY", False)
 # Listening (VAD, SmartTurn, speech recognition, barge-in) in live calls. Off: typed text only
 # (the microphone is drained, no recogniser workers are started).
 PARLEY_LISTENING = env_bool("PARLEY_LISTENING", True)
+# At server start, load on a background thread what calls need (pipecat, the turn model, the
+# synthesizer, the recogniser's workers, the sentence encoder) and prepare the personas most
+# recently called, up to PARLEY_WARM_UP_PERSONAS, so the first visitors do not wait for it.
+PARLEY_WARM_UP = env_bool("PARLEY_WARM_UP", True)
+PARLEY_WARM_UP_PERSONAS = env_int("PARLEY_WARM_UP_PERSONAS", 20)
 # The avatar's video bitrate ceiling, bits per second (a 320x240 face looks sharp at 250 kbps).
 PARLEY_VIDEO_MAX_BITRATE = env_int("PARLEY_VIDEO_MAX_BITRATE", 250_000)
 # How long an LLM tool call waits for its result (the browser's for client tools, the app's

@@ -5,6 +5,9 @@ import os
 os.environ.setdefault("DJANGO_SECRET_KEY", "parley-test-suite-secret-key-not-for-production")
 os.environ.setdefault("PARLEY_SSE_PING_SECONDS", "0.5")
 os.environ.setdefault("PARLEY_STREAM_POLL_SECONDS", "1.0")
+# The test process loads models when a test needs them; server processes started by the
+# browser tests turn it on (tests/browser/conftest.py).
+os.environ.setdefault("PARLEY_WARM_UP", "0")
 
 from webapp.settings import *  # noqa: F403
 from webapp.settings import DATABASES, PARLEY_DATA_DIR

@@ -15,9 +15,12 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
+    """Alive (the database answers), and how far the warm-up is: a balancer can wait for "done"."""
+    from calls import warmup
+
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
-    return JsonResponse({"status": "ok"})
+    return JsonResponse({"status": "ok", "warmUp": warmup.state()})
 
 
 def api_not_found(request: HttpRequest, rest: str) -> JsonResponse:

@@ -54,6 +54,7 @@ from calls.pipeline.turns import (
     TurnSettings,
     UserSideListener,
     VoiceGuard,
+    smart_turn_analyzer_build,
     vad_analyzer_build,
 )
 
@@ -69,6 +70,9 @@ STOP_TIMEOUT_SECONDS = 3.0
 QUIET_SECONDS = 0.7
 # How often the quiet check runs, in seconds.
 QUIET_CHECK_SECONDS = 0.1
+# An interruption holds the voice until it has passed the output (milliseconds); if it has not
+# after this long, something is stuck and the voice is released anyway.
+INTERRUPTION_HOLD_LIMIT_SECONDS = 3.0
 # Talk-stream text is spoken a sentence at a time; this ends a sentence.
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s+")
 
@@ -160,6 +164,9 @@ class _SpeechPlan:
         self.spoken: list[str] = []
         self.start_samples = 0
         self.started_at = 0.0
+        # The brain is composing a reply (from its first frame to its last), before any of its
+        # text or voice exists: speech over it then drops it, as speech over the voice would.
+        self.replying = False
 
     @property
     def planned_text(self) -> str:
@@ -181,8 +188,12 @@ class ResponseTextCollector(FrameProcessor):
             self._plan.planned.append((" " if self._plan.planned else "") + frame.text)
         elif isinstance(frame, TTSSpeakFrame):
             self._plan.planned.append((" " if self._plan.planned else "") + frame.text)
-        elif isinstance(frame, LLMFullResponseStartFrame) and self._plan.message_id is None:
-            self._plan.planned.clear()
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            self._plan.replying = True
+            if self._plan.message_id is None:
+                self._plan.planned.clear()
+        elif isinstance(frame, (LLMFullResponseEndFrame, InterruptionFrame)):
+            self._plan.replying = False
         await self.push_frame(frame, direction)
 
 
@@ -254,6 +265,8 @@ class PlaybackTracker(FrameProcessor):
         elif isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
             plan.talk_correlation_id = None  # the current message keeps its id to its end
         elif isinstance(frame, InterruptionFrame):
+            # The output has dropped its queue: what it wrote meanwhile goes, and the voice is free.
+            self._track.flush()
             self._held.clear()
             plan.talk_correlation_id = None
             if self._face is not None:
@@ -359,6 +372,47 @@ class PlaybackTracker(FrameProcessor):
         self._plan.correlation_id = self._plan.talk_correlation_id
 
 
+def brain_config(config: ConversationConfig) -> Any:
+    from calls.pipeline.brain import BrainConfig
+
+    return BrainConfig.from_pairs(
+        knowledge=config.knowledge,
+        persona_id=config.agent,
+        name=config.name,
+        greeting=config.greeting,
+        system_prompt=config.system_prompt,
+        language=config.language,
+        provider=config.brain_provider,
+        llm_base_url=config.llm_base_url,
+        llm_model=config.llm_model,
+        llm_api_key=config.llm_api_key,
+        llm_temperature=config.llm_temperature,
+        tools=config.tools,
+    )
+
+
+def conversation_warm_up(config: ConversationConfig) -> list[str]:
+    """Load now what this persona's first call would load (blocking; never on the event loop).
+
+    The built-in brain's knowledge index and question worker, the offline recogniser's worker
+    processes and the persona's language model, the turn model. Returns what was loaded.
+    """
+    from calls.pipeline.brain.knowledge import knowledge_index_build
+    from calls.pipeline.listening.providers import recogniser_prepare
+    from calls.pipeline.turns import smart_turn_session
+
+    loaded: list[str] = []
+    brain = brain_config(config)
+    if brain.provider == "builtin":
+        knowledge_index_build(persona_id=brain.persona_id, entries=brain.knowledge, warm_query_worker=True)
+        loaded.append("knowledge")
+    if config.listening:
+        smart_turn_session()
+        if recogniser_prepare(config):
+            loaded.append("recogniser")
+    return loaded
+
+
 class Conversation:
     """Builds and runs one call's pipeline; the live session drives it."""
 
@@ -394,26 +448,25 @@ class Conversation:
         self.turn_strategy: ParleyTurnStopStrategy | None = None
         self.voice_guard: VoiceGuard | None = None
 
+    @staticmethod
+    def modules_load() -> None:
+        """Import what building a pipeline imports (~0.6 s on a cold process), for a warm-up."""
+        import pipecat.processors.aggregators.llm_response_universal
+        import pipecat.turns.user_start
+        import pipecat.turns.user_turn_strategies
+        import pipecat.workers.runner  # noqa: F401
+
+        import calls.pipeline.brain
+        import calls.pipeline.listening.providers
+        import calls.pipeline.speech.providers  # noqa: F401
+
     def _build(self) -> PipelineWorker:
         from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 
-        from calls.pipeline.brain import BrainConfig, build_context, build_llm_service
+        from calls.pipeline.brain import build_context, build_llm_service
         from calls.pipeline.speech.providers import build_tts_service
 
-        brain = BrainConfig.from_pairs(
-            knowledge=self.config.knowledge,
-            persona_id=self.config.agent,
-            name=self.config.name,
-            greeting=self.config.greeting,
-            system_prompt=self.config.system_prompt,
-            language=self.config.language,
-            provider=self.config.brain_provider,
-            llm_base_url=self.config.llm_base_url,
-            llm_model=self.config.llm_model,
-            llm_api_key=self.config.llm_api_key,
-            llm_temperature=self.config.llm_temperature,
-            tools=self.config.tools,
-        )
+        brain = brain_config(self.config)
         self.context = build_context(brain)
         listening: list[FrameProcessor] = []
         user_params = None
@@ -463,8 +516,6 @@ class Conversation:
 
     def _build_listening(self) -> tuple[list[FrameProcessor], Any]:
         """Recogniser, barge-in guard and the user aggregator's VAD and turn strategies."""
-        from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
-        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
         from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
         from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
         from pipecat.turns.user_turn_strategies import UserTurnStrategies
@@ -476,9 +527,7 @@ class Conversation:
             silence_seconds=self.config.silence_before_auto_end_turn_seconds,
         )
         self.turn_strategy = ParleyTurnStopStrategy(
-            turn_analyzer=LocalSmartTurnAnalyzerV3(
-                params=SmartTurnParams(stop_secs=settings.silence_seconds)
-            ),
+            turn_analyzer=smart_turn_analyzer_build(stop_secs=settings.silence_seconds),
             settings=settings,
             listener=self.listener,
         )
@@ -514,7 +563,8 @@ class Conversation:
 
     def _reply_active(self) -> bool:
         """The persona is speaking, has voice queued, or is preparing a reply."""
-        return self._tracker.speaking or self.track.queued_seconds > 0 or bool(self._plan.planned)
+        plan = self._plan
+        return self._tracker.speaking or self.track.queued_seconds > 0 or bool(plan.planned) or plan.replying
 
     async def start(self) -> None:
         from pipecat.workers.runner import WorkerRunner
@@ -528,6 +578,9 @@ class Conversation:
     async def _watch_quiet(self) -> None:
         while True:
             await asyncio.sleep(QUIET_CHECK_SECONDS)
+            if self.track.held_seconds > INTERRUPTION_HOLD_LIMIT_SECONDS:
+                logger.warning("an interruption did not reach the voice output; releasing the voice")
+                self.track.flush()
             try:
                 await self._tracker.finish_if_quiet()
             except Exception:
@@ -558,14 +611,22 @@ class Conversation:
         )
 
     async def barge_in(self) -> None:
-        """The user spoke over the persona: interrupt it, then say turn.continued."""
+        """The user spoke over the persona: stop its voice; turn.continued follows bot.interrupted.
+
+        `VoiceGuard` pushes the `InterruptionFrame` itself, from where it stands in the
+        pipeline, so the interruption reaches the brain ahead of the words that caused it (sent
+        from the pipeline's start, it came after them and dropped the reply to them).
+        """
         self._tracker.turn_continues = True
-        await self.interrupt()
+        await self._voice_stop()
 
     async def interrupt(self) -> None:
         """Stop the voice now; what was played stays, the rest is dropped."""
-        self.track.flush()
+        await self._voice_stop()
         await self._queue(InterruptionFrame())
+
+    async def _voice_stop(self) -> None:
+        self.track.flush(hold=True)  # released when the InterruptionFrame passes the output
         await self._talk_stream_interrupted()
 
     async def talk_stream_chunk(self, *, content: str, end_of_speech: bool, correlation_id: str) -> None:

@@ -143,6 +143,7 @@ class PacedAudioTrack(MediaStreamTrack):
         self.samples_played = 0  # voice samples (not silence) handed to the encoder
         self.last_voice_at: float | None = None  # when the latest voice piece was sent
         self.paused = False  # barge-in: hold the queued voice, send silence
+        self._held_since: float | None = None  # paused for an interruption on its way (monotonic)
         self._levels: deque[tuple[float, float]] = deque()  # (sent at, RMS 0..1) of voice pieces
 
     def play(self, pcm: bytes) -> asyncio.Future[None]:
@@ -164,20 +165,33 @@ class PacedAudioTrack(MediaStreamTrack):
         self.paused = True
 
     def resume(self) -> None:
-        self.paused = False
+        if self._held_since is None:  # an interruption's hold ends only with `flush()`
+            self.paused = False
 
     def level_at(self, now: float, window: float = 0.3) -> float:
         """RMS (0..1) of the voice sent in the last `window` seconds before `now`."""
         levels = [level for at, level in self._levels if now - window <= at <= now]
         return max(levels) if levels else 0.0
 
-    def flush(self) -> None:
-        """Drop everything queued (barge-in); waiting writers are released."""
-        self.paused = False
+    def flush(self, *, hold: bool = False) -> None:
+        """Drop everything queued (barge-in); waiting writers are released.
+
+        With `hold` (an interruption), the voice stays paused until the next plain `flush()`,
+        which the pipeline makes once the interruption has passed its output: audio already on
+        its way (the output writes its next chunk as soon as a writer is released) is then
+        dropped too instead of being played.
+        """
+        self._held_since = time.monotonic() if hold else None
+        self.paused = hold
         while self._pieces:
             _, done = self._pieces.popleft()
             if done is not None and not done.done():
                 done.set_result(None)
+
+    @property
+    def held_seconds(self) -> float:
+        """How long the voice has been held for an interruption still on its way (0: not held)."""
+        return 0.0 if self._held_since is None else time.monotonic() - self._held_since
 
     @property
     def queued_seconds(self) -> float:

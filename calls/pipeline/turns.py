@@ -25,8 +25,10 @@ Thresholds come from the persona's voice-detection settings (`TurnSettings.from_
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import logging
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -41,6 +43,7 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
+    InterruptionFrame,
     TranscriptionFrame,
     UserBackchannelFrame,
     VADUserStartedSpeakingFrame,
@@ -240,6 +243,46 @@ def vad_analyzer_build() -> InlineSileroVADAnalyzer:
             min_volume=VAD_MIN_VOLUME,
         )
     )
+
+
+_SMART_TURN_MODEL = "smart-turn-v3.2-cpu.onnx"
+_smart_turn_session: Any = None
+_smart_turn_lock = threading.Lock()
+
+
+def smart_turn_session() -> Any:
+    """The process's one ONNX session of the SmartTurn v3.2 model pipecat ships (loaded once).
+
+    A session per call cost ~60 ms of CPU and ~10 MB each; ONNX Runtime runs one session from
+    several threads at once, and the model keeps no state between predictions.
+    """
+    global _smart_turn_session
+    with _smart_turn_lock:
+        if _smart_turn_session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()  # as pipecat's LocalSmartTurnAnalyzerV3 sets them
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.inter_op_num_threads = 1
+            options.intra_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            path = importlib.resources.files("pipecat.audio.turn.smart_turn.data").joinpath(_SMART_TURN_MODEL)
+            _smart_turn_session = ort.InferenceSession(str(path), sess_options=options)
+        return _smart_turn_session
+
+
+def smart_turn_analyzer_build(*, stop_secs: float) -> Any:
+    """pipecat's local SmartTurn v3 analyzer on the shared session (the audio it holds is the call's)."""
+    from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn, SmartTurnParams
+    from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+
+    class SharedSessionSmartTurnAnalyzer(LocalSmartTurnAnalyzerV3):
+        def __init__(self, **kwargs: Any) -> None:
+            BaseSmartTurn.__init__(self, **kwargs)  # not the parent's: it loads a session of its own
+            self._log_data = False
+            self._session = smart_turn_session()
+
+    return SharedSessionSmartTurnAnalyzer(params=SmartTurnParams(stop_secs=stop_secs))
 
 
 class UserSideListener:
@@ -534,8 +577,10 @@ class VoiceGuard(FrameProcessor):
 
     Between the recogniser and the user aggregator. `voice` is the paced audio track (with
     `pause()`, `resume()`, `paused` and a `level_at()` of what it played), `reply_active()`
-    says whether the persona is speaking or about to, `interrupt()` stops the reply for good
-    (and reports bot.interrupted, then turn.continued),
+    says whether the persona is speaking or about to, `interrupt()` stops its voice for good
+    (bot.interrupted, then turn.continued, follow once the `InterruptionFrame` this guard then
+    pushes downstream has passed: ahead of the transcript that caused it, so the reply to that
+    transcript is not the one dropped),
     `persona_words()` gives what it has said lately (for the echo check).
     """
 
@@ -620,8 +665,9 @@ class VoiceGuard(FrameProcessor):
                 await self._commit()
             elif over_persona:
                 # Words over the persona whose pause was undone before they were recognised
-                # (the transcript came late): the user said something, and it is answered.
-                await self._interrupt()
+                # (the transcript came late), or over a reply still being composed: the user
+                # said something, and it is what gets answered.
+                await self._interrupt_reply()
         await self.push_frame(frame, direction)
 
     def _substantive(self, text: str) -> bool:
@@ -718,7 +764,11 @@ class VoiceGuard(FrameProcessor):
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
         self._timer = None
-        await self._interrupt()  # (which reports turn.continued after bot.interrupted)
+        await self._interrupt_reply()
+
+    async def _interrupt_reply(self) -> None:
+        await self._interrupt()
+        await self.push_frame(InterruptionFrame(), FrameDirection.DOWNSTREAM)
 
     async def cleanup(self) -> None:
         if self._timer is not None and not self._timer.done():

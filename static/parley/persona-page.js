@@ -108,11 +108,12 @@ function hideCaption() {
   elements.caption.hidden = true;
 }
 
-/** @param {{id: string, role: string, content: string, interrupted?: boolean}[]} messages */
+/** @param {{id: string, role: string, content: string, interrupted?: boolean, live?: boolean}[]} messages */
 function renderHistory(messages) {
   const items = messages.map((message) => {
     const item = document.createElement("li");
     item.className = `message message-${message.role}`;
+    if (message.live) item.classList.add("message-live");
     // Only messages not shown before slide in; the whole list is rebuilt on each update.
     if (!renderHistory.shown.has(message.id)) item.classList.add("message-new");
     item.dataset.role = message.role;
@@ -140,6 +141,16 @@ function renderHistory(messages) {
 }
 
 renderHistory.shown = new Set();
+
+/**
+ * The history as the client last sent it, plus the persona's message while it is still being
+ * spoken (the client adds a persona message to the history only once it ends).
+ */
+function showConversation(current) {
+  const speaking = current.speaking;
+  const known = speaking && current.finished.some((message) => message.id === speaking.id);
+  renderHistory(speaking && !known ? [...current.finished, speaking] : current.finished);
+}
 
 function resetHistory() {
   renderHistory.shown = new Set();
@@ -259,6 +270,14 @@ function listen(client, current) {
       current.captionText += event.content;
       showCaption(personaName, current.captionText.trim() || "…");
       if (event.endOfSpeech) lingerCaption();
+      current.speaking = {
+        id: event.id,
+        role: "persona",
+        content: current.captionText.trim(),
+        interrupted: event.interrupted,
+        live: !event.endOfSpeech,
+      };
+      showConversation(current);
     } else if (event.role === "user" && event.endOfSpeech) {
       current.captionId = event.id;
       showCaption("You", event.content);
@@ -266,7 +285,10 @@ function listen(client, current) {
     }
   });
   client.addListener(AnamEvent.MESSAGE_HISTORY_UPDATED, (messages) => {
-    if (conversation === current) renderHistory(messages);
+    if (conversation !== current) return;
+    current.finished = messages;
+    if (current.speaking && messages.some((message) => message.id === current.speaking.id)) current.speaking = null;
+    showConversation(current);
   });
   client.addListener(AnamEvent.MIC_PERMISSION_PENDING, () => conversation === current && setMic("pending"));
   client.addListener(AnamEvent.MIC_PERMISSION_DENIED, () => {
@@ -327,7 +349,15 @@ async function start() {
   hideBanner();
   hideCaption();
   resetHistory();
-  const current = { client: null, captionId: null, captionText: "", meter: null, connectTimer: null };
+  const current = {
+    client: null,
+    captionId: null,
+    captionText: "",
+    meter: null,
+    connectTimer: null,
+    finished: [],
+    speaking: null,
+  };
   conversation = current;
   current.connectTimer = setTimeout(() => {
     if (conversation !== current) return;

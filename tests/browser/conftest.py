@@ -13,6 +13,7 @@ the fake microphone, say) overrides it and extends the default:
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -125,9 +126,11 @@ def wait_until_healthy(server: LiveServer) -> None:
             )
         try:
             with urllib.request.urlopen(f"{server.url}/healthz", timeout=2) as response:
-                if response.status == 200:
+                # Up, and done loading models (as a balancer would wait): a test talking to a
+                # server still warming up shares the 2 cores with its loading.
+                if response.status == 200 and json.loads(response.read()).get("warmUp") != "running":
                     return
-                last_error = f"HTTP {response.status}"
+                last_error = f"HTTP {response.status}, warming up"
         except urllib.error.HTTPError as error:
             last_error = f"HTTP {error.code}"
         except (urllib.error.URLError, OSError) as error:
@@ -139,18 +142,8 @@ def wait_until_healthy(server: LiveServer) -> None:
     )
 
 
-@pytest.fixture(scope="session")
-def daphne_server(django_db_setup, tmp_path_factory) -> Iterator[LiveServer]:
-    """One Daphne process for the session, started once the test database exists.
-
-    Not named `live_server`: pytest-django's autouse helper would treat it as its own
-    in-process server.
-
-    It depends on `django_db_setup`, so it stops before the test database is dropped (a
-    PostgreSQL database cannot be dropped while the server still holds a connection to it).
-    """
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("live-server") / "daphne.log"
+def daphne_start(port: int, log_path: Path, extra_environment: dict[str, str] | None = None) -> LiveServer:
+    """A Daphne process of the app on 127.0.0.1:`port`, on the test database, once it answers."""
     environment = {
         key: value
         for key, value in os.environ.items()
@@ -160,7 +153,9 @@ def daphne_server(django_db_setup, tmp_path_factory) -> Iterator[LiveServer]:
         {
             "DJANGO_SETTINGS_MODULE": "webapp.settings_test",
             "PYTHONUNBUFFERED": "1",
+            "PARLEY_WARM_UP": "1",  # as a server runs it
             **server_database_environment(connection.settings_dict),
+            **(extra_environment or {}),
         }
     )
     command = [
@@ -190,6 +185,20 @@ def daphne_server(django_db_setup, tmp_path_factory) -> Iterator[LiveServer]:
     except RuntimeError as error:
         server.stop()
         pytest.fail(str(error), pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def daphne_server(django_db_setup, tmp_path_factory) -> Iterator[LiveServer]:
+    """One Daphne process for the session, started once the test database exists.
+
+    Not named `live_server`: pytest-django's autouse helper would treat it as its own
+    in-process server.
+
+    It depends on `django_db_setup`, so it stops before the test database is dropped (a
+    PostgreSQL database cannot be dropped while the server still holds a connection to it).
+    """
+    server = daphne_start(free_port(), tmp_path_factory.mktemp("live-server") / "daphne.log")
     yield server
     server.stop()
 

@@ -126,8 +126,12 @@ def step(page: Page, page_log: list[str], daphne_server, screenshot_dir: Path) -
     return run
 
 
+# The persona's messages once spoken (while speaking, its message is marked `message-live`).
+FINISHED_PERSONA_MESSAGES = "#history li.message-persona:not(.message-live)"
+
+
 def history_texts(page: Page, role: str) -> list[str]:
-    return page.locator(f"#history li.message-{role} .message-bubble").all_inner_texts()
+    return page.locator(f"#history li.message-{role}:not(.message-live) .message-bubble").all_inner_texts()
 
 
 def test_a_visitor_sees_hears_and_types_to_mara_then_stops(
@@ -167,8 +171,14 @@ def test_a_visitor_sees_hears_and_types_to_mara_then_stops(
         lambda: expect(page.locator("#caption-text")).to_contain_text("Mara", timeout=timeout),
     )
     step(
+        "the greeting shows in the history while it is spoken",
+        lambda: expect(page.locator("#history li.message-persona.message-live")).to_contain_text(
+            "Mara", timeout=timeout
+        ),
+    )
+    step(
         "the greeting is in the history",
-        lambda: expect(page.locator("#history li.message-persona")).to_have_count(1, timeout=timeout),
+        lambda: expect(page.locator(FINISHED_PERSONA_MESSAGES)).to_have_count(1, timeout=timeout),
     )
     assert "Linden Street" in history_texts(page, "persona")[0]
     page.screenshot(path=str(screenshot_dir / "chat-page-2-greeting.png"))
@@ -188,7 +198,7 @@ def test_a_visitor_sees_hears_and_types_to_mara_then_stops(
     )
     step(
         "the answer is in the history",
-        lambda: expect(page.locator("#history li.message-persona").nth(1)).to_contain_text(
+        lambda: expect(page.locator(FINISHED_PERSONA_MESSAGES).nth(1)).to_contain_text(
             ANSWER_WORD, timeout=timeout
         ),
     )
@@ -270,7 +280,7 @@ def test_a_denied_microphone_is_shown_and_typing_still_works(
     )
     step(
         "the greeting is in the history",
-        lambda: expect(page.locator("#history li.message-persona")).to_have_count(1, timeout=timeout),
+        lambda: expect(page.locator(FINISHED_PERSONA_MESSAGES)).to_have_count(1, timeout=timeout),
     )
     step(
         "the text box is enabled",
@@ -280,7 +290,7 @@ def test_a_denied_microphone_is_shown_and_typing_still_works(
     page.press("#message-input", "Enter")
     step(
         "the answer arrives without a microphone, as a message of its own",
-        lambda: expect(page.locator("#history li.message-persona").nth(1)).to_contain_text(
+        lambda: expect(page.locator(FINISHED_PERSONA_MESSAGES).nth(1)).to_contain_text(
             ANSWER_WORD, timeout=timeout
         ),
     )

@@ -180,7 +180,7 @@ def test_a_visitor_asks_mara_aloud_and_hears_the_answer(
     )
     step(
         "the answer is in the history",
-        lambda: expect(page.locator("#history li.message-persona").first).to_contain_text(
+        lambda: expect(page.locator("#history li.message-persona:not(.message-live)").first).to_contain_text(
             "closed on Mondays", timeout=STEP_TIMEOUT_MILLISECONDS
         ),
     )

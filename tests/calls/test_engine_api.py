@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from calls.models import Call, CallStatus
@@ -135,3 +138,39 @@ def test_talk_to_a_session_that_never_becomes_ready_is_refused_not_lost(monkeypa
     response = APIClient().post("/talk?session_id=CAslow", {"content": "Hello there."}, format="json")
     assert response.status_code == 409 and response.json()["error"] == "not_ready"
     assert session.said == ["Hello there."]
+
+
+@pytest.mark.django_db
+def test_sessions_are_spread_over_the_engine_hosts_by_their_live_calls(client_a, persona_a, settings):
+    settings.PARLEY_ENGINE_HOSTS = ["media-1:8001", "media-2:8002"]
+
+    def host_of_a_new_session() -> str:
+        data = start(mint(client_a), HTTP_HOST="127.0.0.1:8000").json()
+        assert Call.objects.get(pk=data["sessionId"]).engine_host == data["engineHost"]
+        return data["engineHost"]
+
+    assert [host_of_a_new_session() for _ in range(3)] == ["media-1:8001", "media-2:8002", "media-1:8001"]
+    # Ended calls and connecting calls whose browser never came do not count.
+    Call.objects.filter(engine_host="media-1:8001").update(status=CallStatus.ENDED)
+    assert host_of_a_new_session() == "media-1:8001"
+    Call.objects.filter(engine_host="media-2:8002").update(created_at=timezone.now() - timedelta(minutes=5))
+    assert host_of_a_new_session() == "media-2:8002"
+
+
+@pytest.mark.django_db
+def test_a_retried_session_start_keeps_its_engine_host(client_a, persona_a, settings):
+    settings.PARLEY_ENGINE_HOSTS = ["media-1:8001", "media-2:8002"]
+    token = mint(client_a)
+    first = start(token).json()
+    start(mint(client_a))  # media-2 now holds one too; the retry still answers media-1
+    retry = start(token).json()
+    assert (retry["sessionId"], retry["engineHost"]) == (first["sessionId"], "media-1:8001")
+
+
+def test_pages_of_other_engine_hosts_may_open_websockets(settings):
+    from webapp.origins import origin_allowed
+
+    settings.PARLEY_ALLOW_LOCALHOST_ORIGINS = False
+    settings.PARLEY_ENGINE_ORIGINS = ["http://parley.example:8000", "http://parley.example:8001"]
+    assert origin_allowed("http://parley.example:8000", host="parley.example:8001")
+    assert not origin_allowed("http://elsewhere.example:8000", host="parley.example:8001")

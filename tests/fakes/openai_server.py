@@ -48,9 +48,10 @@ MODEL_LISTED = "fake-model"
 
 @dataclass(frozen=True)
 class TextReply:
-    """Streamed as one content delta per piece."""
+    """Streamed as one content delta per piece, the first after `thinking_seconds`."""
 
     pieces: tuple[str, ...]
+    thinking_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,19 @@ class FakeOpenAIServer:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
+        try:
+            await self._stream(request, response, body, reply)
+        except ConnectionResetError:
+            pass  # the client gave up on the reply (an interrupted turn): as a real server, stop
+        return response
+
+    async def _stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        body: dict[str, Any],
+        reply: TextReply | ToolCallReply,
+    ) -> None:
         completion_id = f"chatcmpl-fake{len(self.requests)}"
         model = body.get("model", MODEL_LISTED)
 
@@ -187,6 +201,7 @@ class FakeOpenAIServer:
 
         if isinstance(reply, TextReply):
             await send({"role": "assistant", "content": ""})
+            await asyncio.sleep(reply.thinking_seconds)
             for piece in reply.pieces:
                 await send({"content": piece})
             await send({}, finish_reason="stop")
@@ -221,7 +236,6 @@ class FakeOpenAIServer:
             await response.write(f"data: {json.dumps(usage_chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
-        return response
 
 
 # --- replies derived from the request ------------------------------------------------------

@@ -8,6 +8,7 @@ recognisers and VADs treat unlike any real microphone).
 from __future__ import annotations
 
 import asyncio
+import time
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
@@ -86,6 +87,9 @@ class ScriptedMicrophone(MediaStreamTrack):
         self._sent = 0
         self._start: float | None = None
         self.finished = asyncio.Event()  # set whenever the queue runs dry
+        # When the last queued piece was handed out (monotonic, wall): the real end of what was
+        # said, later than planned when the sender's loop is late.
+        self.dry_at: tuple[float, float] | None = None
 
     def say(self, samples: np.ndarray) -> float:
         """Queue speech; returns its duration in seconds."""
@@ -112,6 +116,7 @@ class ScriptedMicrophone(MediaStreamTrack):
                 piece = np.concatenate([piece, np.zeros(PIECE - piece.size, dtype=np.float32)])
             if not self._queue.size:
                 self.finished.set()
+                self.dry_at = (time.monotonic(), time.time())
         else:
             if self._floor_at + PIECE > self._floor.size:
                 self._floor_at = 0

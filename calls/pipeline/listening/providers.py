@@ -88,6 +88,25 @@ def warm_up() -> None:
     recogniser_pool().wait_ready()
 
 
+def recogniser_prepare(config: Any) -> bool:
+    """Have the offline recogniser ready for this persona: workers started, its model built.
+
+    Blocking (seconds on a cold process); False when the persona uses another recogniser.
+    """
+    provider = getattr(config, "stt_provider", "pocketsphinx") or "pocketsphinx"
+    if provider == "openai":
+        return False
+    warm_up()
+    corpus = persona_corpus(
+        name=getattr(config, "name", ""),
+        greeting=getattr(config, "greeting", ""),
+        knowledge=tuple(getattr(config, "knowledge", ()) or ()),
+        phrases=tuple(getattr(config, "stt_phrases", ()) or ()),
+    )
+    recogniser_pool().prepare(corpus_key(corpus), corpus)
+    return True
+
+
 class SphinxSTTService(STTService):
     """Offline recognition: incremental pocketsphinx decoding in worker processes."""
 
@@ -201,11 +220,18 @@ class SphinxSTTService(STTService):
         task.add_done_callback(self._final_tasks.discard)
 
     async def _interim(self, stream: RecognitionStream) -> None:
+        asked_at = time.monotonic()
         try:
             words = (await stream.partial()).split()
         except RecogniserUnavailable:
             return
         agreed = stable_prefix(self._previous, words)
+        logger.debug(
+            "partial %r in %.0f ms, agreed with the one before: %r",
+            " ".join(words),
+            (time.monotonic() - asked_at) * 1000,
+            " ".join(agreed),
+        )
         self._previous = words
         if stream is not self._stream or not self._user_speaking:
             return  # the final transcript is on its way

@@ -397,42 +397,60 @@ def worker_main(connection: Any) -> None:
     corpus), ("ping",). Replies: ("ready",) once the model is loaded, ("partial", id, text),
     ("settled", id, result dict), ("final", id, result dict), ("prepared", corpus_key),
     ("pong",).
+
+    Requests are served in order, except that a "partial" is answered as soon as it is read,
+    with what has been decoded so far: when decoding falls behind (a loaded machine), queued
+    audio would otherwise hold every live caption back by as long as the backlog.
     """
     recogniser = Recogniser()
     try:
         connection.send(("ready", os.getpid()))
     except OSError:
         return  # the server went away while this worker started
+    inbox: collections.deque[tuple[Any, ...]] = collections.deque()
     try:
         while True:
             try:
-                request = connection.recv()
+                if not inbox:
+                    _inbox_add(recogniser, connection, inbox, connection.recv())
+                while connection.poll(0):
+                    _inbox_add(recogniser, connection, inbox, connection.recv())
             except (EOFError, OSError):
                 return
-            kind = request[0]
-            if kind == "audio":
-                recogniser.audio(request[1], request[2])
-            elif kind == "begin":
-                recogniser.begin(*request[1:])
-            elif kind == "partial":
-                connection.send(("partial", request[1], recogniser.partial(request[1])))
-            elif kind in ("end", "settle"):
-                result = (recogniser.end if kind == "end" else recogniser.settle)(request[1])
-                if result is not None:
-                    connection.send(("final" if kind == "end" else "settled", request[1], result))
-                for reply in recogniser._advance():
-                    connection.send(reply)
-            elif kind == "resume":
-                recogniser.resume(request[1])
-                for reply in recogniser._advance():
-                    connection.send(reply)
-            elif kind == "cancel":
-                for reply in recogniser.cancel(request[1]):
-                    connection.send(reply)
-            elif kind == "prepare":
-                recogniser.persona_decoder(request[1], request[2])
-                connection.send(("prepared", request[1]))
-            elif kind == "ping":
-                connection.send(("pong",))
+            if inbox:
+                _serve(recogniser, connection, inbox.popleft())
     finally:
         recogniser.close()
+
+
+def _inbox_add(recogniser: Recogniser, connection: Any, inbox: collections.deque, request: tuple) -> None:
+    if request[0] == "partial":
+        connection.send(("partial", request[1], recogniser.partial(request[1])))
+    else:
+        inbox.append(request)
+
+
+def _serve(recogniser: Recogniser, connection: Any, request: tuple[Any, ...]) -> None:
+    kind = request[0]
+    if kind == "audio":
+        recogniser.audio(request[1], request[2])
+    elif kind == "begin":
+        recogniser.begin(*request[1:])
+    elif kind in ("end", "settle"):
+        result = (recogniser.end if kind == "end" else recogniser.settle)(request[1])
+        if result is not None:
+            connection.send(("final" if kind == "end" else "settled", request[1], result))
+        for reply in recogniser._advance():
+            connection.send(reply)
+    elif kind == "resume":
+        recogniser.resume(request[1])
+        for reply in recogniser._advance():
+            connection.send(reply)
+    elif kind == "cancel":
+        for reply in recogniser.cancel(request[1]):
+            connection.send(reply)
+    elif kind == "prepare":
+        recogniser.persona_decoder(request[1], request[2])
+        connection.send(("prepared", request[1]))
+    elif kind == "ping":
+        connection.send(("pong",))

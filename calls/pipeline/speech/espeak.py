@@ -462,6 +462,10 @@ class EspeakSynthesizer:
                 cls._shared = cls()
             return cls._shared
 
+    def start_blocking(self, timeout: float = 60.0) -> VoiceCatalogue:
+        """Load the library and its voices now (blocking; for a server's warm-up thread)."""
+        return self._start().result(timeout)
+
     async def voice_catalogue(self) -> VoiceCatalogue:
         """The voices and variants available (starts the worker if needed)."""
         return await asyncio.wrap_future(self._start())

@@ -244,3 +244,23 @@ def test_a_reply_for_a_call_whose_loop_has_closed_does_not_stop_the_reader():
     loop.close()
     stream._resolve("partial", "do you deliver")
     stream._fail()
+
+
+async def test_a_partial_result_is_answered_at_once_while_audio_waits_to_be_decoded():
+    # A worker that falls behind (a loaded machine) must still answer live captions: with the
+    # decoding of seconds of audio queued ahead, the partial comes back with what is decoded
+    # so far, long before the last of it is decoded.
+    from tests.fakes.spoken import spoken_pcm, to_int16, with_room
+
+    service = mara_service()
+    speech = await spoken_pcm("Do you deliver? We are planning a small party for twenty people on Saturday.")
+    pcm = to_int16(with_room(speech, lead_seconds=0.3, tail_seconds=0.3)[::3])  # 16 kHz
+    stream = recogniser_pool().open_stream(corpus_key=service.corpus_key, corpus=service.corpus)
+    for start in range(0, len(pcm), 640):
+        stream.feed(pcm[start : start + 640])  # all of it at once, faster than it can be decoded
+    partial = asyncio.ensure_future(stream.partial())
+    final = asyncio.ensure_future(stream.final())
+    await asyncio.wait({partial, final}, return_when=asyncio.FIRST_COMPLETED)
+    assert partial.done() and not final.done(), "the partial waited for the queued audio"
+    result = await final
+    assert len(partial.result().split()) < len(result["text"].split()), (partial.result(), result)

@@ -244,6 +244,40 @@ async def test_speaking_over_the_persona_stops_its_voice_and_keeps_only_what_was
     await listener.wait_for("bot.finished", after=interrupted_at, within=40)
 
 
+async def test_speaking_while_the_reply_is_composed_drops_it_and_answers_what_was_said_last():
+    # A model that thinks for 3 s: the user goes on before a word of its reply exists (seen in
+    # the browser: "Sorry," then "where are you located?"). The reply to the first question
+    # must not be spoken over the user, and the question after it must get its answer (the
+    # interruption once reached the brain after that question and dropped its reply instead).
+    from tests.fakes.openai_server import FakeOpenAIServer, TextReply
+
+    async with FakeOpenAIServer() as server:
+        server.script(
+            TextReply(
+                pieces=("We bake sourdough, ", "buns and croissants every morning."), thinking_seconds=3.0
+            ),
+            TextReply(pieces=("We're at 42 Linden Street, ", "next to the library.")),
+        )
+        loop = await _loop_make(brain_provider="openai", llm_base_url=server.base_url, llm_model="fake-model")
+        listener = loop.listener
+        try:
+            await asyncio.sleep(0.3)
+            await loop.say("What is on the menu?")
+            await listener.wait_for("turn.end", within=30)
+            await loop.say("Where are you located?", lead_seconds=0.0)
+            finished = await listener.wait_for("bot.finished", within=40)
+            await asyncio.sleep(3.5)  # long enough for the first reply to have been spoken
+        finally:
+            await loop.stop()
+    spoken = [data["text"] for data in listener.of("bot.speaking")]
+    assert not any("sourdough" in text for text in spoken), (spoken, listener.names())
+    assert "linden street" in finished["spoken"].lower(), finished
+    assert "turn.continued" in listener.names(), listener.names()
+    # The second request answers the whole conversation, the last question included.
+    last = server.requests[-1].messages
+    assert last[-1]["role"] == "user" and "located" in str(last[-1]["content"]).lower(), last
+
+
 async def test_a_backchannel_while_the_persona_speaks_does_not_interrupt_it(loop_factory):
     loop = await loop_factory()
     listener = loop.listener

@@ -35,3 +35,23 @@ async def test_steady_silence_is_repeated_not_encoded_and_the_voice_after_it_is_
     assert len(encoded) == SETTLED_SILENCE_PIECES + 12  # the voice is encoded again
     assert max(_decoded_peak(decoder, packet) for packet in voice) > 0.1
     track.stop()
+
+
+async def test_an_interruption_holds_the_voice_until_it_has_passed_the_output():
+    # Between the barge-in and the InterruptionFrame reaching the output, the output still
+    # writes the chunks it holds: none of them may be heard. Only the pipeline's own flush
+    # (after the output) frees the voice; a guard's resume does not.
+    track = PacedAudioTrack(encode=False)
+    loud = (np.full(PIECE_BYTES // 2, 8000, dtype=np.int16)).tobytes()
+    track.play(loud * 3)
+    track.flush(hold=True)
+    track.play(loud * 2)  # written by the output before it saw the interruption
+    track.resume()
+    for _ in range(3):
+        await track.recv()
+    assert track.samples_played == 0 and track.paused and track.held_seconds > 0
+    track.flush()  # the InterruptionFrame has passed the output
+    track.play(loud)  # the next reply
+    for _ in range(2):
+        await track.recv()
+    assert track.samples_played > 0 and not track.paused and track.held_seconds == 0

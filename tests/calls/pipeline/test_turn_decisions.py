@@ -241,3 +241,27 @@ async def test_an_early_verdict_is_dropped_when_the_user_goes_on_inside_the_stop
     await t.silence(0.2)
     assert len(t.model.analyses) == 2  # the early one was dropped; the stop got a fresh verdict
     assert t.listener.names() == ["user.message"]
+
+
+async def test_calls_share_one_smartturn_session_with_pipecats_verdicts():
+    # One ONNX session per process, not per call; each call's analyzer keeps its own audio. The
+    # verdict on the same audio is the one pipecat's own analyzer (its own session) gives.
+    import numpy as np
+    from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+
+    from calls.pipeline.turns import smart_turn_analyzer_build
+    from tests.fakes.spoken import spoken_pcm, with_room
+
+    first, second = smart_turn_analyzer_build(stop_secs=1.5), smart_turn_analyzer_build(stop_secs=1.5)
+    assert first._session is second._session
+    reference = LocalSmartTurnAnalyzerV3()
+    speech = with_room(await spoken_pcm("Are you open on Monday?"), lead_seconds=0.2, tail_seconds=0.2)
+    audio = speech[::3].astype(np.float32) / 32768.0  # 48 kHz → 16 kHz, as the model hears it
+    for analyzer in (first, reference):
+        analyzer.set_sample_rate(16_000)
+    shared, own = first._predict_endpoint(audio), reference._predict_endpoint(audio)
+    assert shared["probability"] == pytest.approx(own["probability"], abs=1e-6)
+    assert 0.0 <= shared["probability"] <= 1.0
+    await first.cleanup()
+    await second.cleanup()
+    await reference.cleanup()

@@ -8,7 +8,7 @@ checked is which frame the pause comes on, not how fast this machine is.
 from __future__ import annotations
 
 import numpy as np
-from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.frames.frames import InputAudioRawFrame, InterruptionFrame, TranscriptionFrame
 from pipecat.tests.utils import run_test
 
 from calls.pipeline.turns import ECHO_LEVEL_RATIO, OnsetDetector, UserSideListener, VoiceGuard
@@ -129,3 +129,30 @@ async def test_the_personas_own_voice_coming_back_does_not_pause_it():
     guard = await guard_hearing(frames, voice)
     assert onset_time(frames) < 0.5  # Silero hears the echo as speech: the level check decides
     assert not voice.paused and guard.last_pause_at is None
+
+
+async def test_words_over_the_persona_interrupt_it_ahead_of_themselves():
+    # The transcript of speech whose pause was undone (or that came over a reply still being
+    # composed) interrupts the reply; the interruption must reach the brain before the words
+    # do, or it drops the reply to them.
+    interrupted: list[str] = []
+
+    async def interrupt() -> None:
+        interrupted.append("voice stopped")
+
+    guard = VoiceGuard(
+        voice=PlayingVoice(level=0.3),
+        reply_active=lambda: True,
+        interrupt=interrupt,
+        persona_words=lambda: ["our", "sourdough", "country", "loaf"],
+        listener=UserSideListener(),
+        clock=AudioClock(),
+    )
+    words = TranscriptionFrame(text="where are you located", user_id="", timestamp="")
+    down, _ = await run_test(
+        guard,
+        frames_to_send=[words],
+        expected_down_frames=[InterruptionFrame, TranscriptionFrame],
+    )
+    assert interrupted == ["voice stopped"]
+    assert down[-1].text == "where are you located"
