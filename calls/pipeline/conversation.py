@@ -38,7 +38,12 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.text.base_text_aggregator import TextType
 
 from calls.pipeline.brain.config import BrainTool, ToolKind
-from calls.pipeline.frames import TalkStreamStartFrame, TalkTextFrame, VisemeTimelineFrame
+from calls.pipeline.frames import (
+    SpeechMessageStartFrame,
+    TalkStreamStartFrame,
+    TalkTextFrame,
+    VisemeTimelineFrame,
+)
 from calls.pipeline.lipsync import ipa_speech_events
 from calls.pipeline.tools import DEFAULT_TOOL_TIMEOUT_SECONDS, PendingToolCall, ToolCalls
 from calls.pipeline.transport import (
@@ -247,7 +252,9 @@ class PlaybackTracker(FrameProcessor):
         if isinstance(frame, VisemeTimelineFrame) and self._face is not None:
             self._face.speech_timeline_push(time.monotonic(), ipa_speech_events(frame.phonemes))
         elif isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
-            if plan.message_id is None:
+            # Not for voice with nothing planned: the last of a finished message's audio (the
+            # resampler's tail) can start the output again. Then the first played word starts it.
+            if plan.message_id is None and plan.planned_text:
                 await self._start_message()
         elif isinstance(frame, TTSTextFrame) and direction == FrameDirection.DOWNSTREAM:
             if self._track.paused or self._held:
@@ -258,6 +265,10 @@ class PlaybackTracker(FrameProcessor):
             await self._words_played(frame)
         elif isinstance(frame, BotStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._finish()
+        elif isinstance(frame, SpeechMessageStartFrame) and direction == FrameDirection.DOWNSTREAM:
+            # What played before it was another message; this one says its text.
+            await self._finish()
+            plan.planned[:] = [frame.text]
         elif isinstance(frame, TalkStreamStartFrame) and direction == FrameDirection.DOWNSTREAM:
             # The stream's audio comes next: what played before it was another message.
             await self._finish()
@@ -536,6 +547,7 @@ class Conversation:
         self.stt = build_stt_service(self.config)
         if hasattr(self.stt, "vad_state_changed"):  # the offline recogniser settles in pauses
             vad.state_listeners.append(self.stt.vad_state_changed)
+            self.stt.vad_position = lambda: vad.bytes_analysed
         self.voice_guard = VoiceGuard(
             voice=self.track,
             reply_active=self._reply_active,
@@ -598,7 +610,8 @@ class Conversation:
             await self._worker.queue_frame(frame)
 
     async def say(self, text: str) -> None:
-        """Speak this text verbatim (greeting, /talk)."""
+        """Speak this text verbatim (greeting, /talk), as a message of its own."""
+        await self._queue(SpeechMessageStartFrame(text=text))
         await self._queue(TTSSpeakFrame(text))
 
     async def user_text(self, text: str) -> None:

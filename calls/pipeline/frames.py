@@ -45,5 +45,18 @@ class TalkStreamStartFrame(LLMFullResponseStartFrame):
 
 
 @dataclass
+class SpeechMessageStartFrame(DataFrame):
+    """Starts a verbatim message (`Conversation.say`: the greeting, `/talk`): what plays after
+    it is a new persona message saying `text`, even when its voice follows the last message's
+    without a pause (both queued while the session connected, say).
+
+    The TTS emits it in order behind the audio queued before it, and the output after that
+    audio has played.
+    """
+
+    text: str = ""
+
+
+@dataclass
 class TalkTextFrame(AggregatedTextFrame):
     """One whole sentence of a talk stream: spoken at once, without waiting for the next one."""

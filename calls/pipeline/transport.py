@@ -294,6 +294,17 @@ class ParleyInput(BaseInputTransport):
                     )
                 )
 
+    async def push_audio_frame(self, frame: InputAudioRawFrame) -> None:
+        """Straight on to the recogniser, from the reader's task.
+
+        pipecat queues each frame for a task that takes it with `asyncio.wait_for`: three event
+        loop turns per 20 ms frame. With several calls listening in one process that queue held
+        seconds of audio, and the persona heard the user late by as much. Parley sets no input
+        audio filter, the one thing that task adds.
+        """
+        if self._params.audio_in_enabled and not self._paused:
+            await self.push_frame(frame)
+
     async def _stop_reader(self) -> None:
         if self._reader is not None:
             await self.cancel_task(self._reader)

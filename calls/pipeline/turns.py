@@ -224,8 +224,12 @@ class InlineSileroVADAnalyzer(SileroVADAnalyzer):
         # Called with each new state (QUIET, STARTING, SPEAKING, STOPPING) as it is entered.
         self.state_listeners: list[Callable[[VADState], None]] = []
         self._state_seen = VADState.QUIET
+        # Bytes of audio analysed: where the VAD is in the call's audio when it tells a listener
+        # of a state (processors upstream of it may have taken more audio by then).
+        self.bytes_analysed = 0
 
     async def analyze_audio(self, buffer: bytes) -> VADState:
+        self.bytes_analysed += len(buffer)
         state = self._run_analyzer(buffer)
         if state != self._state_seen:
             self._state_seen = state

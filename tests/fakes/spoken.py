@@ -230,11 +230,12 @@ async def heard_frames(
     started = stopped = False
     for index, at in enumerate(range(0, len(pcm), piece_bytes)):
         now = index * 0.02
+        # The VAD tells its listeners of a state as it enters it, before it sends its frame.
+        while marks and now >= marks[0][0]:
+            frames.append(VADStateMark(marks.pop(0)[1]))
         if not started and now >= start_at:
             frames.append(VADUserStartedSpeakingFrame(start_secs=VAD_START_AFTER_SECONDS))
             started = True
-        while marks and now >= marks[0][0]:
-            frames.append(VADStateMark(marks.pop(0)[1]))
         if not stopped and now >= stop_at:
             frames.append(VADUserStoppedSpeakingFrame(stop_secs=VAD_STOP_AFTER_SECONDS))
             frames.append(VADStateMark(VADState.QUIET))

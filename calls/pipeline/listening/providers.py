@@ -23,7 +23,7 @@ import collections
 import importlib.util
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from pipecat.audio.vad.vad_analyzer import VADState
@@ -50,7 +50,12 @@ SPHINX_LANGUAGES = ("en", "en-us")
 SAMPLE_RATE = 16_000
 # Audio kept from before the VAD's start of speech and decoded with it (seconds): the VAD
 # fires ~0.12 s after the onset, and the recogniser wants ~0.3 s of room before the words.
+# It is counted back from the audio position where the VAD decided, not from this service's
+# own: the recogniser comes first in the pipeline and may have taken more audio meanwhile.
 PRE_ROLL_SECONDS = 0.45
+# Recent audio kept for the pre-roll (seconds): the pre-roll and how far this service may be
+# ahead of the VAD when it decides.
+HISTORY_SECONDS = 3.0
 # While the user speaks, a partial hypothesis is asked for this often (seconds).
 INTERIM_SECONDS = 0.2
 # Audio after the VAD's first silent window before the stream is settled (seconds): the VAD
@@ -129,8 +134,13 @@ class SphinxSTTService(STTService):
         self.corpus = persona_corpus(name=name, greeting=greeting, knowledge=knowledge, phrases=phrases)
         self.corpus_key = corpus_key(self.corpus)
         recogniser_pool().prepare(self.corpus_key, self.corpus)  # not at the first utterance
-        self._pre_roll: collections.deque[bytes] = collections.deque()
-        self._pre_roll_bytes = 0
+        # Recent audio: (its position in this call's audio, in bytes; the bytes).
+        self._history: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._received = 0  # bytes of audio this service has received
+        # Where the VAD is in the same audio (bytes), when it tells of a new state; the
+        # conversation wires it to the VAD's count. None: level with this service.
+        self.vad_position: Callable[[], int] | None = None
+        self._speech_from: int | None = None  # where the pre-roll of the next stream starts
         self._stream: RecognitionStream | None = None
         self._previous: list[str] = []
         self._emitted: list[str] = []
@@ -142,31 +152,34 @@ class SphinxSTTService(STTService):
         self.last_result: dict[str, Any] | None = None
         # This call's cepstral mean after its last utterance: its microphone's, carried to the next.
         self._cmn = ""
-        # Audio (bytes) since the VAD's first silent window in this utterance, None while speaking.
-        self._silence_bytes: int | None = None
+        # Where the stream is settled: the VAD's first silent window in this utterance, plus
+        # SETTLE_SECONDS (a position in bytes); None while the user speaks.
+        self._settle_at: int | None = None
         self.settles = self.resumes = 0  # counts, for benchmarks
 
     def vad_state_changed(self, state: VADState) -> None:
         """From the VAD (`InlineSileroVADAnalyzer.state_listeners`), as each state is entered."""
         stream = self._stream
+        position = self._received if self.vad_position is None else min(self.vad_position(), self._received)
         if state == VADState.STOPPING:
-            self._silence_bytes = 0
+            self._settle_at = position + int(SETTLE_SECONDS * SAMPLE_RATE) * 2
         elif state == VADState.SPEAKING:
-            self._silence_bytes = None
-            if stream is not None and stream.settled:
+            self._settle_at = None
+            if stream is None or stream.closed:  # a new utterance: its start frame follows
+                self._speech_from = max(0, position - int(PRE_ROLL_SECONDS * SAMPLE_RATE) * 2)
+            elif stream.settled:
                 stream.resume()  # a pause inside the sentence: decode it whole again
                 self.resumes += 1
                 self._previous = []
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
+        self._keep(audio)
         stream = self._stream
         if stream is not None and not stream.closed:
             stream.feed(audio)
-            if self._silence_bytes is not None and not stream.settled:
-                self._silence_bytes += len(audio)
-                if self._silence_bytes >= int(SETTLE_SECONDS * SAMPLE_RATE) * 2:
-                    stream.settle()
-                    self.settles += 1
+            if self._settle_at is not None and not stream.settled and self._received >= self._settle_at:
+                stream.settle()
+                self.settles += 1
             now = time.monotonic()
             idle = self._interim_task is None or self._interim_task.done()
             settled = stream.settled
@@ -178,17 +191,23 @@ class SphinxSTTService(STTService):
             ):
                 self._last_interim_at = now
                 self._interim_task = self.create_task(self._interim(stream), f"{self}::interim")
-        else:
-            self._keep_pre_roll(audio)
         if False:  # an async generator that yields nothing: the transcripts come from tasks
             yield None
 
-    def _keep_pre_roll(self, audio: bytes) -> None:
-        self._pre_roll.append(audio)
-        self._pre_roll_bytes += len(audio)
-        limit = int(PRE_ROLL_SECONDS * SAMPLE_RATE) * 2
-        while self._pre_roll and self._pre_roll_bytes - len(self._pre_roll[0]) >= limit:
-            self._pre_roll_bytes -= len(self._pre_roll.popleft())
+    def _keep(self, audio: bytes) -> None:
+        self._history.append((self._received, audio))
+        self._received += len(audio)
+        oldest = self._received - int(HISTORY_SECONDS * SAMPLE_RATE) * 2
+        while self._history and self._history[0][0] + len(self._history[0][1]) <= oldest:
+            self._history.popleft()
+
+    def _audio_since(self, position: int) -> bytes:
+        """The audio received from `position` (bytes into the call's audio) to now."""
+        pieces = []
+        for start, audio in self._history:
+            if start + len(audio) > position:
+                pieces.append(audio[max(0, position - start) :])
+        return b"".join(pieces)
 
     async def _handle_vad_user_started_speaking(self, frame: VADUserStartedSpeakingFrame) -> None:
         await super()._handle_vad_user_started_speaking(frame)
@@ -202,16 +221,18 @@ class SphinxSTTService(STTService):
             logger.warning("speech recognition unavailable: %s", error)
             self._stream = None
             return
-        self._stream.feed(b"".join(self._pre_roll))
-        self._pre_roll.clear()
-        self._pre_roll_bytes = 0
-        self._silence_bytes = None
+        # From PRE_ROLL_SECONDS before where the VAD decided to all this service has received.
+        pre_roll_bytes = int(PRE_ROLL_SECONDS * SAMPLE_RATE) * 2
+        speech_from = self._speech_from if self._speech_from is not None else self._received - pre_roll_bytes
+        self._speech_from = None
+        self._stream.feed(self._audio_since(max(0, speech_from)))
+        self._settle_at = None
         self._previous, self._emitted = [], []
         self._last_interim_at = time.monotonic()
 
     async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame) -> None:
         await super()._handle_vad_user_stopped_speaking(frame)
-        self._silence_bytes = None
+        self._settle_at = None
         stream, self._stream = self._stream, None
         if stream is None or stream.closed:
             return

@@ -15,7 +15,13 @@ import os
 import signal
 
 import pytest
-from pipecat.frames.frames import InterimTranscriptionFrame, TranscriptionFrame
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
 from pipecat.tests.utils import run_test
 
 from calls.pipeline.listening import language_model, providers
@@ -26,7 +32,7 @@ from calls.pipeline.listening.workers import recogniser_pool
 from calls.pipeline.turns import normalized_words
 from personas.management.commands.seed_demo import MARA, MARA_KNOWLEDGE
 from tests.fakes.hearing import MarkedSphinxSTTService
-from tests.fakes.spoken import heard_frames
+from tests.fakes.spoken import VADStateMark, heard_frames
 
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
@@ -217,6 +223,37 @@ async def test_a_pause_inside_a_sentence_is_decoded_whole_after_the_speaker_goes
     interims = [frame.text for frame in down if isinstance(frame, InterimTranscriptionFrame)]
     for earlier, later in itertools.pairwise(interims):
         assert later.startswith(earlier), (earlier, later)
+
+
+def vad_behind(frames: list, seconds: float) -> list:
+    """`frames` as a recogniser sees them when the VAD after it is `seconds` behind: each VAD
+    frame and state mark comes that much audio later (a burst of microphone audio passed the
+    recogniser before the VAD scored it)."""
+    lag = round(seconds / 0.02)
+    out, waiting = [], []  # waiting: (audio frames still to pass, frame)
+    for frame in frames:
+        if isinstance(frame, (VADStateMark, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)):
+            waiting.append([lag, frame])
+            continue
+        out.append(frame)
+        if isinstance(frame, InputAudioRawFrame):
+            for entry in waiting:
+                entry[0] -= 1
+            while waiting and waiting[0][0] <= 0:
+                out.append(waiting.pop(0)[1])
+    return out + [frame for _, frame in waiting]
+
+
+async def test_the_speech_onset_is_kept_when_the_recogniser_is_ahead_of_the_vad():
+    # The pre-roll is counted back from where the VAD decided, not from the recogniser's own
+    # position; counted from the latter, 0.6 s ahead, "are you" fell out of it.
+    lag_seconds = 0.6
+    service = mara_service()
+    service.vad_position = lambda: service._received - int(lag_seconds * 16_000) * 2
+    frames = vad_behind(await heard_frames("Are you open on Monday?", lead_seconds=0.5), lag_seconds)
+    heard = finals((await run_test(service, frames_to_send=frames))[0])
+    assert heard == ["are you open on monday"], heard
+    assert service.settles == 1
 
 
 async def test_a_killed_worker_is_replaced_and_the_next_utterance_is_heard(caplog):

@@ -382,3 +382,20 @@ def test_the_words_temper_the_turn_model():
     assert turn_probability(0.37, "What are your opening hours?") > TurnSettings().confident
     assert turn_probability(0.95, "Can I order a cake for") < TurnSettings().confident
     assert turn_probability(0.42, "Hello") == 0.42
+
+
+async def test_two_texts_said_back_to_back_are_two_messages(loop_factory):
+    # Queued together (two /talk requests while the session connected), the second text's voice
+    # follows the first's without a pause; each is still its own message with its own text.
+    loop = await loop_factory()
+    first, second = "Welcome back!", "Fresh sourdough comes out of the oven at seven."
+    await loop.conversation.say(first)
+    await loop.conversation.say(second)
+    listener = loop.listener
+    await listener.wait_for("bot.finished", within=30)
+    last = await listener.wait_for("bot.finished", after=listener.first_at("bot.finished") + 1e-9, within=30)
+    finished = listener.of("bot.finished")
+    assert [data["spoken"] for data in finished] == [first, second], finished
+    assert [data["text"] for data in finished] == [first, second], finished
+    assert finished[0]["message_id"] != last["message_id"]
+    assert [data["text"] for data in listener.of("bot.speaking")] == [first, second]

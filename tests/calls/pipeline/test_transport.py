@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from fractions import Fraction
+
 import av
 import numpy as np
 
@@ -55,3 +58,65 @@ async def test_an_interruption_holds_the_voice_until_it_has_passed_the_output():
     for _ in range(2):
         await track.recv()
     assert track.samples_played > 0 and not track.paused and track.held_seconds == 0
+
+
+class _WaitingMicrophone:
+    """A remote audio track with `count` 20 ms frames already waiting, then nothing more."""
+
+    readyState = "live"
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._pts = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self._left == 0:
+            await asyncio.Event().wait()
+        self._left -= 1
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), dtype=np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48_000, self._pts, Fraction(1, 48_000)
+        self._pts += 960
+        return frame
+
+
+async def test_waiting_microphone_audio_reaches_the_pipeline_in_a_few_loop_turns():
+    # pipecat's input transport hands each frame to a task of its own through a queue and
+    # `asyncio.wait_for` (three loop turns a frame); with several calls in a process that queue
+    # held seconds of audio. Parley's input pushes each frame on from the reader itself.
+    from pipecat.frames.frames import InputAudioRawFrame
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.processors.frame_processor import FrameProcessor
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from calls.pipeline.transport import MicrophoneDrain, ParleyInput, transport_params
+
+    turns = 0
+    arrived_at: list[int] = []
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    class Arrivals(FrameProcessor):
+        async def process_frame(self, frame, direction):
+            await super().process_frame(frame, direction)
+            if isinstance(frame, InputAudioRawFrame):
+                arrived_at.append(turns)
+            await self.push_frame(frame, direction)
+
+    microphone = MicrophoneDrain()
+    microphone.track = _WaitingMicrophone(200)
+    counter = asyncio.create_task(count_turns())
+    try:
+        await run_test(
+            Pipeline([ParleyInput(transport_params(), microphone), Arrivals()]),
+            frames_to_send=[SleepFrame(sleep=1.0)],
+        )
+    finally:
+        counter.cancel()
+    assert len(arrived_at) >= 190, len(arrived_at)
+    spent = arrived_at[-1] - arrived_at[0]
+    print(f"{len(arrived_at)} frames through in {spent} loop turns")
+    assert spent < 100, spent
