@@ -131,20 +131,23 @@ QUESTION_OPENERS = frozenset(
     }
 )  # fmt: skip
 
+# Words that close a request or a statement ("... the manager please", "... thanks").
+CLOSING_WORDS = frozenset({"please", "thanks"})
+
 
 def text_completeness(text: str) -> float | None:
     """A lexical guess that the words form a finished turn: 0.1 (dangling), 0.9 (a whole question).
 
     SmartTurn listens to prosody only; on flat or synthetic voices it misjudges whole questions.
     The words say something it cannot: a sentence ending in "for" or "and" is not over, and
-    "what are your opening hours" is. None when the words say nothing either way.
+    "what are your opening hours" or "I'd like to speak to the manager please" is. None when the words say nothing either way.
     """
     words = normalized_words(text)
     if not words:
         return None
     if words[-1] in DANGLING_WORDS:
         return 0.1
-    if len(words) >= 3 and words[0] in QUESTION_OPENERS:
+    if len(words) >= 3 and (words[0] in QUESTION_OPENERS or words[-1] in CLOSING_WORDS):
         return 0.9
     return None
 

@@ -378,6 +378,8 @@ def test_the_words_temper_the_turn_model():
     assert text_completeness("Hello") is None
     assert text_completeness("Where are you?") == 0.9  # "you" ends many whole questions
     assert text_completeness("I think so") is None
+    assert text_completeness("I would like to speak to the manager please") == 0.9
+    assert text_completeness("Please") is None  # too short to tell
     # A whole question the acoustic model doubted, and a dangling one it was sure of.
     assert turn_probability(0.37, "What are your opening hours?") > TurnSettings().confident
     assert turn_probability(0.95, "Can I order a cake for") < TurnSettings().confident
