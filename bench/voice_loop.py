@@ -75,6 +75,8 @@ PLAYOUT_PACKETS = 2
 SPEECH_TAIL_SECONDS = 0.2
 # A gap this long in the persona's voice means it stopped.
 VOICE_GAP_SECONDS = 0.3
+# What `barge_in` returns for an interruption that did not stop the voice.
+MISSED = float("inf")
 # The barge-in starts as this word of the menu answer is played (its captions arrive with it).
 BARGE_IN_AT_WORD = "sourdough"
 
@@ -163,7 +165,8 @@ async def one_utterance(client: ParleyWebRTCClient, base_url: str, text: str) ->
 
 
 async def barge_in(client: ParleyWebRTCClient, base_url: str, interruption: str) -> float | None:
-    """Speak over the persona's answer; ms from the user's speech start to the voice stopping."""
+    """Speak over the persona's answer; ms from the user's speech start to the voice stopping,
+    `MISSED` when it did not stop, None when the trial could not be measured."""
     record = client.record
     finished_before = record.persona_finished_count()
     chunks_before = len(record.speech_texts("persona"))
@@ -194,12 +197,13 @@ async def barge_in(client: ParleyWebRTCClient, base_url: str, interruption: str)
     if len(loud) < 2 or loud[1] - loud[0] > VOICE_GAP_SECONDS:
         print(f"barge-in: the voice had stopped by itself when {interruption!r} began; not measured")
         return None
-    stop = start
     for previous, current in itertools.pairwise(loud):
         if current - previous > VOICE_GAP_SECONDS:
-            stop = previous
-            break
-    return (stop - start) * 1000
+            return (previous - start) * 1000
+    # The voice never paused from the interruption to the end of the next answer: it was not
+    # stopped (or the answers ran into each other). A miss, not a fast stop.
+    print(f"barge-in: the voice did not stop after {interruption!r} began; counted as a miss")
+    return MISSED
 
 
 async def session(base_url: str, token: str, utterances: list[str], with_barge_in: bool) -> dict:
@@ -312,12 +316,18 @@ def report(count: int, sessions: list[dict], verbose: bool) -> None:
     )
     print(f"word error rate: in-domain {wer(IN_DOMAIN):.1f} %, general {wer(GENERAL):.1f} %")
     trials = [trial for result in sessions for trial in result["barge_ins"]]
-    stops = [ms for _, ms in trials if ms is not None]
-    if stops:
-        each = ", ".join(f"{text.split(',')[0].split()[0]} {ms:.0f}" for text, ms in trials if ms is not None)
-        print(
-            f"barge-in stop time: median {statistics.median(stops):.0f} ms, max {max(stops):.0f} ms ({each})"
+    stops = [ms for _, ms in trials if ms is not None and ms != MISSED]
+    missed = [text for text, ms in trials if ms == MISSED]
+    if stops or missed:
+        each = ", ".join(
+            f"{text.split(',')[0].split()[0]} {'missed' if ms == MISSED else f'{ms:.0f}'}"
+            for text, ms in trials
+            if ms is not None
         )
+        summary = (
+            f"median {statistics.median(stops):.0f} ms, max {max(stops):.0f} ms" if stops else "none stopped"
+        )
+        print(f"barge-in stop time: {summary}; {len(missed)} missed ({each})")
     print(
         f"lowest audio frame rate received: {min(result['audio_fps'] for result in sessions):.1f} fps (full: 50)"
     )
@@ -343,9 +353,10 @@ def main() -> None:
     import django
 
     django.setup()
-    from calls.live import ice_address_policy_apply
+    from calls.live import ice_address_policy_apply, ice_consent_policy_apply
 
     ice_address_policy_apply()
+    ice_consent_policy_apply()  # a client on a loaded machine answers consent checks late too
     utterances = IN_DOMAIN + ([] if args.no_general else GENERAL)
     if args.limit:
         utterances = utterances[: args.limit]

@@ -298,8 +298,15 @@ async def run_round(
     (join_first_frame,) = pick("first_frame_ms", burst=False)
     (join_reply,) = pick("reply_ms", burst=False)
     (join_steps,) = [result["steps"] for result in results if result["joiner"]]
+    burst_steps = [result["steps"] for result in results if not result["joiner"]]
     return {
         "join_steps": join_steps,
+        # Each connection step's median over the burst's sessions (in the joiner's order).
+        "burst_steps": {
+            name: statistics.median(steps[name] for steps in burst_steps if name in steps)
+            for name in join_steps
+            if any(name in steps for steps in burst_steps)
+        },
         "sessions": count,
         "load": load_before,
         "first_frame_ms_median": statistics.median(burst_first_frames),
@@ -362,9 +369,10 @@ def main() -> None:
     import django
 
     django.setup()
-    from calls.live import ice_address_policy_apply
+    from calls.live import ice_address_policy_apply, ice_consent_policy_apply
 
     ice_address_policy_apply()
+    ice_consent_policy_apply()  # a client on a loaded machine answers consent checks late too
     profile_dir = Path(args.profile).resolve() if args.profile else None
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
@@ -418,6 +426,13 @@ def main() -> None:
                     + " ms",
                     flush=True,
                 )
+                if row["burst_steps"]:
+                    print(
+                        "          the burst's, median: "
+                        + ", ".join(f"{name} {ms:.0f}" for name, ms in row["burst_steps"].items())
+                        + " ms",
+                        flush=True,
+                    )
         finally:
             for process in processes:
                 process.terminate()

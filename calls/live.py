@@ -99,6 +99,68 @@ def ice_address_policy_apply() -> None:
         aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
+# ICE consent freshness (RFC 7675): a check every ~5 s; consent expires when no check has been
+# answered for 30 s. Each check is retransmitted (0.5 s, then 1 s; it fails after 3.5 s), so an
+# answer that a busy event loop on either side delays still counts.
+ICE_CONSENT_INTERVAL_SECONDS = 5.0
+ICE_CONSENT_EXPIRY_SECONDS = 30.0
+ICE_CONSENT_RETRANSMISSIONS = 2
+
+
+async def _ice_consent_query(connection: Any) -> None:
+    """Replaces `aioice.ice.Connection.query_consent` (see `ice_consent_policy_apply`)."""
+    import random
+
+    from aioice import stun
+
+    assert connection.remote_password is not None  # checks start once connect() has it
+    answered_at = time.monotonic()
+    while True:
+        await asyncio.sleep(ICE_CONSENT_INTERVAL_SECONDS * (0.8 + 0.4 * random.random()))
+        for pair in list(connection._nominated.values()):
+            request = connection.build_request(pair, nominate=False)
+            try:
+                await pair.protocol.request(
+                    request,
+                    pair.remote_addr,
+                    integrity_key=connection.remote_password.encode("utf8"),
+                    retransmissions=ICE_CONSENT_RETRANSMISSIONS,
+                )
+            except stun.TransactionError:
+                continue
+            answered_at = time.monotonic()
+        if time.monotonic() - answered_at > ICE_CONSENT_EXPIRY_SECONDS:
+            logger.info(
+                "ICE consent expired: no answer to a consent check for %.0f s",
+                time.monotonic() - answered_at,
+            )
+            connection._query_consent_task = None
+            await connection.close()
+            return
+
+
+def ice_consent_policy_apply() -> None:
+    """ICE consent as RFC 7675 has it: it expires 30 s after the last answered check.
+
+    aioice (0.13) sends each consent check once and counts it failed unless answered within
+    0.5 s; six failures in a row close the connection. With 16 sessions on this 2-core machine
+    the event loops on both ends lag 0.5-1.3 s at times, answers arrived late over and over,
+    and calls that were playing fine were closed ("Consent to send expired", streams at 0 fps in
+    `bench/webrtc_sessions.py`). Process-wide, like `ice_address_policy_apply`; it relies on
+    aioice's private `_nominated`, `build_request` and `_query_consent_task` (pinned version).
+    """
+    import aioice.ice
+
+    if getattr(aioice.ice.Connection.query_consent, "_parley_consent", False):
+        return
+
+    async def query_consent(self: Any) -> None:
+        await _ice_consent_query(self)
+
+    query_consent._parley_consent = True  # type: ignore[attr-defined]
+    aioice.ice.Connection.query_consent = query_consent
+
+
 def video_bitrate_policy_apply() -> None:
     """Bound the avatar's VP8 bitrate to PARLEY_VIDEO_MAX_BITRATE (bits per second).
 
@@ -238,6 +300,7 @@ class LiveSession(ConversationListener):
         from calls.pipeline.avatar.track import AvatarVideoTrack  # heavy drawing setup, once
 
         ice_address_policy_apply()
+        ice_consent_policy_apply()
         video_bitrate_policy_apply()
         self.peer = peer = RTCPeerConnection(self._ice_configuration())
         self._video_track = AvatarVideoTrack(

@@ -405,14 +405,20 @@ def brain_config(config: ConversationConfig) -> Any:
 def conversation_warm_up(config: ConversationConfig) -> list[str]:
     """Load now what this persona's first call would load (blocking; never on the event loop).
 
-    The built-in brain's knowledge index and question worker, the offline recogniser's worker
+    The persona's face (its drawn layers or portrait, shared by every session of the look),
+    the built-in brain's knowledge index and question worker, the offline recogniser's worker
     processes and the persona's language model, the turn model. Returns what was loaded.
     """
+    from calls.pipeline.avatar.look import FaceLook
+    from calls.pipeline.avatar.track import renderer_create
     from calls.pipeline.brain.knowledge import knowledge_index_build
     from calls.pipeline.listening.providers import recogniser_prepare
     from calls.pipeline.turns import smart_turn_session
 
     loaded: list[str] = []
+    # Drawing a look's layers took 230 ms on a cold process, before the first call's first frame.
+    renderer_create(FaceLook.from_dict(config.avatar_look, portrait=config.avatar_portrait or None))
+    loaded.append("face")
     brain = brain_config(config)
     if brain.provider == "builtin":
         knowledge_index_build(persona_id=brain.persona_id, entries=brain.knowledge, warm_query_worker=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from calls.live import persona_conversation_config
+from calls.pipeline.avatar.look import FaceLook
+from calls.pipeline.avatar.track import renderer_ready
 from calls.pipeline.brain import knowledge
 from calls.pipeline.listening import workers
 from calls.pipeline.listening.corpus import corpus_key, persona_corpus
@@ -22,7 +24,7 @@ def test_the_warm_up_prepares_the_personas_last_called_first(make_organization, 
     summary = warm_up(personas=1)
 
     assert [slug for slug, _ in summary["personas"]] == ["bakery"], summary
-    assert summary["personas"][0][1] == ["knowledge", "recogniser"], summary
+    assert summary["personas"][0][1] == ["face", "knowledge", "recogniser"], summary
     assert not summary["failed"]
     # Its knowledge is encoded, and every recogniser worker has built its language model.
     assert any(persona_id == "bakery" for persona_id, _ in knowledge._embedding_cache)
@@ -32,4 +34,7 @@ def test_the_warm_up_prepares_the_personas_last_called_first(make_organization, 
     pool = workers.recogniser_pool()
     assert all(corpus_key(corpus) in worker.prepared for worker in pool.workers)
     assert all(worker.prepared[corpus_key(corpus)].is_set() for worker in pool.workers)
+    # Its face is drawn: the first call's renderer is ready at once.
+    look = FaceLook.from_dict(config.avatar_look, portrait=config.avatar_portrait or None)
+    assert renderer_ready(look)
     assert quiet.slug not in {slug for slug, _ in summary["personas"]}
