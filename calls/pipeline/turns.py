@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
-from pipecat.audio.vad.silero import SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADParams, VADState
+from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
@@ -214,16 +214,60 @@ class TurnSettings:
         return min(self.silence_seconds, round(0.15 + 0.6 * (1.0 - self.sensitivity), 3))
 
 
+_SILERO_MODEL = "silero_vad.onnx"
+_silero_session: Any = None
+_silero_lock = threading.Lock()
+
+
+def silero_session() -> Any:
+    """The process's one ONNX session of the Silero VAD model pipecat ships (loaded once).
+
+    pipecat's `SileroVADAnalyzer` loads its own session for every analyzer: ~110 ms of CPU
+    each, two per listening call (the VAD and `VoiceGuard`'s onset detector). With 8 calls
+    starting at once on one process that was 1.8 s of CPU, most of their wait for a first
+    frame. The model's recurrent state is an input and an output of each run, kept by each
+    `SileroOnnxModel`, so one session serves every analyzer; ONNX Runtime runs a session from
+    several threads at once.
+    """
+    global _silero_session
+    with _silero_lock:
+        if _silero_session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()  # as pipecat's SileroOnnxModel sets them
+            options.inter_op_num_threads = 1
+            options.intra_op_num_threads = 1
+            path = importlib.resources.files("pipecat.audio.vad.data").joinpath(_SILERO_MODEL)
+            _silero_session = ort.InferenceSession(
+                str(path), providers=["CPUExecutionProvider"], sess_options=options
+            )
+        return _silero_session
+
+
+class _SharedSileroModel(SileroOnnxModel):
+    """pipecat's Silero wrapper (its own recurrent state) on the process's shared session."""
+
+    def __init__(self) -> None:  # not super().__init__(): it would load a session of its own
+        self.session = silero_session()
+        self.reset_states()
+        self.sample_rates = [8000, 16000]
+
+
 class InlineSileroVADAnalyzer(SileroVADAnalyzer):
-    """Silero VAD run on the caller's thread.
+    """Silero VAD run on the caller's thread, on the process's shared model session.
 
     pipecat hands every 20 ms of audio to a one-thread pool; one 32 ms window takes ~0.25 ms,
     far less than the hop there and back, and with many calls in one process those hops are
     what starve the event loop (each can wait out the interpreter's switch interval).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, sample_rate: int | None = None, params: VADParams | None = None) -> None:
+        # What pipecat's SileroVADAnalyzer.__init__ (pinned 1.14) does, but the model wrapper
+        # takes the shared session (`silero_session`) instead of loading one.
+        VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
+        self._model = _SharedSileroModel()
+        self._windows_since_reset = 0
+        self._low_confidence_windows = 0
         # Called with each new state (QUIET, STARTING, SPEAKING, STOPPING) as it is entered.
         self.state_listeners: list[Callable[[VADState], None]] = []
         self._state_seen = VADState.QUIET
