@@ -203,6 +203,11 @@ async def barge_in(client: ParleyWebRTCClient, base_url: str, interruption: str)
     # The voice never paused from the interruption to the end of the next answer: it was not
     # stopped (or the answers ran into each other). A miss, not a fast stop.
     print(f"barge-in: the voice did not stop after {interruption!r} began; counted as a miss")
+    for event in events:
+        if wall(event) > start_wall - 0.5:
+            data = event.get("data") or {}
+            detail = data.get("text") or data.get("lastWord") or data.get("word") or ""
+            print(f"    {wall(event) - start_wall:+7.3f} s  {event['event']}  {detail}")
     return MISSED
 
 
