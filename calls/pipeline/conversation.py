@@ -417,8 +417,11 @@ def conversation_warm_up(config: ConversationConfig) -> list[str]:
 
     loaded: list[str] = []
     # Drawing a look's layers took 230 ms on a cold process, before the first call's first frame.
-    renderer_create(FaceLook.from_dict(config.avatar_look, portrait=config.avatar_portrait or None))
-    loaded.append("face")
+    try:
+        renderer_create(FaceLook.from_dict(config.avatar_look, portrait=config.avatar_portrait or None))
+        loaded.append("face")
+    except Exception:  # the call will draw it (or say why) when it starts; the rest still loads
+        logger.warning("warm-up: the face of %s could not be drawn", config.name, exc_info=True)
     brain = brain_config(config)
     if brain.provider == "builtin":
         knowledge_index_build(persona_id=brain.persona_id, entries=brain.knowledge, warm_query_worker=True)
