@@ -75,6 +75,8 @@ PLAYOUT_PACKETS = 2
 SPEECH_TAIL_SECONDS = 0.2
 # A gap this long in the persona's voice means it stopped.
 VOICE_GAP_SECONDS = 0.3
+# Each barge-in trial starts once the persona's voice has been silent this long.
+QUIET_BEFORE_TRIAL_SECONDS = 1.5
 # What `barge_in` returns for an interruption that did not stop the voice.
 MISSED = float("inf")
 # The barge-in starts as this word of the menu answer is played (its captions arrive with it).
@@ -164,10 +166,24 @@ async def one_utterance(client: ParleyWebRTCClient, base_url: str, text: str) ->
     }
 
 
+async def until_quiet(client: ParleyWebRTCClient, seconds: float = QUIET_BEFORE_TRIAL_SECONDS) -> None:
+    """Until the persona's voice has been silent for `seconds` (it may still be answering a
+    fragment of the last trial: "Hold on," can be heard as a turn of its own)."""
+    record = client.record
+    deadline = time.monotonic() + client.step_timeout_seconds
+    while time.monotonic() < deadline:
+        last = record.loud_audio_frames[-1] if record.loud_audio_frames else 0.0
+        if time.monotonic() - last >= seconds:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the persona never went quiet")
+
+
 async def barge_in(client: ParleyWebRTCClient, base_url: str, interruption: str) -> float | None:
     """Speak over the persona's answer; ms from the user's speech start to the voice stopping,
     `MISSED` when it did not stop, None when the trial could not be measured."""
     record = client.record
+    await until_quiet(client)
     finished_before = record.persona_finished_count()
     chunks_before = len(record.speech_texts("persona"))
     await speak(client, BARGE_IN_QUESTION)
