@@ -36,7 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.webrtc_client import ParleyWebRTCClient, video_decoding_disable  # noqa: E402
+from bench.webrtc_client import ParleyWebRTCClient, SessionRecord, video_decoding_disable  # noqa: E402
 from bench.webrtc_sessions import DEMO_KEY, mint, server_log_tail, start_server  # noqa: E402
 
 IN_DOMAIN = [
@@ -241,6 +241,7 @@ async def session(base_url: str, token: str, utterances: list[str], with_barge_i
         record = client.record
         try:
             await client.wait_for(lambda: record.persona_finished_count() >= 1, "the greeting")
+            greeting_seconds = greeting_length(record)
             await asyncio.sleep(0.5)
             rows = [await one_utterance(client, base_url, text) for text in utterances]
             window = (record.audio_frames[0], record.audio_frames[-1]) if record.audio_frames else (0, 1)
@@ -251,7 +252,21 @@ async def session(base_url: str, token: str, utterances: list[str], with_barge_i
                 await asyncio.sleep(1.0)
         except AssertionError as failure:
             raise AssertionError(f"{failure}\n{await events_told(base_url, record.session_id)}") from None
-    return {"rows": rows, "audio_fps": audio_fps, "barge_ins": stops}
+    return {"rows": rows, "audio_fps": audio_fps, "barge_ins": stops, "greeting_seconds": greeting_seconds}
+
+
+def greeting_length(record: SessionRecord) -> float:
+    """Seconds from the greeting's first loud packet to its last: the same words take longer
+    when the voice is played with gaps (a server that cannot keep up pads it with silence)."""
+    ended = next(
+        at
+        for at, item in record.data
+        if item.get("messageType") == "speechText"
+        and item["data"].get("role") == "persona"
+        and item["data"].get("end_of_speech")
+    )
+    loud = [t for t in record.loud_audio_frames if t <= ended + 0.1]
+    return loud[-1] - loud[0] if len(loud) > 1 else 0.0
 
 
 async def events_told(base_url: str, call_id: str, last: int = 30) -> str:
@@ -351,6 +366,11 @@ def report(count: int, sessions: list[dict], verbose: bool) -> None:
         print(f"barge-in stop time: {summary}; {len(missed)} missed ({each})")
     print(
         f"lowest audio frame rate received: {min(result['audio_fps'] for result in sessions):.1f} fps (full: 50)"
+    )
+    greetings = [result["greeting_seconds"] for result in sessions]
+    print(
+        f"greeting's voice, first to last loud packet: median {statistics.median(greetings):.2f} s, "
+        f"max {max(greetings):.2f} s (longer than with one session: played with gaps)"
     )
 
 

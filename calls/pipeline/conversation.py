@@ -49,6 +49,8 @@ from calls.pipeline.tools import DEFAULT_TOOL_TIMEOUT_SECONDS, PendingToolCall, 
 from calls.pipeline.transport import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
+    PIECE_SECONDS,
+    PLAYBACK_POSITION_KEY,
     MicrophoneDrain,
     PacedAudioTrack,
     ParleyTransport,
@@ -224,9 +226,10 @@ class SpeechEndAligner(FrameProcessor):
 class PlaybackTracker(FrameProcessor):
     """After the output: turns played words and speaking state into listener calls.
 
-    Frames without a timestamp leave the output once the audio queued before them has been
-    played, so a `VisemeTimelineFrame` arrives here just as its own audio starts: the moment
-    to hand its mouth shapes to the face.
+    Frames without a timestamp leave the output stamped with their place in the voice and are
+    handled here once the audio queued before them has been sent, so a `VisemeTimelineFrame`
+    is handled just as its own audio starts (the moment to hand its mouth shapes to the face),
+    and the end of a message once all of its voice has played.
     """
 
     def __init__(
@@ -245,12 +248,25 @@ class PlaybackTracker(FrameProcessor):
         self._listener = listener
         self._face = face  # a FaceAnimator, or None
         self._held: list[TTSTextFrame] = []  # words whose voice is paused
+        # The TTS puts its words on the speech timeline (`VisemeTimelineFrame.words`, placed in
+        # the voice); pipecat's clock-timed word frames then only go on to the context.
+        self.words_on_timeline = False
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
+        position = (
+            frame.metadata.get(PLAYBACK_POSITION_KEY) if direction == FrameDirection.DOWNSTREAM else None
+        )
+        if position is not None:
+            # The output runs a little ahead of the voice: this frame's moment is when the
+            # voice before it has been sent.
+            await self._track.reached(position)
         plan = self._plan
-        if isinstance(frame, VisemeTimelineFrame) and self._face is not None:
-            self._face.speech_timeline_push(time.monotonic(), ipa_speech_events(frame.phonemes))
+        if isinstance(frame, VisemeTimelineFrame):
+            if self._face is not None:
+                self._face.speech_timeline_push(time.monotonic(), ipa_speech_events(frame.phonemes))
+            if self.words_on_timeline and frame.words:
+                await self._timeline_words_played(frame.words, position)
         elif isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
             # Not for voice with nothing planned: the last of a finished message's audio (the
             # resampler's tail) can start the output again. Then the first played word starts it.
@@ -303,13 +319,27 @@ class PlaybackTracker(FrameProcessor):
         await self.push_frame(frame, direction)
 
     async def _words_played(self, frame: TTSTextFrame) -> None:
+        if not self.words_on_timeline:
+            await self._words_spoken(frame.text.split())
+
+    async def _timeline_words_played(self, words: list[tuple[float, str]], position: int | None) -> None:
+        """Each word once the piece of voice it starts in has been sent (`offset` seconds into
+        the audio at `position`): a paused voice holds its words back with it."""
+        for offset, word in words:
+            if position is not None:
+                await self._track.reached(position + int(max(0.0, offset) / PIECE_SECONDS) + 1)
+            if self._track.held_seconds > 0 or self._track.readyState != "live":
+                return  # released by an interruption's hold: this voice is not going to play
+            await self._words_spoken(word.split())
+
+    async def _words_spoken(self, words: list[str]) -> None:
         plan = self._plan
-        if plan.message_id is None and frame.text.strip():
+        if plan.message_id is None and words:
             # The output did not announce this speech (it still thought the last one was
             # going on): the first played word starts the message.
             await self._start_message()
         if plan.message_id is not None:
-            for word in frame.text.split():
+            for word in words:
                 await self._listener.on_bot_word(
                     message_id=plan.message_id,
                     word=word,
@@ -506,6 +536,7 @@ class Conversation:
         if brain.provider == "openai":
             self.tool_calls.register(llm)
         tts = self._tts = build_tts_service(self.config)
+        self._tracker.words_on_timeline = bool(getattr(tts, "words_on_timeline", False))
         pipeline = Pipeline(
             [
                 self.transport.input(),

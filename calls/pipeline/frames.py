@@ -9,27 +9,36 @@ from pipecat.frames.frames import AggregatedTextFrame, DataFrame, LLMFullRespons
 
 @dataclass
 class VisemeTimelineFrame(DataFrame):
-    """The phonemes of the TTS audio that follows this frame, for lip sync.
+    """The phonemes and words of the TTS audio that follows this frame: lip sync and word timing.
 
     Pushed right before the `TTSAudioRawFrame` it describes. A frame without `pts` waits in
-    the output transport's audio queue behind earlier audio, so it leaves the output just as
-    its audio starts to play: schedule each phoneme `offset_seconds` after that moment.
-    Offsets may run a little past the audio's end (the 48 kHz resampler holds back a few
-    milliseconds) and, rarely, below zero (play those at once).
+    the output transport's audio queue behind earlier audio and leaves it stamped with its
+    place in the voice, so it is handled just as its audio starts to play: schedule each
+    phoneme and word `offset_seconds` after that moment. Offsets may run a little past the
+    audio's end (the 48 kHz resampler holds back a few milliseconds) and, rarely, below zero
+    (play those at once).
 
     Parameters:
         phonemes: (offset_seconds, phoneme) pairs in time order; phonemes are IPA without
             stress marks, and "_" is a pause.
+        words: (offset_seconds, word) pairs in time order: the words that start in this audio.
+            pipecat's word frames (`TTSTextFrame`) run on the transport's clock, which is set
+            when the TTS produces audio, not when it plays (a reply queued behind another
+            message had its words ~0.4 s late); these follow the voice itself.
         utterance_offset_seconds: Where the following audio starts within its utterance.
         context_id: The TTS context the audio belongs to.
     """
 
     phonemes: list[tuple[float, str]] = field(default_factory=list)
+    words: list[tuple[float, str]] = field(default_factory=list)
     utterance_offset_seconds: float = 0.0
     context_id: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.name}(phonemes: {len(self.phonemes)}, at: {self.utterance_offset_seconds:.3f}s)"
+        return (
+            f"{self.name}(phonemes: {len(self.phonemes)}, words: {len(self.words)},"
+            f" at: {self.utterance_offset_seconds:.3f}s)"
+        )
 
 
 @dataclass

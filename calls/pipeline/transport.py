@@ -10,6 +10,8 @@ tells whoever listens (the avatar, the word clock) what is being played now.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
 from collections import deque
@@ -19,7 +21,18 @@ from typing import Any
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from pipecat.frames.frames import CancelFrame, EndFrame, InputAudioRawFrame, StartFrame
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+    SystemFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
@@ -41,6 +54,15 @@ OPUS_BITRATE = 48_000
 # After this many silent pieces in a row (its look-ahead and the decoder's overlap are long
 # past), the encoder's output for silence no longer changes: it is repeated, not re-encoded.
 SETTLED_SILENCE_PIECES = 5
+# How far the pipeline's output may write ahead of what the track sends, in 20 ms pieces. After
+# a write the output takes several event-loop turns to bring its next chunk; a track whose
+# queue ran dry meanwhile sent silence in the middle of a word, and with four listening calls
+# in one process the voice stretched to 1.75 times its length. Frames that follow the audio
+# (words, the end of a message, mouth shapes) wait for its position: `PacedAudioTrack.reached`.
+LOOKAHEAD_PIECES = 3
+# Where in the voice a frame leaving the output stands (`frame.metadata`): the track's
+# `position` when the output pushed it, so whoever is after the output can wait for it.
+PLAYBACK_POSITION_KEY = "parley_playback_position"
 
 
 class PlaybackListener:
@@ -136,7 +158,12 @@ class PacedAudioTrack(MediaStreamTrack):
     def __init__(self, *, encode: bool = True) -> None:
         super().__init__()
         self._encoder = OpusPieceEncoder() if encode else None
-        self._pieces: deque[tuple[bytes, asyncio.Future[None] | None]] = deque()
+        self._pieces: deque[bytes] = deque()
+        self._queued_pieces = 0  # voice pieces ever queued: the position after the last one
+        self._taken_pieces = 0  # voice pieces sent or dropped
+        # (position, tie-breaker, future): resolved once the voice has been taken up to position.
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_order = itertools.count()
         self._sent_samples = 0
         self._clock_start: float | None = None
         self.listeners: list[PlaybackListener] = []
@@ -147,18 +174,48 @@ class PacedAudioTrack(MediaStreamTrack):
         self._levels: deque[tuple[float, float]] = deque()  # (sent at, RMS 0..1) of voice pieces
 
     def play(self, pcm: bytes) -> asyncio.Future[None]:
-        """Queue 16-bit mono 48 kHz audio; the future resolves when its last piece is sent."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if not pcm:
-            done.set_result(None)
-            return done
+        """Queue 16-bit mono 48 kHz audio; the future resolves when it is time to queue more.
+
+        That is when at most `LOOKAHEAD_PIECES` are left to send (at once if there were fewer),
+        so the next chunk arrives while this one's last pieces are still being sent.
+        """
         for offset in range(0, len(pcm), PIECE_BYTES):
             piece = pcm[offset : offset + PIECE_BYTES]
             if len(piece) < PIECE_BYTES:
                 piece = piece + bytes(PIECE_BYTES - len(piece))
-            last = offset + PIECE_BYTES >= len(pcm)
-            self._pieces.append((piece, done if last else None))
+            self._pieces.append(piece)
+        self._queued_pieces += -(-len(pcm) // PIECE_BYTES)
+        if self._held_since is not None:
+            # Held for an interruption: this audio is going to be dropped, and the output must
+            # not run ahead past it (the end of the message would reach the tracker as if
+            # played); it waits for the hold to end.
+            return self.reached(self._queued_pieces)
+        return self.reached(self._queued_pieces - LOOKAHEAD_PIECES)
+
+    @property
+    def position(self) -> int:
+        """The position (in pieces) right after the voice queued so far."""
+        return self._queued_pieces
+
+    def reached(self, position: int) -> asyncio.Future[None]:
+        """A future resolved once the voice before `position` has been sent (or dropped).
+
+        An interruption's hold (`flush(hold=True)`) releases everything waiting then: what was
+        queued is dropped, and what follows it must not wait for voice that will not play. Audio
+        written during the hold waits until the hold ends, as it would wait to be sent.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if position <= self._taken_pieces or self.readyState != "live":
+            done.set_result(None)
+        else:
+            heapq.heappush(self._waiters, (position, next(self._waiter_order), done))
         return done
+
+    def _release_waiters(self, *, every: bool = False) -> None:
+        while self._waiters and (every or self._waiters[0][0] <= self._taken_pieces):
+            _, _, done = heapq.heappop(self._waiters)
+            if not done.done():
+                done.set_result(None)
 
     def pause(self) -> None:
         """Hold the voice where it is (silence is sent) until `resume()` or `flush()`."""
@@ -183,10 +240,9 @@ class PacedAudioTrack(MediaStreamTrack):
         """
         self._held_since = time.monotonic() if hold else None
         self.paused = hold
-        while self._pieces:
-            _, done = self._pieces.popleft()
-            if done is not None and not done.done():
-                done.set_result(None)
+        self._taken_pieces += len(self._pieces)
+        self._pieces.clear()
+        self._release_waiters(every=hold)
 
     @property
     def held_seconds(self) -> float:
@@ -199,6 +255,7 @@ class PacedAudioTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         self.flush()
+        self._release_waiters(every=True)
         super().stop()
 
     async def recv(self) -> av.AudioFrame | av.Packet:
@@ -215,8 +272,9 @@ class PacedAudioTrack(MediaStreamTrack):
                 self._clock_start = now - self._sent_samples / OUTPUT_SAMPLE_RATE
         sent_at = time.monotonic()  # after the pacing wait: when this piece is chosen
         speaking = bool(self._pieces) and not self.paused
-        piece, done = self._pieces.popleft() if speaking else (bytes(PIECE_BYTES), None)
+        piece = self._pieces.popleft() if speaking else bytes(PIECE_BYTES)
         if speaking:
+            self._taken_pieces += 1
             self.samples_played += PIECE_SAMPLES
             self.last_voice_at = sent_at
             samples = np.frombuffer(piece, dtype=np.int16).astype(np.float32)
@@ -229,8 +287,8 @@ class PacedAudioTrack(MediaStreamTrack):
                 listener.on_piece(pcm=piece, started_at=started_at, speaking=speaking)
             except Exception:  # a listener must never stop the voice
                 logger.exception("playback listener failed")
-        if done is not None and not done.done():
-            done.set_result(None)
+        if speaking and self._waiters:
+            self._release_waiters()
         if self._encoder is not None and not speaking and self._encoder.silence_settled:
             packet = self._encoder.silence(self._sent_samples)
             self._sent_samples += PIECE_SAMPLES
@@ -338,6 +396,28 @@ class ParleyOutput(BaseOutputTransport):
             return False
         await self._track.play(frame.audio)
         return True
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM) -> None:
+        """Frames that follow the voice leave stamped with their place in it.
+
+        The output writes up to `LOOKAHEAD_PIECES` ahead of what is sent, so the frames it
+        pushes after a chunk (the end of speech, the next message's start, mouth shapes and
+        words) would reach the tracker that much early. Frames on the clock (pipecat's timed
+        words) and the pipeline's own control and system frames are not stamped.
+        """
+        if (
+            direction == FrameDirection.DOWNSTREAM
+            and frame.pts is None
+            # The audio chunks themselves: nothing after the output uses them, and a wait for
+            # each (25 a second) would only cost the event loop.
+            and not isinstance(frame, (EndFrame, OutputAudioRawFrame))
+            and (
+                not isinstance(frame, SystemFrame)
+                or isinstance(frame, (BotStartedSpeakingFrame, BotStoppedSpeakingFrame))
+            )
+        ):
+            frame.metadata[PLAYBACK_POSITION_KEY] = self._track.position
+        await super().push_frame(frame, direction)
 
 
 class ParleyTransport(BaseTransport):

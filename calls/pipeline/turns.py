@@ -133,6 +133,15 @@ QUESTION_OPENERS = frozenset(
 
 # Words that close a request or a statement ("... the manager please", "... thanks").
 CLOSING_WORDS = frozenset({"please", "thanks"})
+# A turn that is only one of these has not said anything yet: "Wait, do you deliver?" paused
+# after "Wait," long enough for the turn to end, and the persona answered "wait" on its own.
+PREFACES = frozenset(
+    {
+        "wait", "wait wait", "wait a second", "wait a minute", "hold on", "hold on a second",
+        "hang on", "sorry", "actually", "well", "so", "excuse me", "um", "uh", "er", "oh wait",
+        "no wait", "one second", "just a second", "okay so", "and", "but", "listen",
+    }
+)  # fmt: skip
 
 
 def text_completeness(text: str) -> float | None:
@@ -140,12 +149,13 @@ def text_completeness(text: str) -> float | None:
 
     SmartTurn listens to prosody only; on flat or synthetic voices it misjudges whole questions.
     The words say something it cannot: a sentence ending in "for" or "and" is not over, and
-    "what are your opening hours" or "I'd like to speak to the manager please" is. None when the words say nothing either way.
+    "what are your opening hours" or "I'd like to speak to the manager please" is, and "Wait,"
+    or "Hold on," alone has not begun. None when the words say nothing either way.
     """
     words = normalized_words(text)
     if not words:
         return None
-    if words[-1] in DANGLING_WORDS:
+    if words[-1] in DANGLING_WORDS or " ".join(words) in PREFACES:
         return 0.1
     if len(words) >= 3 and (words[0] in QUESTION_OPENERS or words[-1] in CLOSING_WORDS):
         return 0.9

@@ -31,7 +31,14 @@ NANOSECONDS_PER_SECOND = 1_000_000_000
 
 
 class EspeakTTSService(TTSService):
-    """Speaks with espeak-ng on the process's one synthesis thread; stops within ~60 ms on interruption."""
+    """Speaks with espeak-ng on the process's one synthesis thread; stops within ~60 ms on interruption.
+
+    Its words are timed twice: pipecat's `TTSTextFrame`s (on the transport's clock; they feed
+    the assistant's context) and the `VisemeTimelineFrame`s' words, which follow the voice as
+    it plays and are what the persona is heard to say (`bot.word`, captions).
+    """
+
+    words_on_timeline = True
 
     def __init__(
         self,
@@ -86,11 +93,14 @@ class EspeakTTSService(TTSService):
         async with contextlib.aclosing(chunks):
             try:
                 async for chunk in chunks:
-                    if chunk.phonemes:
+                    if chunk.phonemes or chunk.words:
                         yield VisemeTimelineFrame(
                             phonemes=[
                                 (mark.offset_seconds - chunk.start_seconds, mark.phoneme)
                                 for mark in chunk.phonemes
+                            ],
+                            words=[
+                                (word.offset_seconds - chunk.start_seconds, word.text) for word in chunk.words
                             ],
                             utterance_offset_seconds=base + chunk.start_seconds,
                             context_id=context_id,

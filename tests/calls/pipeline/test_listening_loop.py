@@ -380,6 +380,10 @@ def test_the_words_temper_the_turn_model():
     assert text_completeness("I think so") is None
     assert text_completeness("I would like to speak to the manager please") == 0.9
     assert text_completeness("Please") is None  # too short to tell
+    # A preface alone ("Wait, do you deliver?" pauses at the comma) has not said anything yet.
+    assert text_completeness("Wait,") == text_completeness("Hold on") == text_completeness("sorry") == 0.1
+    assert text_completeness("Sorry about that, thank you") is None
+    assert turn_probability(0.95, "Wait,") < TurnSettings().confident
     # A whole question the acoustic model doubted, and a dangling one it was sure of.
     assert turn_probability(0.37, "What are your opening hours?") > TurnSettings().confident
     assert turn_probability(0.95, "Can I order a cake for") < TurnSettings().confident

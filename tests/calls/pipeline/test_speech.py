@@ -290,9 +290,12 @@ async def test_the_espeak_service_streams_48khz_audio_with_timed_words_and_visem
     for index, frame in enumerate(down):
         if isinstance(frame, VisemeTimelineFrame):
             assert isinstance(down[index + 1], TTSAudioRawFrame)
-            assert frame.phonemes and all(-0.1 < offset < 0.2 for offset, _ in frame.phonemes)
+            assert frame.phonemes or frame.words
+            assert all(-0.1 < offset < 0.2 for offset, _ in frame.phonemes + frame.words)
     timelines = [frame for frame in down if isinstance(frame, VisemeTimelineFrame)]
     assert [phoneme for timeline in timelines for _, phoneme in timeline.phonemes][:3] == ["h", "ə", "l"]
+    # The words again, placed in the audio they start in: what the persona is heard to say.
+    assert [word for timeline in timelines for _, word in timeline.words] == GREETING.split()
     kinds = [type(frame) for frame in down]
     assert kinds.index(TTSStartedFrame) < kinds.index(TTSAudioRawFrame) < kinds.index(TTSStoppedFrame)
 

@@ -8,7 +8,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from calls.pipeline.transport import PIECE_BYTES, SETTLED_SILENCE_PIECES, PacedAudioTrack
+from calls.pipeline.transport import LOOKAHEAD_PIECES, PIECE_BYTES, SETTLED_SILENCE_PIECES, PacedAudioTrack
 
 
 def _decoded_peak(decoder: av.CodecContext, packet: av.Packet) -> float:
@@ -58,6 +58,58 @@ async def test_an_interruption_holds_the_voice_until_it_has_passed_the_output():
     for _ in range(2):
         await track.recv()
     assert track.samples_played > 0 and not track.paused and track.held_seconds == 0
+
+
+async def test_the_writer_is_released_while_the_last_pieces_of_its_audio_are_still_to_send(monkeypatch):
+    # The output's next chunk takes a few event-loop turns to arrive: it is asked for while
+    # LOOKAHEAD_PIECES are still queued, so the voice never runs dry between chunks.
+    monkeypatch.setattr("calls.pipeline.transport.MAX_LAG_SECONDS", 1e9)
+    track = PacedAudioTrack(encode=False)
+    track._clock_start = -1e9  # every piece is already due
+    piece = bytes(PIECE_BYTES)
+    assert track.play(piece * LOOKAHEAD_PIECES).done()  # little queued: write more at once
+    written = track.play(piece * 2)
+    assert not written.done() and track.position == LOOKAHEAD_PIECES + 2
+    await track.recv()
+    assert not written.done()
+    await track.recv()  # LOOKAHEAD_PIECES left to send
+    await asyncio.sleep(0)
+    assert written.done() and track.queued_seconds == LOOKAHEAD_PIECES * 0.02
+    track.stop()
+
+
+async def test_a_position_is_reached_when_the_voice_before_it_is_sent_or_dropped(monkeypatch):
+    monkeypatch.setattr("calls.pipeline.transport.MAX_LAG_SECONDS", 1e9)
+    track = PacedAudioTrack(encode=False)
+    track._clock_start = -1e9
+    track.play(bytes(PIECE_BYTES) * 4)
+    second, fourth = track.reached(2), track.reached(4)
+    assert track.reached(0).done()
+    await track.recv()
+    assert not second.done()
+    await track.recv()
+    assert second.done() and not fourth.done()
+    track.pause()  # a paused voice is not sent: what follows it waits too
+    await track.recv()
+    assert not fourth.done()
+    track.flush()  # dropped: nothing waits for voice that will not play
+    assert fourth.done() and track.reached(track.position).done()
+    track.stop()
+
+
+async def test_an_interruptions_hold_releases_what_waited_and_holds_audio_written_during_it():
+    track = PacedAudioTrack(encode=False)
+    track.play(bytes(PIECE_BYTES) * 6)
+    end_of_message = track.reached(track.position)
+    track.flush(hold=True)
+    assert end_of_message.done()
+    # The output writes the chunk it had: it must wait for the hold's end, not run on ahead
+    # (the message's end would reach the tracker as if it had been played).
+    written = track.play(bytes(PIECE_BYTES) * 2)
+    assert not written.done()
+    track.flush()  # the InterruptionFrame has passed the output
+    assert written.done()
+    track.stop()
 
 
 class _WaitingMicrophone:

@@ -212,6 +212,16 @@ async def test_an_unfinished_sentence_waits_for_the_silence_timer(turns):
     assert t.outcomes == []
 
 
+async def test_a_preface_alone_does_not_end_the_turn_at_once(turns):
+    # "Wait, do you deliver?": the voice sounds finished at the comma, the words do not. The
+    # turn is only eager (its reply held back), so the question after the pause continues it.
+    t = await turns(0.95, silence=0.6)
+    await t.utterance("wait")
+    await t.silence(0.2)
+    assert t.listener.names() == ["user.message", "eager.turn"]
+    assert t.outcomes == ["speculation"]
+
+
 async def test_the_turn_model_starts_on_the_first_silent_window_not_the_vads_stop(turns):
     t = await turns(0.95)
     t.model.delay = 0.15
