@@ -61,6 +61,14 @@ VAD_CONFIDENCE = 0.7
 VAD_MIN_VOLUME = 0.6
 VAD_START_SECONDS = 0.12
 VAD_STOP_SECONDS = 0.2
+# Below pipecat's volume floor a window is never speech, whatever Silero says, so the model is
+# not run on it (a listening call is mostly quiet: Silero was 11 % of a loaded loop's samples).
+# When the audio gets loud again the model first hears this many of the quiet windows before it
+# (their confidences are not used), so it meets the speech with the sound that led into it.
+VAD_LEAD_IN_WINDOWS = 2
+# After this many quiet windows in a row (~0.5 s) the model's recurrent state starts afresh, as
+# pipecat resets it during quiet every few seconds.
+VAD_QUIET_RESET_WINDOWS = 16
 # If the recogniser has not delivered the final transcript this long after the end of
 # speech, the turn is decided with what there is.
 FINAL_TRANSCRIPT_WAIT_SECONDS = 1.0
@@ -284,10 +292,52 @@ class InlineSileroVADAnalyzer(SileroVADAnalyzer):
         # Bytes of audio analysed: where the VAD is in the call's audio when it tells a listener
         # of a state (processors upstream of it may have taken more audio by then).
         self.bytes_analysed = 0
+        self._analysing = False  # inside pipecat's analysis, which asks for the volume next
+        self._window_volume: tuple[bytes, float] | None = None  # (window, its smoothed volume)
+        self._quiet_windows: deque[bytes] = deque(maxlen=VAD_LEAD_IN_WINDOWS)
+        self._quiet_run = 0  # windows in a row not given to the model
+        self.windows_skipped = self.windows_scored = 0  # counts, for tests and benchmarks
+
+    def voice_confidence(self, buffer: bytes) -> float:
+        """Silero's confidence, or 0 without running it when the window is below the volume floor.
+
+        pipecat asks for the confidence, then for the window's smoothed volume, and counts a
+        window as speech only if both pass their thresholds; the volume is worked out first here
+        (and handed back when it asks), so a window that cannot be speech costs no inference.
+        """
+        if not self._analysing:  # asked on its own (the onset detector): the model always runs
+            return super().voice_confidence(buffer)
+        volume = super()._get_smoothed_volume(buffer)
+        self._window_volume = (buffer, volume)
+        if volume < self._params.min_volume:
+            self._quiet_windows.append(buffer)
+            self._quiet_run += 1
+            self.windows_skipped += 1
+            return 0.0
+        if self._quiet_run:
+            if self._quiet_run >= VAD_QUIET_RESET_WINDOWS:
+                self._model.reset_states()
+            for quiet in self._quiet_windows:  # the sound leading into this window
+                super().voice_confidence(quiet)
+            self._quiet_windows.clear()
+            self._quiet_run = 0
+        self.windows_scored += 1
+        return super().voice_confidence(buffer)
+
+    def _get_smoothed_volume(self, audio: bytes) -> float:
+        if self._window_volume is not None and self._window_volume[0] is audio:
+            volume = self._window_volume[1]
+            self._window_volume = None
+            return volume
+        return super()._get_smoothed_volume(audio)
 
     async def analyze_audio(self, buffer: bytes) -> VADState:
         self.bytes_analysed += len(buffer)
-        state = self._run_analyzer(buffer)
+        self._analysing = True
+        try:
+            state = self._run_analyzer(buffer)
+        finally:
+            self._analysing = False
         if state != self._state_seen:
             self._state_seen = state
             for listener in self.state_listeners:

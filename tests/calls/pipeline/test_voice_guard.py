@@ -185,3 +185,45 @@ async def test_analyzers_share_one_silero_session_and_keep_their_own_state() -> 
         heard.append(np.ravel(listening.voice_confidence(speech[at : at + window]))[0])
     assert max(expected) > 0.9  # the speech is heard at all
     assert heard == expected
+
+
+async def test_quiet_windows_are_not_scored_and_the_vad_hears_the_same_speech() -> None:
+    """Below the volume floor a window cannot be speech, so Silero is not run on it: the VAD
+    hears each utterance start and end where it does when every window is scored (the model's
+    state differs a little after the windows it skipped: ends may move by a window or two)."""
+    from pipecat.audio.vad.vad_analyzer import VADState
+
+    from calls.pipeline.turns import vad_analyzer_build
+
+    sentences = ["Are you open on Monday?", "Hold on, how can I pay?", "Thank you very much for your help."]
+    call = np.concatenate(
+        [
+            with_room(await spoken_pcm(text), lead_seconds=1.0, tail_seconds=1.2, seed=index)
+            for index, text in enumerate(sentences)
+        ]
+    )
+    audio = at_pipeline_rate(call)
+
+    def utterances(gated: bool) -> tuple[list[tuple[int, int]], object]:
+        """(first speaking frame, first quiet frame after it) of each utterance."""
+        analyzer = vad_analyzer_build()
+        analyzer.set_sample_rate(PIPELINE_RATE)
+        spans, started = [], None
+        for index, at in enumerate(range(0, len(audio) - FRAME_BYTES, FRAME_BYTES)):
+            analyzer._analysing = gated  # as `analyze_audio` runs it in the pipeline, or not
+            state = analyzer._run_analyzer(audio[at : at + FRAME_BYTES])
+            analyzer._analysing = False
+            if state == VADState.SPEAKING and started is None:
+                started = index
+            elif state == VADState.QUIET and started is not None:
+                spans.append((started, index))
+                started = None
+        return spans, analyzer
+
+    every, _ = utterances(gated=False)
+    gated, analyzer = utterances(gated=True)
+    assert len(every) == len(gated) >= len(sentences)  # "Hold on," may stand on its own
+    for (start, end), (gated_start, gated_end) in zip(every, gated, strict=True):
+        assert abs(gated_start - start) <= 1 and abs(gated_end - end) <= 3  # frames of 20 ms
+    # A good part of even this talkative audio is quiet, and a listening call is mostly quiet.
+    assert analyzer.windows_skipped >= 0.4 * (analyzer.windows_skipped + analyzer.windows_scored)
