@@ -588,6 +588,7 @@ class Conversation:
         if hasattr(self.stt, "vad_state_changed"):  # the offline recogniser settles in pauses
             vad.state_listeners.append(self.stt.vad_state_changed)
             self.stt.vad_position = lambda: vad.bytes_analysed
+            self.stt.on_settled = self._settled_words
         self.voice_guard = VoiceGuard(
             voice=self.track,
             reply_active=self._reply_active,
@@ -612,6 +613,19 @@ class Conversation:
             empty_user_turn=None,  # a turn with no words (a cough, a backchannel) gets no answer
         )
         return [self.stt, self.voice_guard], user_params
+
+    async def _settled_words(self, text: str) -> None:
+        """The recogniser's words in a pause, before the VAD's stop: the reply may start on them.
+
+        Not over the persona: there `VoiceGuard` decides what the words are (a barge-in, a
+        backchannel, the persona's own echo) once they are final.
+        """
+        if self.turn_strategy is None or self._reply_active():
+            logger.debug("settled words %r over the persona: not a reply's start", text)
+            return
+        if self.voice_guard is not None and self.voice_guard.holding:
+            return
+        await self.turn_strategy.on_provisional_transcript(text)
 
     def _reply_active(self) -> bool:
         """The persona is speaking, has voice queued, or is preparing a reply."""

@@ -426,6 +426,15 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
       `eager_confirm_seconds` more of silence confirm it (`turn.end`), or dropped if the user
       speaks again first (`turn.continued`);
     - lower: the turn ends after `silence_seconds` of silence (SmartTurn's own timer).
+
+    The reply can start before all that: while the VAD still waits out its stop time, the
+    offline recogniser settles on the words so far (`on_provisional_transcript`) and SmartTurn
+    has its verdict on the first silent window; if together they reach `eager`, the reply is
+    generated then, silently (no event: the user has not stopped yet, as far as anyone is
+    told), and held back as any speculative reply is. The VAD's stop and the final transcript
+    then decide as above and release it at once, with the brain's and the voice's start already
+    done (~50 ms of every answer); if the user goes on, or the final words differ, it is
+    dropped unheard and nothing is said about it.
     """
 
     def __init__(
@@ -448,6 +457,12 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
         self._awaiting_final = False
         self._probability: float | None = None
         self._speculating = False
+        # The speculation was announced (`eager.turn`); one started before the VAD's stop is not.
+        self._eager_announced = False
+        self._speculated_text = ""  # the turn text the reply in flight answers
+        self._pausing = False  # the VAD is waiting out its stop time (VADState.STOPPING)
+        self._provisional = ""  # the recogniser's settled words for the speech before this pause
+        self._early_probability: float | None = None  # SmartTurn's verdict on this pause
         self._ending = False
         self._analysis_task: asyncio.Task[None] | None = None
         self._timer_task: asyncio.Task[None] | None = None
@@ -470,12 +485,58 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
         the VAD's stop arrives (or is dropped if the user goes on inside that time).
         """
         if state == VADState.STOPPING and self._vad_speaking and self._early_task is None:
+            self._pausing = True
+            self._provisional = ""
+            self._early_probability = None
             self._early_task = self.task_manager.create_task(
-                self._analyzer.analyze_end_of_turn(), f"{self}::early_analysis"
+                self._early_analysis(), f"{self}::early_analysis"
             )
-        elif state == VADState.SPEAKING and self._early_task is not None:
-            self._early_task.cancel()  # the pause was inside the sentence
-            self._early_task = None
+        elif state == VADState.SPEAKING:
+            self._pausing = False
+            self._provisional = ""
+            self._early_probability = None
+            if self._early_task is not None:
+                self._early_task.cancel()  # the pause was inside the sentence
+                self._early_task = None
+            if self._speculating and not self._eager_announced:
+                # The reply started in that pause answers words the user is now adding to.
+                self._speculating = False
+                self.task_manager.create_task(
+                    self.trigger_user_turn_speculation_cancelled(), f"{self}::withdraw_speculation"
+                )
+
+    async def _early_analysis(self) -> tuple[Any, Any]:
+        state, metrics = await self._analyzer.analyze_end_of_turn()
+        self._early_probability = _probability_of(state, metrics)
+        await self._speculate_in_pause()
+        return state, metrics
+
+    async def on_provisional_transcript(self, text: str) -> None:
+        """The recogniser's words for the speech before the current pause (before the VAD's stop).
+
+        They are the final transcript's words unless the user goes on (`SphinxSTTService`
+        settles on them a few windows into the pause).
+        """
+        if not self._pausing or self._ending:
+            logger.debug("settled words %r after the pause (%s, %s)", text, self._pausing, self._ending)
+            return
+        self._provisional = text.strip()
+        await self._speculate_in_pause()
+
+    async def _speculate_in_pause(self) -> None:
+        """Start the reply, unannounced, if the words and SmartTurn so far make the turn eager."""
+        if not self._pausing or self._speculating or self._ending:
+            return
+        if self._early_probability is None or not self._provisional:
+            return
+        text = f"{self._text} {self._provisional}".strip()
+        probability = turn_probability(self._early_probability, text)
+        if probability < self._settings.eager:
+            logger.debug("no reply in the pause: %r at %.2f", text, probability)
+            return
+        logger.debug("reply started in the pause: %r at %.2f", text, probability)
+        self._speculating, self._speculated_text = True, text
+        await self.trigger_user_turn_inference_triggered(speculation=UserTurnSpeculation(text=text))
 
     async def cleanup(self) -> None:
         await self._cancel_tasks()
@@ -493,7 +554,8 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
         await self._cancel_tasks()
         self._text = ""
         self._probability = None
-        self._speculating = False
+        self._speculating = self._eager_announced = False
+        self._speculated_text = ""
         self._ending = False
         self._awaiting_final = False
 
@@ -536,10 +598,12 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
             # The user went on after an eager turn: the held reply is dropped unheard.
             self._speculating = False
             await self.trigger_user_turn_speculation_cancelled()
-            await self._listener.on_turn_continued()
+            if self._eager_announced:
+                await self._listener.on_turn_continued()
+        self._eager_announced = False
 
     async def _on_speech_stopped(self) -> None:
-        self._vad_speaking = False
+        self._vad_speaking = self._pausing = False
         self._vad_stopped = True
         self._awaiting_final = True
         now = self._clock()
@@ -566,10 +630,7 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
             state, metrics = await early
         else:
             state, metrics = await self._analyzer.analyze_end_of_turn()
-        probability = getattr(metrics, "probability", None)
-        if probability is None:
-            probability = 1.0 if state == EndOfTurnState.COMPLETE else 0.0
-        self._probability = float(min(1.0, max(0.0, probability)))
+        self._probability = _probability_of(state, metrics)
         self.timings["turn_model"] = self._clock()
         await self._decide()
 
@@ -587,12 +648,23 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
         if self._probability is None or self._awaiting_final or not self._text:
             return
         probability, settings = turn_probability(self._probability, self._text), self._settings
+        if self._speculating and (self._speculated_text != self._text or probability < settings.eager):
+            # A reply started in the pause answers other words than the final transcript's.
+            logger.debug(
+                "reply started in the pause dropped: %r, final %r", self._speculated_text, self._text
+            )
+            self._speculating = False
+            await self.trigger_user_turn_speculation_cancelled()
         if probability >= settings.confident:
             await self._end_turn(probability)
-        elif probability >= settings.eager and not self._speculating:
-            self._speculating = True
+        elif probability >= settings.eager and not self._eager_announced:
+            self._eager_announced = True
             await self._listener.on_eager_turn(text=self._text, probability=probability)
-            await self.trigger_user_turn_inference_triggered(speculation=UserTurnSpeculation(text=self._text))
+            if not self._speculating:  # else the reply started in the pause is this one
+                self._speculating, self._speculated_text = True, self._text
+                await self.trigger_user_turn_inference_triggered(
+                    speculation=UserTurnSpeculation(text=self._text)
+                )
             self._timer_task = self.task_manager.create_task(
                 self._confirm_after_silence(probability), f"{self}::confirm"
             )
@@ -614,6 +686,14 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
             await self.trigger_user_turn_finalized(confirms_speculation=True)
         else:
             await self.trigger_user_turn_stopped()
+
+
+def _probability_of(state: EndOfTurnState, metrics: Any) -> float:
+    """SmartTurn's probability that the turn is complete, from its verdict's metrics."""
+    probability = getattr(metrics, "probability", None)
+    if probability is None:
+        probability = 1.0 if state == EndOfTurnState.COMPLETE else 0.0
+    return float(min(1.0, max(0.0, probability)))
 
 
 class LevelMeter:
@@ -781,6 +861,11 @@ class VoiceGuard(FrameProcessor):
                 await self._interrupt_reply()
         await self.push_frame(frame, direction)
 
+    @property
+    def holding(self) -> bool:
+        """The persona's voice is paused for speech over it."""
+        return self._holding
+
     def _substantive(self, text: str) -> bool:
         return not is_backchannel(text) and not is_echo(text, self._persona_words())
 
@@ -831,7 +916,9 @@ class VoiceGuard(FrameProcessor):
     def _pause_for_speech(self, now: float) -> bool:
         """Pause the voice for speech over it, unless that speech is the voice's own echo."""
         if self.is_echo_level(now):
+            logger.debug("speech over the persona at the echo's level: not paused")
             return False
+        logger.debug("speech over the persona: voice paused")
         self._holding = True
         self._held_since = now
         self.last_pause_at = now
@@ -862,6 +949,7 @@ class VoiceGuard(FrameProcessor):
             await self._resume()
 
     async def _resume(self) -> None:
+        logger.debug("voice resumed")
         self._holding = False
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
@@ -878,6 +966,7 @@ class VoiceGuard(FrameProcessor):
         await self._interrupt_reply()
 
     async def _interrupt_reply(self) -> None:
+        logger.debug("barge-in: the reply is interrupted")
         await self._interrupt()
         await self.push_frame(InterruptionFrame(), FrameDirection.DOWNSTREAM)
 

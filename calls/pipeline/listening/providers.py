@@ -11,7 +11,9 @@ the transport input (before the user aggregator, whose VAD frames it receives):
   ever grow). Once the speech has paused for `SETTLE_SECONDS` the stream is settled: the
   decoders' last step runs while the VAD still waits out its stop time, so at its stop the
   better of the two hypotheses is pushed at once as one finalized transcript (none if nothing
-  was recognised). If the user goes on instead, the utterance is decoded again whole.
+  was recognised), and before that the settled words go to `on_settled` (the turn logic starts
+  the reply on them while the VAD waits). If the user goes on instead, the utterance is decoded
+  again whole.
 - `openai`: pipecat's `OpenAISTTService` (Whisper-style `POST /audio/transcriptions`) with the
   persona's base URL, key and model.
 """
@@ -23,7 +25,7 @@ import collections
 import importlib.util
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 from pipecat.audio.vad.vad_analyzer import VADState
@@ -156,6 +158,9 @@ class SphinxSTTService(STTService):
         # SETTLE_SECONDS (a position in bytes); None while the user speaks.
         self._settle_at: int | None = None
         self.settles = self.resumes = 0  # counts, for benchmarks
+        # Told the settled words of the speech before a pause, before the VAD's stop: what the
+        # final transcript will say unless the user goes on (`ParleyTurnStopStrategy`).
+        self.on_settled: Callable[[str], Awaitable[None]] | None = None
 
     def vad_state_changed(self, state: VADState) -> None:
         """From the VAD (`InlineSileroVADAnalyzer.state_listeners`), as each state is entered."""
@@ -180,6 +185,8 @@ class SphinxSTTService(STTService):
             if self._settle_at is not None and not stream.settled and self._received >= self._settle_at:
                 stream.settle()
                 self.settles += 1
+                if self.on_settled is not None:
+                    self.create_task(self._tell_settled(stream), f"{self}::settled")
             now = time.monotonic()
             idle = self._interim_task is None or self._interim_task.done()
             settled = stream.settled
@@ -261,6 +268,13 @@ class SphinxSTTService(STTService):
             await self.push_frame(
                 InterimTranscriptionFrame(" ".join(agreed), self._user_id, time_now_iso8601())
             )
+
+    async def _tell_settled(self, stream: RecognitionStream) -> None:
+        text = await stream.settled_text()
+        # Not if the user went on (the stream was resumed) or the VAD's stop came first: the
+        # final transcript is then what counts.
+        if text and self.on_settled is not None and stream is self._stream and stream.settled:
+            await self.on_settled(text)
 
     async def _final(self, stream: RecognitionStream, stopped_at: float) -> None:
         try:

@@ -150,6 +150,17 @@ class RecognitionStream:
     def settled(self) -> bool:
         return self._settled is not None
 
+    async def settled_text(self) -> str | None:
+        """The settled transcript once the worker has it; None if the speaker went on (`resume`),
+        the worker failed or nothing was settled."""
+        future = self._settled
+        if future is None:
+            return None
+        await asyncio.wait([future])
+        if future.cancelled() or future.exception() is not None:
+            return None
+        return str(future.result().get("text", ""))
+
     def resume(self) -> None:
         """The speaker went on after `settle()`: the whole utterance is decoded again."""
         if self.closed or self._settled is None:

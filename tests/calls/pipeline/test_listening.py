@@ -207,6 +207,22 @@ async def test_the_transcript_is_ready_when_the_vad_says_the_user_stopped():
     assert service.last_result and service.last_result.get("settle") == 1
 
 
+async def test_the_settled_words_are_told_in_the_vads_wait_before_the_final_transcript():
+    # The turn logic starts the reply on them (ParleyTurnStopStrategy.on_provisional_transcript).
+    service = mara_service()
+    await hear(service, "Hello.")
+    told: list[tuple[str, int]] = []
+
+    async def on_settled(text: str) -> None:
+        told.append((text, len(service.final_latencies)))  # finals delivered so far
+
+    service.on_settled = on_settled
+    heard = finals(await hear(service, "What are your opening hours?"))
+    assert len(heard) == 1, heard
+    # The final transcript's words, told before it (one final, the greeting's, had come before).
+    assert told == [(heard[0], 1)]
+
+
 async def test_a_pause_inside_a_sentence_is_decoded_whole_after_the_speaker_goes_on():
     service = mara_service()
     frames = await heard_frames(

@@ -253,6 +253,82 @@ async def test_an_early_verdict_is_dropped_when_the_user_goes_on_inside_the_stop
     assert t.listener.names() == ["user.message"]
 
 
+async def pause_with_settled_words(t: Turns, text: str) -> None:
+    """Speech, then the VAD's first silent window; the recogniser settles on `text` in the pause."""
+    await t.feed(VADUserStartedSpeakingFrame())
+    t.strategy.vad_state_changed(VADState.SPEAKING)
+    t.strategy.vad_state_changed(VADState.STOPPING)
+    await t.silence(0.04)
+    await t.strategy.on_provisional_transcript(text)
+    await t.silence(0.08)  # SmartTurn's early verdict (0.05 s) is in
+
+
+async def test_the_reply_starts_silently_in_the_pause_and_is_released_at_the_turn_end(turns):
+    t = await turns(0.95)
+    await pause_with_settled_words(t, "what are your opening hours")
+    assert t.outcomes == ["speculation"]  # before the VAD's stop ...
+    assert t.listener.names() == []  # ... and nobody is told: the user has not stopped yet
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.feed(
+        TranscriptionFrame(text="what are your opening hours", user_id="u", timestamp="t", finalized=True)
+    )
+    await t.silence(0.1)
+    assert t.listener.names() == ["user.message", "turn.end"]
+    # The turn's end confirms the reply already made; no second inference.
+    assert t.outcomes == ["speculation", "stopped by strategy"]
+
+
+async def test_a_reply_started_in_the_pause_is_dropped_unannounced_when_the_user_goes_on(turns):
+    t = await turns(0.95)
+    await pause_with_settled_words(t, "can i order a cake")
+    assert t.outcomes == ["speculation"]
+    t.strategy.vad_state_changed(VADState.SPEAKING)  # "... for saturday"
+    await t.silence(0.04)
+    assert t.outcomes == ["speculation", "speculation cancelled"]
+    assert "turn.continued" not in t.listener.names()  # no eager.turn was ever said
+    t.strategy.vad_state_changed(VADState.STOPPING)
+    await t.silence(0.2)
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.feed(
+        TranscriptionFrame(text="can i order a cake for saturday", user_id="u", timestamp="t", finalized=True)
+    )
+    await t.silence(0.1)
+    assert t.listener.names() == ["user.message", "turn.end"]
+    assert t.outcomes == ["speculation", "speculation cancelled", "stopped by strategy"]
+
+
+async def test_a_reply_started_in_the_pause_on_other_words_than_the_final_ones_is_dropped(turns):
+    t = await turns(0.95)
+    await pause_with_settled_words(t, "where are you")
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.feed(TranscriptionFrame(text="where are you based", user_id="u", timestamp="t", finalized=True))
+    await t.silence(0.1)
+    assert t.listener.events == [("user.message", "where are you based"), ("turn.end", "where are you based")]
+    # The turn's end asks for a fresh inference on the final words, not the speculated ones.
+    assert t.outcomes == ["speculation", "speculation cancelled", "stopped by strategy"]
+
+
+async def test_an_eager_turn_takes_over_the_reply_started_in_the_pause(turns):
+    t = await turns(0.55)
+    await pause_with_settled_words(t, "my sister is visiting next week")
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.feed(
+        TranscriptionFrame(text="my sister is visiting next week", user_id="u", timestamp="t", finalized=True)
+    )
+    await t.silence(0.05)
+    assert t.listener.names() == ["user.message", "eager.turn"]
+    assert t.outcomes == ["speculation"]  # the same speculation: not started twice
+    await t.silence(t.settings.eager_confirm_seconds + 0.3)
+    assert t.listener.names() == ["user.message", "eager.turn", "turn.end"]
+    assert t.outcomes == ["speculation", "stopped by strategy"]
+
+
+async def test_no_reply_starts_in_the_pause_when_the_words_are_unfinished(turns):
+    t = await turns(0.3)  # SmartTurn unsure; the words dangle (0.1): 0.2, below eager (0.3)
+    await pause_with_settled_words(t, "can i order a cake for")
+    assert t.outcomes == []
+
+
 async def test_calls_share_one_smartturn_session_with_pipecats_verdicts():
     # One ONNX session per process, not per call; each call's analyzer keeps its own audio. The
     # verdict on the same audio is the one pipecat's own analyzer (its own session) gives.
