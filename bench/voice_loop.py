@@ -84,6 +84,17 @@ MISSED = float("inf")
 BARGE_IN_AT_WORD = "loaf"
 
 
+def voice_runs(loud: list[float], origin: float) -> str:
+    """Loud packet times as runs without a gap of 60 ms or more, in seconds from `origin`."""
+    runs: list[list[float]] = []
+    for at in loud:
+        if runs and at - runs[-1][1] < 0.06:
+            runs[-1][1] = at
+        else:
+            runs.append([at, at])
+    return ", ".join(f"{first - origin:+.2f}..{last - origin:+.2f}" for first, last in runs)
+
+
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     """(edit distance in words, reference length), after lower-casing and dropping punctuation."""
     from calls.pipeline.turns import normalized_words
@@ -220,6 +231,7 @@ async def barge_in(client: ParleyWebRTCClient, base_url: str, interruption: str)
     # The voice never paused from the interruption to the end of the next answer: it was not
     # stopped (or the answers ran into each other). A miss, not a fast stop.
     print(f"barge-in: the voice did not stop after {interruption!r} began; counted as a miss")
+    print(f"    persona's voice received (loud packets) from its start: {voice_runs(loud, start)}")
     for event in events:
         if wall(event) > start_wall - 0.5:
             data = event.get("data") or {}
