@@ -619,6 +619,8 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
         self._awaiting_final = False
         self.timings["final_transcript"] = self._clock()
         if not text:
+            if self._speculating and not self._eager_announced:
+                await self._decide()  # a reply started in the pause on words now gone goes
             return
         self._text = f"{self._text} {text}".strip()
         await self._listener.on_user_message(text=text)
@@ -645,16 +647,19 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
     async def _decide(self) -> None:
         if self._vad_speaking or not self._vad_stopped or self._ending:
             return
-        if self._probability is None or self._awaiting_final or not self._text:
+        if self._probability is None or self._awaiting_final:
             return
         probability, settings = turn_probability(self._probability, self._text), self._settings
         if self._speculating and (self._speculated_text != self._text or probability < settings.eager):
-            # A reply started in the pause answers other words than the final transcript's.
+            # A reply started in the pause answers other words than the final transcript's (or
+            # none came): were it left held, the turn's end by timeout would release it.
             logger.debug(
                 "reply started in the pause dropped: %r, final %r", self._speculated_text, self._text
             )
             self._speculating = False
             await self.trigger_user_turn_speculation_cancelled()
+        if not self._text:
+            return
         if probability >= settings.confident:
             await self._end_turn(probability)
         elif probability >= settings.eager and not self._eager_announced:

@@ -28,7 +28,12 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.asyncio.task_manager import TaskManager
 
 from calls.pipeline.conversation import TURN_STOP_TIMEOUT_EXTRA_SECONDS
-from calls.pipeline.turns import ParleyTurnStopStrategy, TurnSettings, UserSideListener
+from calls.pipeline.turns import (
+    FINAL_TRANSCRIPT_WAIT_SECONDS,
+    ParleyTurnStopStrategy,
+    TurnSettings,
+    UserSideListener,
+)
 
 SILENCE = bytes(640)  # 20 ms at 16 kHz
 
@@ -321,6 +326,17 @@ async def test_an_eager_turn_takes_over_the_reply_started_in_the_pause(turns):
     await t.silence(t.settings.eager_confirm_seconds + 0.3)
     assert t.listener.names() == ["user.message", "eager.turn", "turn.end"]
     assert t.outcomes == ["speculation", "stopped by strategy"]
+
+
+async def test_a_reply_started_in_the_pause_is_dropped_when_no_final_transcript_comes(turns):
+    # The recogniser failed after settling: held on, the reply would be released by the turn's
+    # end on timeout, answering words that never became the user's message.
+    t = await turns(0.95)
+    await pause_with_settled_words(t, "do you deliver")
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.silence(FINAL_TRANSCRIPT_WAIT_SECONDS + 0.2)
+    assert t.outcomes == ["speculation", "speculation cancelled"]
+    assert t.listener.names() == []
 
 
 async def test_no_reply_starts_in_the_pause_when_the_words_are_unfinished(turns):
