@@ -284,6 +284,23 @@ async def test_a_backchannel_while_the_persona_speaks_does_not_interrupt_it(loop
     await asyncio.sleep(0.3)
     await loop.say("What is on the menu?")
     await listener.wait_for("bot.speaking", within=30)
+    # Words the recogniser settles on over the persona must not start a reply (only VoiceGuard
+    # may decide what they are, once final).
+    conversation = loop.conversation
+    offered: list[str] = []
+    started_on: list[str] = []
+    settled, provisional = conversation.stt.on_settled, conversation.turn_strategy.on_provisional_transcript
+
+    async def offer(text: str) -> None:
+        offered.append(text)
+        await settled(text)
+
+    async def start_on(text: str) -> None:
+        started_on.append(text)
+        await provisional(text)
+
+    conversation.stt.on_settled = offer
+    conversation.turn_strategy.on_provisional_transcript = start_on
     await asyncio.sleep(1.0)
     await loop.say("Okay.", lead_seconds=0.0)
     finished = await listener.wait_for("bot.finished", within=40)
@@ -292,6 +309,8 @@ async def test_a_backchannel_while_the_persona_speaks_does_not_interrupt_it(loop
     ]
     assert "bot.interrupted" not in listener.names(), heard
     assert "croissants" in finished["spoken"].lower() or "sourdough" in finished["spoken"].lower()
+    assert offered, "the recogniser settled on the words over the persona"
+    assert not started_on, started_on
 
 
 async def test_a_persona_can_hear_through_an_openai_compatible_recogniser():
