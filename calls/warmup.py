@@ -1,8 +1,8 @@
 """Server start: load what calls need before the first visitor arrives.
 
 On a cold process the first calls waited for it all: pipecat's modules (~0.6 s), the turn
-model, the speech synthesizer, the recogniser's worker processes (each loads pocketsphinx) and
-each persona's language model, the sentence encoder and the persona's knowledge index. Eight
+model, the speech synthesizer, the recogniser (Whisper, ~0.3 s) and each persona's prompt, the
+sentence encoder and the persona's knowledge index. Eight
 visitors arriving together at a fresh server on this 2-core machine waited ~10 s for their
 greeting, and its voice then came out choppy while the machine was still loading
 (`bench/voice_loop.py --sessions 8 --workers 2`).
@@ -38,6 +38,7 @@ def state() -> str:
 def warm_up(*, personas: int) -> dict[str, Any]:
     """Load the shared parts, then up to `personas` personas' own; returns what was done."""
     from calls.pipeline.conversation import Conversation, conversation_warm_up  # pipecat, on import
+    from calls.pipeline.listening.providers import warm_up as recogniser_warm_up
     from calls.pipeline.speech.espeak import EspeakSynthesizer
     from calls.pipeline.turns import smart_turn_session, vad_analyzer_build
 
@@ -48,6 +49,7 @@ def warm_up(*, personas: int) -> dict[str, Any]:
     if settings.PARLEY_LISTENING:
         vad_analyzer_build()  # onnxruntime and Silero
         smart_turn_session()
+        recogniser_warm_up()  # Whisper: every English persona's default recogniser
     for persona in _personas_to_warm(personas):
         try:
             loaded = conversation_warm_up(_persona_config(persona))

@@ -98,7 +98,7 @@ class ConversationConfig:
     tts_model: str = ""
     tts_base_url: str = ""
     tts_api_key: str = ""
-    stt_provider: str = "pocketsphinx"
+    stt_provider: str = "whisper"
     stt_model: str = ""
     stt_base_url: str = ""
     stt_api_key: str = ""

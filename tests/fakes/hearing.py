@@ -1,19 +1,27 @@
-"""The offline recogniser as the tests drive it: VAD states come as marks among the frames."""
+"""The offline recognisers as the tests drive them: VAD states come as marks among the frames."""
 
 from __future__ import annotations
 
 from pipecat.frames.frames import Frame
 from pipecat.processors.frame_processor import FrameDirection
 
-from calls.pipeline.listening.providers import SphinxSTTService
+from calls.pipeline.listening.providers import SphinxSTTService, WhisperSTTService
 from tests.fakes.spoken import VADStateMark
 
 
-class MarkedSphinxSTTService(SphinxSTTService):
-    """`SphinxSTTService` told the VAD's states by `VADStateMark`s (`spoken.heard_frames`)."""
+class _TakesMarks:
+    """Told the VAD's states by `VADStateMark`s (`spoken.heard_frames`)."""
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, VADStateMark):
-            self.vad_state_changed(frame.state)
+            self.vad_state_changed(frame.state)  # type: ignore[attr-defined]
             return
-        await super().process_frame(frame, direction)
+        await super().process_frame(frame, direction)  # type: ignore[misc]
+
+
+class MarkedSphinxSTTService(_TakesMarks, SphinxSTTService):
+    """`SphinxSTTService` told the VAD's states by marks."""
+
+
+class MarkedWhisperSTTService(_TakesMarks, WhisperSTTService):
+    """`WhisperSTTService` told the VAD's states by marks."""

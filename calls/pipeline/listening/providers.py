@@ -1,84 +1,56 @@
-"""The persona's recogniser: pocketsphinx offline (worker processes) or an OpenAI-compatible API.
+"""The persona's recogniser: Whisper offline (the default), pocketsphinx offline, or a cloud API.
 
 `build_stt_service(config)` returns a pipecat STT service for the pipeline position right after
 the transport input (before the user aggregator, whose VAD frames it receives):
 
-- `pocketsphinx` (default, offline): `SphinxSTTService`. Each utterance is a stream on one
-  worker process (`workers`), decoded incrementally while the user speaks by the general en-US
-  model and by a model of the persona's own questions (`corpus`, `sphinx_worker`), starting
-  with a little audio from before the VAD noticed the speech. Every `INTERIM_SECONDS` the
-  words two partial hypotheses in a row agree on are pushed as interim transcripts (they only
-  ever grow). Once the speech has paused for `SETTLE_SECONDS` the stream is settled: the
-  decoders' last step runs while the VAD still waits out its stop time, so at its stop the
-  better of the two hypotheses is pushed at once as one finalized transcript (none if nothing
-  was recognised), and before that the settled words go to `on_settled` (the turn logic starts
-  the reply on them while the VAD waits). If the user goes on instead, the utterance is decoded
-  again whole.
-- `openai`: pipecat's `OpenAISTTService` (Whisper-style `POST /audio/transcriptions`) with the
-  persona's base URL, key and model.
+- `whisper` (default, offline, English): `WhisperSTTService`. Whisper tiny.en, one model per
+  process decoding on threads (`whisper`), biased to the persona by a prompt of its name,
+  phrases and knowledge. Interim words come from decodes of the growing utterance every
+  `WHISPER_INTERIM_SECONDS`; the final transcript from the decode started when the speaker
+  paused (`stream_service`).
+- `pocketsphinx` (offline, English; lighter, less accurate): `SphinxSTTService`. Each
+  utterance is a stream on a worker process (`workers`), decoded incrementally by the general
+  en-US model and by a model of the persona's own questions (`corpus`, `sphinx_worker`).
+- `openai`, `deepgram`: cloud recognisers (`cloud`), for personas in other languages.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import importlib.util
 import logging
-import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from pipecat.audio.vad.vad_analyzer import VADState
-from pipecat.frames.frames import (
-    CancelFrame,
-    EndFrame,
-    Frame,
-    InterimTranscriptionFrame,
-    TranscriptionFrame,
-    VADUserStartedSpeakingFrame,
-    VADUserStoppedSpeakingFrame,
+from calls.pipeline.listening.stream_service import (
+    RecogniserUnavailable,
+    StreamingSTTService,
+    UtteranceStream,
+    stable_prefix,
 )
-from pipecat.services.settings import STTSettings
-from pipecat.services.stt_service import STTService
-from pipecat.utils.time import time_now_iso8601
 
-from calls.pipeline.listening.corpus import corpus_key, persona_corpus
-from calls.pipeline.listening.workers import RecogniserUnavailable, RecognitionStream, recogniser_pool
+__all__ = [
+    "RecogniserUnavailable",
+    "SphinxSTTService",
+    "WhisperSTTService",
+    "build_stt_service",
+    "recogniser_prepare",
+    "stable_prefix",
+]
 
 logger = logging.getLogger(__name__)
 
-# Only pocketsphinx's bundled model exists offline.
-SPHINX_LANGUAGES = ("en", "en-us")
-SAMPLE_RATE = 16_000
-# Audio kept from before the VAD's start of speech and decoded with it (seconds): the VAD
-# fires ~0.12 s after the onset, and the recogniser wants ~0.3 s of room before the words.
-# It is counted back from the audio position where the VAD decided, not from this service's
-# own: the recogniser comes first in the pipeline and may have taken more audio meanwhile.
-PRE_ROLL_SECONDS = 0.45
-# Recent audio kept for the pre-roll (seconds): the pre-roll and how far this service may be
-# ahead of the VAD when it decides.
-HISTORY_SECONDS = 3.0
-# While the user speaks, a partial hypothesis is asked for this often (seconds).
-INTERIM_SECONDS = 0.2
-# Audio after the VAD's first silent window before the stream is settled (seconds): the VAD
-# says the user stopped after `turns.VAD_STOP_SECONDS` (0.2 s) of silence; the decoding's end
-# (~40 ms, ~120 ms for a call's first utterance) is done within that wait. Sooner would settle
-# (and decode again) at more of the short dips inside sentences.
-SETTLE_SECONDS = 0.06
-# The final transcript is given up on after this long (seconds): a worker that slow is stuck.
-FINAL_TIMEOUT_SECONDS = 5.0
-# What this service promises the turn logic: end of speech → final transcript, p99 (seconds).
-FINAL_LATENCY_P99_SECONDS = 0.3
+OFFLINE_PROVIDERS = ("whisper", "pocketsphinx")
+# Only English models exist offline.
+OFFLINE_LANGUAGES = ("en",)
+# While the user speaks, Whisper decodes the utterance so far this often (seconds): each
+# decode is ~40-60 ms of one core, so a speaking user costs ~10 % of one; interim decodes
+# wait behind every final one (`whisper.DecodeQueue`).
+WHISPER_INTERIM_SECONDS = 0.5
 
 
-def stable_prefix(previous: list[str], latest: list[str]) -> list[str]:
-    """The words two consecutive partial results agree on, from the start."""
-    agreed: list[str] = []
-    for before, now in zip(previous, latest, strict=False):
-        if before != now:
-            break
-        agreed.append(now)
-    return agreed
+def provider_of(config: Any) -> str:
+    provider = getattr(config, "stt_provider", "whisper") or "whisper"
+    return provider if provider in (*OFFLINE_PROVIDERS, "openai", "deepgram") else "whisper"
 
 
 def recogniser_check() -> None:
@@ -90,31 +62,105 @@ def recogniser_check() -> None:
 
 
 def warm_up() -> None:
-    """Start the worker processes and load their models now (blocking; off the event loop)."""
+    """Load Whisper now (blocking; off the event loop)."""
+    from calls.pipeline.listening.whisper import whisper_recogniser
+
+    whisper_recogniser()
+
+
+def sphinx_warm_up() -> None:
+    """Start pocketsphinx's worker processes and load their models now (blocking)."""
+    from calls.pipeline.listening.workers import recogniser_pool
+
     recogniser_check()
     recogniser_pool().wait_ready()
 
 
-def recogniser_prepare(config: Any) -> bool:
-    """Have the offline recogniser ready for this persona: workers started, its model built.
+def whisper_prompt_of(config: Any) -> str:
+    """The persona's prompt for Whisper (`whisper.persona_prompt`), counted in its tokens."""
+    from calls.pipeline.listening.whisper import persona_prompt, whisper_recogniser
 
-    Blocking (seconds on a cold process); False when the persona uses another recogniser.
-    """
-    provider = getattr(config, "stt_provider", "pocketsphinx") or "pocketsphinx"
-    if provider == "openai":
-        return False
-    warm_up()
-    corpus = persona_corpus(
+    return persona_prompt(
         name=getattr(config, "name", ""),
         greeting=getattr(config, "greeting", ""),
         knowledge=tuple(getattr(config, "knowledge", ()) or ()),
         phrases=tuple(getattr(config, "stt_phrases", ()) or ()),
+        tokens=whisper_recogniser().count_tokens,
     )
-    recogniser_pool().prepare(corpus_key(corpus), corpus)
-    return True
 
 
-class SphinxSTTService(STTService):
+def recogniser_prepare(config: Any) -> bool:
+    """Have the offline recogniser ready for this persona (blocking); False for a cloud one."""
+    provider = provider_of(config)
+    if provider == "whisper":
+        from calls.pipeline.listening.whisper import whisper_recogniser
+
+        whisper_recogniser().prompt_tokens(whisper_prompt_of(config))
+        return True
+    if provider == "pocketsphinx":
+        from calls.pipeline.listening.corpus import corpus_key, persona_corpus
+        from calls.pipeline.listening.workers import recogniser_pool
+
+        sphinx_warm_up()
+        corpus = persona_corpus(
+            name=getattr(config, "name", ""),
+            greeting=getattr(config, "greeting", ""),
+            knowledge=tuple(getattr(config, "knowledge", ()) or ()),
+            phrases=tuple(getattr(config, "stt_phrases", ()) or ()),
+        )
+        recogniser_pool().prepare(corpus_key(corpus), corpus)
+        return True
+    return False
+
+
+class WhisperSTTService(StreamingSTTService):
+    """Offline recognition with Whisper tiny.en, biased to the persona by a prompt."""
+
+    interim_seconds = WHISPER_INTERIM_SECONDS
+
+    def __init__(
+        self,
+        *,
+        name: str = "",
+        greeting: str = "",
+        knowledge: Sequence[tuple[str, str]] = (),
+        phrases: Sequence[str] = (),
+        language: str = "en-US",
+        **kwargs: Any,
+    ) -> None:
+        from calls.pipeline.listening.whisper import MODEL_NAME, persona_prompt, whisper_recogniser
+
+        super().__init__(model=MODEL_NAME, language=language, **kwargs)
+        self.recogniser = (
+            whisper_recogniser()
+        )  # built off the event loop (Conversation._build runs in a thread)
+        self.prompt = persona_prompt(
+            name=name,
+            greeting=greeting,
+            knowledge=knowledge,
+            phrases=phrases,
+            tokens=self.recogniser.count_tokens,
+        )
+        self.recogniser.prompt_tokens(self.prompt)
+
+    def _open_stream(self) -> UtteranceStream:
+        return self.recogniser.stream(prompt=self.prompt)
+
+    def _agreed(self, previous: list[str], latest: list[str]) -> list[str]:
+        """Each partial decodes the whole utterance so far, so its words only change at its end,
+        where a word may be cut: the first partial's words but its last are shown at once (a short
+        question gets two partials at most), later ones as far as two in a row agree."""
+        if not previous:
+            return latest[:-1]
+        agreed = stable_prefix([_bare(word) for word in previous], [_bare(word) for word in latest])
+        return latest[: len(agreed)]
+
+
+def _bare(word: str) -> str:
+    return word.strip(".,;:?!").lower()
+
+
+class SphinxSTTService(StreamingSTTService):
     """Offline recognition: incremental pocketsphinx decoding in worker processes."""
 
     def __init__(
@@ -127,196 +173,24 @@ class SphinxSTTService(STTService):
         language: str = "en-US",
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            ttfs_p99_latency=FINAL_LATENCY_P99_SECONDS,
-            settings=STTSettings(model="pocketsphinx-en-us", language=language),
-            **kwargs,
-        )
-        warm_up()  # built off the event loop (Conversation._build runs in a thread)
+        from calls.pipeline.listening.corpus import corpus_key, persona_corpus
+        from calls.pipeline.listening.workers import recogniser_pool
+
+        super().__init__(model="pocketsphinx-en-us", language=language, **kwargs)
+        sphinx_warm_up()  # built off the event loop (Conversation._build runs in a thread)
         self.corpus = persona_corpus(name=name, greeting=greeting, knowledge=knowledge, phrases=phrases)
         self.corpus_key = corpus_key(self.corpus)
         recogniser_pool().prepare(self.corpus_key, self.corpus)  # not at the first utterance
-        # Recent audio: (its position in this call's audio, in bytes; the bytes).
-        self._history: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._received = 0  # bytes of audio this service has received
-        # Where the VAD is in the same audio (bytes), when it tells of a new state; the
-        # conversation wires it to the VAD's count. None: level with this service.
-        self.vad_position: Callable[[], int] | None = None
-        self._speech_from: int | None = None  # where the pre-roll of the next stream starts
-        self._stream: RecognitionStream | None = None
-        self._previous: list[str] = []
-        self._emitted: list[str] = []
-        self._last_interim_at = 0.0
-        self._interim_task: asyncio.Task[None] | None = None
-        self._final_tasks: set[asyncio.Task[None]] = set()
-        # Seconds from each VADUserStoppedSpeakingFrame to its final transcript (bench/, tests).
-        self.final_latencies: list[float] = []
-        self.last_result: dict[str, Any] | None = None
         # This call's cepstral mean after its last utterance: its microphone's, carried to the next.
         self._cmn = ""
-        # Where the stream is settled: the VAD's first silent window in this utterance, plus
-        # SETTLE_SECONDS (a position in bytes); None while the user speaks.
-        self._settle_at: int | None = None
-        self.settles = self.resumes = 0  # counts, for benchmarks
-        # Told the settled words of the speech before a pause, before the VAD's stop: what the
-        # final transcript will say unless the user goes on (`ParleyTurnStopStrategy`).
-        self.on_settled: Callable[[str], Awaitable[None]] | None = None
 
-    def vad_state_changed(self, state: VADState) -> None:
-        """From the VAD (`InlineSileroVADAnalyzer.state_listeners`), as each state is entered."""
-        stream = self._stream
-        position = self._received if self.vad_position is None else min(self.vad_position(), self._received)
-        if state == VADState.STOPPING:
-            self._settle_at = position + int(SETTLE_SECONDS * SAMPLE_RATE) * 2
-        elif state == VADState.SPEAKING:
-            self._settle_at = None
-            if stream is None or stream.closed:  # a new utterance: its start frame follows
-                self._speech_from = max(0, position - int(PRE_ROLL_SECONDS * SAMPLE_RATE) * 2)
-            elif stream.settled:
-                stream.resume()  # a pause inside the sentence: decode it whole again
-                self.resumes += 1
-                self._previous = []
+    def _open_stream(self) -> UtteranceStream:
+        from calls.pipeline.listening.workers import recogniser_pool
 
-    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
-        self._keep(audio)
-        stream = self._stream
-        if stream is not None and not stream.closed:
-            stream.feed(audio)
-            if self._settle_at is not None and not stream.settled and self._received >= self._settle_at:
-                stream.settle()
-                self.settles += 1
-                if self.on_settled is not None:
-                    self.create_task(self._tell_settled(stream), f"{self}::settled")
-            now = time.monotonic()
-            idle = self._interim_task is None or self._interim_task.done()
-            settled = stream.settled
-            if (
-                self._user_speaking
-                and idle
-                and not settled
-                and now - self._last_interim_at >= INTERIM_SECONDS
-            ):
-                self._last_interim_at = now
-                self._interim_task = self.create_task(self._interim(stream), f"{self}::interim")
-        if False:  # an async generator that yields nothing: the transcripts come from tasks
-            yield None
+        return recogniser_pool().open_stream(corpus_key=self.corpus_key, corpus=self.corpus, cmn=self._cmn)
 
-    def _keep(self, audio: bytes) -> None:
-        self._history.append((self._received, audio))
-        self._received += len(audio)
-        oldest = self._received - int(HISTORY_SECONDS * SAMPLE_RATE) * 2
-        while self._history and self._history[0][0] + len(self._history[0][1]) <= oldest:
-            self._history.popleft()
-
-    def _audio_since(self, position: int) -> bytes:
-        """The audio received from `position` (bytes into the call's audio) to now."""
-        pieces = []
-        for start, audio in self._history:
-            if start + len(audio) > position:
-                pieces.append(audio[max(0, position - start) :])
-        return b"".join(pieces)
-
-    async def _handle_vad_user_started_speaking(self, frame: VADUserStartedSpeakingFrame) -> None:
-        await super()._handle_vad_user_started_speaking(frame)
-        if self._stream is not None and not self._stream.closed:
-            self._stream.cancel()
-        try:
-            self._stream = recogniser_pool().open_stream(
-                corpus_key=self.corpus_key, corpus=self.corpus, cmn=self._cmn
-            )
-        except RecogniserUnavailable as error:
-            logger.warning("speech recognition unavailable: %s", error)
-            self._stream = None
-            return
-        # From PRE_ROLL_SECONDS before where the VAD decided to all this service has received.
-        pre_roll_bytes = int(PRE_ROLL_SECONDS * SAMPLE_RATE) * 2
-        speech_from = self._speech_from if self._speech_from is not None else self._received - pre_roll_bytes
-        self._speech_from = None
-        self._stream.feed(self._audio_since(max(0, speech_from)))
-        self._settle_at = None
-        self._previous, self._emitted = [], []
-        self._last_interim_at = time.monotonic()
-
-    async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame) -> None:
-        await super()._handle_vad_user_stopped_speaking(frame)
-        self._settle_at = None
-        stream, self._stream = self._stream, None
-        if stream is None or stream.closed:
-            return
-        task = self.create_task(self._final(stream, time.monotonic()), f"{self}::final")
-        self._final_tasks.add(task)
-        task.add_done_callback(self._final_tasks.discard)
-
-    async def _interim(self, stream: RecognitionStream) -> None:
-        asked_at = time.monotonic()
-        try:
-            words = (await stream.partial()).split()
-        except RecogniserUnavailable:
-            return
-        agreed = stable_prefix(self._previous, words)
-        logger.debug(
-            "partial %r in %.0f ms, agreed with the one before: %r",
-            " ".join(words),
-            (time.monotonic() - asked_at) * 1000,
-            " ".join(agreed),
-        )
-        self._previous = words
-        if stream is not self._stream or not self._user_speaking:
-            return  # the final transcript is on its way
-        if len(agreed) > len(self._emitted) and agreed[: len(self._emitted)] == self._emitted:
-            self._emitted = agreed
-            await self.push_frame(
-                InterimTranscriptionFrame(" ".join(agreed), self._user_id, time_now_iso8601())
-            )
-
-    async def _tell_settled(self, stream: RecognitionStream) -> None:
-        text = await stream.settled_text()
-        # Not if the user went on (the stream was resumed) or the VAD's stop came first: the
-        # final transcript is then what counts.
-        if text and self.on_settled is not None and stream is self._stream and stream.settled:
-            await self.on_settled(text)
-
-    async def _final(self, stream: RecognitionStream, stopped_at: float) -> None:
-        try:
-            result = await asyncio.wait_for(stream.final(), FINAL_TIMEOUT_SECONDS)
-        except (RecogniserUnavailable, TimeoutError) as error:
-            logger.warning("speech recognition failed, this utterance is lost: %s", error or "timed out")
-            stream.cancel()
-            return
-        latency = time.monotonic() - stopped_at
-        self.final_latencies.append(latency)
-        self.last_result = result
+    def _result_kept(self, result: dict[str, Any]) -> None:
         self._cmn = result.get("cmn", "")
-        logger.debug(
-            "recognised %r (%s model) %.0f ms after the end of speech; persona %s, general %s",
-            result["text"],
-            result["model"],
-            latency * 1000,
-            result.get("persona"),
-            result.get("general"),
-        )
-        if result["text"]:
-            await self.push_frame(
-                TranscriptionFrame(result["text"], self._user_id, time_now_iso8601(), finalized=True)
-            )
-
-    async def _close_streams(self) -> None:
-        if self._stream is not None:
-            self._stream.cancel()
-            self._stream = None
-        for task in [self._interim_task, *self._final_tasks]:
-            if task is not None and not task.done():
-                await self.cancel_task(task)
-
-    async def stop(self, frame: EndFrame) -> None:
-        if self._final_tasks:  # a graceful end still delivers the last transcript
-            await asyncio.wait(set(self._final_tasks), timeout=FINAL_TIMEOUT_SECONDS)
-        await self._close_streams()
-        await super().stop(frame)
-
-    async def cancel(self, frame: CancelFrame) -> None:
-        await self._close_streams()
-        await super().cancel(frame)
 
 
 def pipecat_language(code: str) -> Any:
@@ -334,7 +208,7 @@ def pipecat_language(code: str) -> Any:
 
 def build_stt_service(config: Any) -> Any:
     """The recogniser the persona is configured with."""
-    provider = getattr(config, "stt_provider", "pocketsphinx") or "pocketsphinx"
+    provider = provider_of(config)
     language = getattr(config, "language", "en-US") or "en-US"
     if provider == "openai":
         from pipecat.services.openai.stt import OpenAISTTService
@@ -346,11 +220,14 @@ def build_stt_service(config: Any) -> Any:
                 model=config.stt_model or "whisper-1", language=pipecat_language(language)
             ),
         )
-    if provider not in ("pocketsphinx", ""):
-        logger.warning("speech recognition provider %r is not available; using pocketsphinx", provider)
-    if language.lower() not in SPHINX_LANGUAGES:
-        logger.warning("pocketsphinx has no model for %s; recognising it as US English", language)
-    return SphinxSTTService(
+    if language.split("-")[0].lower() not in OFFLINE_LANGUAGES:
+        logger.warning(
+            "the offline recogniser (%s) only knows English; %s speech will be heard as English",
+            provider,
+            language,
+        )
+    service_class = SphinxSTTService if provider == "pocketsphinx" else WhisperSTTService
+    return service_class(
         name=getattr(config, "name", ""),
         greeting=getattr(config, "greeting", ""),
         knowledge=tuple(getattr(config, "knowledge", ()) or ()),

