@@ -6,12 +6,15 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.files.uploadedfile import UploadedFile
 from django.db import models
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
+from calls.pipeline.listening.cloud import recogniser_problem
 from personas.models import ApiKey, KnowledgeEntry, Organization, Persona, SessionToken
 from personas.services import api_key_create, api_key_revoke
 from personas.tools import tools_normalize, tools_problems
@@ -164,6 +167,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
 # --- Personas ---------------------------------------------------------------------------
 
 
+def persona_hearing_problem(persona: Persona) -> str | None:
+    """Why callers' speech to this persona will not be understood (`cloud.recogniser_problem`)."""
+    return recogniser_problem(
+        provider=persona.stt_provider,
+        language=persona.language_code,
+        api_key=persona.stt_api_key,
+        base_url=persona.stt_base_url,
+    )
+
+
 class KnowledgeEntryInline(admin.TabularInline):
     model = KnowledgeEntry
     fields = ("position", "kind", "question", "answer")
@@ -291,7 +304,7 @@ class PersonaAdmin(admin.ModelAdmin):
     search_fields = ("name", "slug", "description", "organization__name")
     list_select_related = ("organization",)
     prepopulated_fields = {"slug": ("name",)}
-    readonly_fields = ("has_llm_api_key", "created_at", "updated_at")
+    readonly_fields = ("has_llm_api_key", "hearing_status", "created_at", "updated_at")
     inlines = (KnowledgeEntryInline,)
     formfield_overrides = {
         # Local LLM servers (Ollama, llama.cpp) usually speak plain http on 127.0.0.1.
@@ -329,6 +342,7 @@ class PersonaAdmin(admin.ModelAdmin):
             "Hearing",
             {
                 "fields": (
+                    "hearing_status",
                     "stt_provider",
                     ("stt_model", "stt_base_url"),
                     "stt_api_key",
@@ -381,6 +395,49 @@ class PersonaAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="LLM API key stored")
     def has_llm_api_key(self, persona: Persona) -> bool:
         return bool(persona.llm_api_key)
+
+    @admin.display(description="Hearing status")
+    def hearing_status(self, persona: Persona) -> SafeString | str:
+        problem = persona_hearing_problem(persona)
+        if problem is None:
+            return "Callers' speech in this persona's language can be recognised."
+        # Styled as the admin's own warning messages, so it stands out among the fields.
+        return format_html('<ul class="messagelist"><li class="warning">{}</li></ul>', problem)
+
+    def _warn_about_hearing(self, request: HttpRequest, persona: Persona) -> None:
+        problem = persona_hearing_problem(persona)
+        if problem is not None:
+            self.message_user(request, problem, messages.WARNING)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if request.method == "GET":
+            persona = self.get_object(request, unquote(object_id))
+            if persona is not None:
+                self._warn_about_hearing(request, persona)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def response_add(
+        self, request: HttpRequest, obj: Persona, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        if not _shows_the_persona_next(request):
+            self._warn_about_hearing(request, obj)
+        return super().response_add(request, obj, post_url_continue)
+
+    def response_change(self, request: HttpRequest, obj: Persona) -> HttpResponse:
+        if not _shows_the_persona_next(request):
+            self._warn_about_hearing(request, obj)
+        return super().response_change(request, obj)
+
+
+def _shows_the_persona_next(request: HttpRequest) -> bool:
+    """A save that goes on to the persona's own page, whose view warns anyway (once is enough)."""
+    return "_continue" in request.POST or "_saveasnew" in request.POST
 
 
 @admin.register(KnowledgeEntry)

@@ -75,7 +75,8 @@ class TtsProvider(models.TextChoices):
 
 
 class SttProvider(models.TextChoices):
-    POCKETSPHINX = "pocketsphinx", "PocketSphinx (offline)"
+    WHISPER = "whisper", "Whisper tiny.en (offline, English)"
+    POCKETSPHINX = "pocketsphinx", "PocketSphinx (offline, English; lighter, less accurate)"
     DEEPGRAM = "deepgram", "Deepgram"
     OPENAI = "openai", "OpenAI-compatible transcription"
 
@@ -113,7 +114,13 @@ class Persona(models.Model):
     tts_base_url = models.URLField(blank=True, help_text="Cloud TTS endpoint; empty uses the provider's own.")
     tts_api_key = models.CharField(max_length=300, blank=True)
     stt_provider = models.CharField(
-        max_length=20, choices=SttProvider.choices, default=SttProvider.POCKETSPHINX
+        max_length=20,
+        choices=SttProvider.choices,
+        default=SttProvider.WHISPER,
+        help_text=(
+            "The offline recognisers understand English only; for another language choose "
+            "Deepgram or an OpenAI-compatible recogniser."
+        ),
     )
     stt_model = models.CharField(
         max_length=120, blank=True, help_text="Cloud recogniser model, e.g. nova-3 or whisper-1."

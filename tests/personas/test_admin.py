@@ -8,7 +8,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.utils import quote
 from django.contrib.messages import get_messages
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -341,3 +341,64 @@ def test_the_face_fields_explain_themselves_in_the_admin(admin_client, persona_a
     page = admin_client.get(admin_url(type(persona_a), "change", persona_a.pk)).content.decode()
     assert "portraitMouth" in page and "portraitEyes" in page
     assert "JPEG, PNG or WebP, at most 5 MB" in page
+
+
+OFFLINE_GERMAN_PROBLEM = (
+    "The offline recogniser (Whisper tiny.en) only understands English; choose Deepgram or an "
+    "OpenAI-compatible recogniser for de-DE, or callers' speech will not be understood."
+)
+
+
+def warnings_shown(response) -> list[str]:
+    return [str(message) for message in response.context["messages"] if message.level == messages.WARNING]
+
+
+def test_a_german_persona_on_the_offline_recogniser_is_flagged_on_its_admin_page(
+    admin_client, make_persona, org_a
+):
+    german = make_persona(org_a, "greta", language_code="de-DE", stt_provider="whisper")
+
+    response = admin_client.get(admin_url(type(german), "change", german.pk))
+
+    assert response.status_code == status.HTTP_200_OK
+    assert warnings_shown(response) == [OFFLINE_GERMAN_PROBLEM]
+    page = response.content.decode()
+    assert page.count("only understands English; choose Deepgram") == 2  # the message and the status
+
+
+def test_an_english_persona_or_a_german_one_on_a_cloud_recogniser_is_not_flagged(
+    admin_client, make_persona, org_a
+):
+    english = make_persona(org_a, "mara", language_code="en-GB", stt_provider="whisper")
+    german = make_persona(
+        org_a, "greta", language_code="de-DE", stt_provider="deepgram", stt_api_key="dg-key"
+    )
+
+    for persona in (english, german):
+        response = admin_client.get(admin_url(type(persona), "change", persona.pk))
+
+        assert response.status_code == status.HTTP_200_OK
+        assert warnings_shown(response) == []
+        assert "can be recognised" in response.content.decode()
+
+
+def test_saving_a_german_persona_on_the_offline_recogniser_warns_once(admin_client, make_persona, org_a):
+    german = make_persona(org_a, "greta", language_code="de-DE", stt_provider="whisper")
+    data = {
+        **persona_form_data(german),
+        "knowledge-TOTAL_FORMS": "0",
+        "knowledge-INITIAL_FORMS": "0",
+        "knowledge-MIN_NUM_FORMS": "0",
+        "knowledge-MAX_NUM_FORMS": "1000",
+    }
+    data["avatar_look"] = json.dumps(data["avatar_look"])
+    data["tools"] = json.dumps(data["tools"])
+
+    saved = admin_client.post(admin_url(type(german), "change", german.pk), data, follow=True)
+    again = admin_client.post(
+        admin_url(type(german), "change", german.pk), {**data, "_continue": "Save"}, follow=True
+    )
+
+    assert saved.status_code == again.status_code == status.HTTP_200_OK
+    assert warnings_shown(saved) == [OFFLINE_GERMAN_PROBLEM]  # on the list it lands on
+    assert warnings_shown(again) == [OFFLINE_GERMAN_PROBLEM]  # on its own page, not twice

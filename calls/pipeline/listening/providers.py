@@ -21,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from calls.pipeline.listening.cloud import offline_language_supported
 from calls.pipeline.listening.stream_service import (
     RecogniserUnavailable,
     StreamingSTTService,
@@ -40,8 +41,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OFFLINE_PROVIDERS = ("whisper", "pocketsphinx")
-# Only English models exist offline.
-OFFLINE_LANGUAGES = ("en",)
 # While the user speaks, Whisper decodes the utterance so far this often (seconds): each
 # decode is ~40-60 ms of one core, so a speaking user costs ~10 % of one; interim decodes
 # wait behind every final one (`whisper.DecodeQueue`).
@@ -193,34 +192,15 @@ class SphinxSTTService(StreamingSTTService):
         self._cmn = result.get("cmn", "")
 
 
-def pipecat_language(code: str) -> Any:
-    """The persona's language as pipecat's `Language` (BCP 47 like en-US, or just its base)."""
-    from pipecat.transcriptions.language import Language
-
-    for candidate in (code, code.split("-")[0].lower()):
-        try:
-            return Language(candidate)
-        except ValueError:
-            continue
-    logger.warning("unknown language %r for the recogniser; using English", code)
-    return Language.EN
-
-
 def build_stt_service(config: Any) -> Any:
     """The recogniser the persona is configured with."""
     provider = provider_of(config)
     language = getattr(config, "language", "en-US") or "en-US"
-    if provider == "openai":
-        from pipecat.services.openai.stt import OpenAISTTService
+    if provider in ("openai", "deepgram"):
+        from calls.pipeline.listening.cloud import cloud_stt_service
 
-        return OpenAISTTService(
-            api_key=config.stt_api_key or "not-needed",
-            base_url=config.stt_base_url or None,
-            settings=OpenAISTTService.Settings(
-                model=config.stt_model or "whisper-1", language=pipecat_language(language)
-            ),
-        )
-    if language.split("-")[0].lower() not in OFFLINE_LANGUAGES:
+        return cloud_stt_service(config)
+    if not offline_language_supported(language):
         logger.warning(
             "the offline recogniser (%s) only knows English; %s speech will be heard as English",
             provider,
