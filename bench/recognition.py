@@ -1,14 +1,25 @@
-"""Benchmark of the offline recogniser on its own: word error rate, speed and final latency.
+"""Benchmark of the offline recognisers on their own: word error rate and decode time.
 
-The sentences of `bench/voice_loop.py` (the demo persona's own questions, and general
-sentences) are spoken by espeak-ng (`en-us`, 160 wpm, over a quiet room's noise), resampled
-to the pipeline's 16 kHz the way the transport does, and played in real time into
-`SphinxSTTService` with the VAD frames where Silero would send them. Prints per sentence what
-was heard and which model won, then word error rate in-domain and general, the workers'
-real-time factor, final-transcript latency after `VADUserStoppedSpeakingFrame` (median and
-max) and the workers' memory.
+Three sets, each heard by Whisper (the default) and by the old recogniser (pocketsphinx with
+the persona model), both as the demo persona Mara's recogniser (her name, knowledge and
+greeting bias them):
 
-    python bench/recognition.py [--verbose]
+- **human**: recordings of real people reading (`bench/human_speech.py` says which packages
+  they come from, and their licences), cut at their pauses; fetched once into var/;
+- **espeak in-domain**: Mara's own questions, in the tests' user voice (en-us, 160 wpm);
+- **espeak general**: everyday sentences outside her topics, in several espeak voices.
+
+With `--dev`, the development sentences of `bench/recognition_dev.py` replace the bench's own
+(`bench/voice_loop.py`'s `IN_DOMAIN` and `GENERAL`, held out from tuning), and only the human
+utterances not held out are used. Each utterance goes through the recogniser's pipeline
+service as the transport hands it audio (16 kHz, resampled 20 ms at a time), with the VAD's
+states where Silero would report them, not paced in real time. Prints each utterance with what
+was heard and the decode time (Whisper: its decode of the settled utterance; pocketsphinx: the
+end of its utterance in the worker), then per set the word error rate and the median and p95
+decode time.
+
+    python bench/recognition.py [--recognisers whisper,pocketsphinx] [--sets human,in-domain,general]
+                                [--dev] [--limit N] [--quiet]
 """
 
 from __future__ import annotations
@@ -19,13 +30,29 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
-from bench.voice_loop import GENERAL, IN_DOMAIN, word_errors  # noqa: E402
+from bench.voice_loop import GENERAL, IN_DOMAIN, percentile, word_errors  # noqa: E402
+
+# Voices of the general set (espeak voice, words per minute).
+GENERAL_VOICES = (("en-us", 160), ("en-us+m3", 175), ("en", 150), ("en-us+f3", 170))
+IN_DOMAIN_VOICE = ("en-us", 160)
+
+
+@dataclass
+class Utterance:
+    group: str
+    label: str  # the voice or the recording's source
+    text: str
+    speech: np.ndarray | None = None  # 48 kHz float32 at int16 scale; None: espeak says `text`
+    voice: tuple[str, int] = IN_DOMAIN_VOICE
 
 
 def demo_persona() -> tuple[str, str, list[tuple[str, str]]]:
@@ -42,92 +69,123 @@ def demo_persona() -> tuple[str, str, list[tuple[str, str]]]:
     return MARA["name"], MARA["greeting"], list(MARA_KNOWLEDGE)
 
 
-def worker_memory_mb() -> list[float]:
-    from calls.pipeline.listening.workers import recogniser_pool
+def human_set(*, dev: bool) -> list[Utterance]:
+    import soxr
 
-    sizes = []
-    for worker in recogniser_pool().workers:
-        with open(f"/proc/{worker.process.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    sizes.append(int(line.split()[1]) / 1024)
-    return sizes
+    from bench.human_speech import human_utterances
 
-
-def worker_cpu_seconds() -> float:
-    from calls.pipeline.listening.workers import recogniser_pool
-
-    total = 0.0
-    for worker in recogniser_pool().workers:
-        with open(f"/proc/{worker.process.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    utterances = []
+    for item in human_utterances():
+        if dev and item.held_out:
+            continue
+        samples = soxr.resample(item.samples.astype(np.float32), 16_000, 48_000)
+        label = f"{item.speaker}{' (held out)' if item.held_out else ''}"
+        utterances.append(Utterance("human", label, item.text, speech=samples))
+    return utterances
 
 
-async def hear(service, text: str) -> tuple[str, float, dict]:
+def espeak_sets(*, dev: bool) -> list[Utterance]:
+    from bench.recognition_dev import DEV_GENERAL, DEV_IN_DOMAIN
+
+    in_domain, general = (DEV_IN_DOMAIN, DEV_GENERAL) if dev else (IN_DOMAIN, GENERAL)
+    utterances = [Utterance("in-domain", IN_DOMAIN_VOICE[0], text) for text in in_domain]
+    for voice in GENERAL_VOICES:
+        utterances += [Utterance("general", voice[0], text, voice=voice) for text in general]
+    return utterances
+
+
+async def spoken(utterance: Utterance) -> np.ndarray:
+    from tests.fakes.spoken import spoken_pcm
+
+    if utterance.speech is not None:
+        return utterance.speech
+    voice, rate = utterance.voice
+    return await spoken_pcm(utterance.text, voice=voice, rate_wpm=rate)
+
+
+async def hear(service, utterance: Utterance) -> tuple[str, dict]:
     from pipecat.frames.frames import TranscriptionFrame
     from pipecat.tests.utils import run_test
 
     from tests.fakes.spoken import heard_frames
 
-    frames = await heard_frames(text)
+    frames = await heard_frames(utterance.text, speech=await spoken(utterance), paced=False)
     down, _ = await run_test(service, frames_to_send=frames)
     finals = [frame.text for frame in down if isinstance(frame, TranscriptionFrame)]
-    return " ".join(finals), service.final_latencies[-1], service.last_result or {}
+    return " ".join(finals), service.last_result or {}
 
 
-async def run(verbose: bool) -> None:
-    # The recogniser told the VAD's states, as in the pipeline (it settles in the end-of-speech wait).
-    from tests.fakes.hearing import MarkedSphinxSTTService as SphinxSTTService
+def service_factory(recogniser: str):
+    from tests.fakes.hearing import MarkedSphinxSTTService, MarkedWhisperSTTService
 
     name, greeting, knowledge = demo_persona()
-    started = time.perf_counter()
-    service = SphinxSTTService(name=name, greeting=greeting, knowledge=knowledge)
-    print(f"workers ready in {time.perf_counter() - started:.1f} s; {os.cpu_count()} cores")
-    errors = {"in-domain": [0, 0], "general": [0, 0]}
-    latencies: list[float] = []
-    decode_seconds = audio_seconds = 0.0
-    await hear(service, "Hello.")  # the persona model is built by the first utterance
-    cpu_before = worker_cpu_seconds()
-    for group, sentences in (("in-domain", IN_DOMAIN), ("general", GENERAL)):
-        for sentence in sentences:
-            service = SphinxSTTService(name=name, greeting=greeting, knowledge=knowledge)
-            heard, latency, result = await hear(service, sentence)
-            wrong, total = word_errors(sentence, heard)
-            errors[group][0] += wrong
-            errors[group][1] += total
-            latencies.append(latency)
-            audio_seconds += result.get("audio_seconds", 0.0)
-            decode_seconds += result.get("end_seconds", 0.0)
-            line = f"{group:9} {wrong}/{total} {latency * 1000:4.0f} ms  {sentence!r} → {heard!r} ({result.get('model')})"
+    service_class = MarkedWhisperSTTService if recogniser == "whisper" else MarkedSphinxSTTService
+    return lambda: service_class(name=name, greeting=greeting, knowledge=knowledge)
+
+
+async def run(recognisers: list[str], utterances: list[Utterance], quiet: bool) -> None:
+    summary: list[str] = []
+    for recogniser in recognisers:
+        started = time.perf_counter()
+        make = service_factory(recogniser)
+        await hear(make(), Utterance("warm-up", "", "Hello."))  # loads models, builds the persona's
+        print(f"\n== {recogniser}: ready in {time.perf_counter() - started:.1f} s; {os.cpu_count()} cores")
+        totals: dict[tuple[str, str], list] = {}
+        for utterance in utterances:
+            heard, result = await hear(make(), utterance)
+            wrong, words = word_errors(utterance.text, heard)
+            decode_ms = float(result.get("end_seconds", 0.0)) * 1000
+            held = "held out" if "held out" in utterance.label else ""
+            for key in ((utterance.group, ""), (utterance.group, held)) if held else ((utterance.group, ""),):
+                entry = totals.setdefault(key, [0, 0, []])
+                entry[0] += wrong
+                entry[1] += words
+                entry[2].append(decode_ms)
+            if not quiet:
+                print(
+                    f"{utterance.group:9} {utterance.label[:22]:22} {wrong}/{words} {decode_ms:4.0f} ms"
+                    f"  {utterance.text!r} → {heard!r}"
+                )
+        for (group, held), (wrong, words, times) in totals.items():
+            line = (
+                f"{recogniser:12} {group + (' ' + held if held else ''):20} WER {100 * wrong / max(1, words):5.1f} %"
+                f" ({wrong}/{words} words, {len(times)} utterances); decode median"
+                f" {statistics.median(times):.0f} ms, p95 {percentile(times, 0.95):.0f} ms"
+            )
+            summary.append(line)
             print(line)
-            if verbose:
-                print(f"          persona {result.get('persona')}  general {result.get('general')}")
-    for group, (wrong, total) in errors.items():
-        print(f"word error rate {group}: {100 * wrong / total:.1f} % ({wrong}/{total} words)")
-    print(
-        f"final transcript after VADUserStoppedSpeakingFrame: median {statistics.median(latencies) * 1000:.0f} ms,"
-        f" max {max(latencies) * 1000:.0f} ms"
-    )
-    cpu = worker_cpu_seconds() - cpu_before
-    print(f"real-time factor (worker CPU / audio decoded, both decoders): {cpu / audio_seconds:.2f}")
-    print(
-        f"end of utterance in the worker (end_utt, both decoders): {decode_seconds / len(latencies) * 1000:.0f} ms mean"
-    )
-    print("worker memory (RSS): " + ", ".join(f"{size:.0f} MB" for size in worker_memory_mb()))
+    print("\n== summary")
+    for line in summary:
+        print(line)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--verbose", action="store_true", help="show both models' hypotheses")
+    parser.add_argument("--recognisers", default="whisper,pocketsphinx")
+    parser.add_argument("--sets", default="human,in-domain,general")
+    parser.add_argument("--dev", action="store_true", help="the development sentences, for tuning")
+    parser.add_argument("--limit", type=int, default=0, help="at most N utterances per set")
+    parser.add_argument("--quiet", action="store_true", help="only the figures")
     args = parser.parse_args()
+    sets = args.sets.split(",")
+    utterances: list[Utterance] = []
+    if "human" in sets:
+        utterances += human_set(dev=args.dev)
+    utterances += [item for item in espeak_sets(dev=args.dev) if item.group in sets]
+    if args.limit:
+        kept: dict[str, int] = {}
+        utterances = [
+            item
+            for item in utterances
+            if kept.setdefault(item.group, 0) < args.limit
+            and not kept.update({item.group: kept[item.group] + 1})
+        ]
     from calls.pipeline.listening.workers import shutdown
 
     try:
-        asyncio.run(run(args.verbose))
+        asyncio.run(run(args.recognisers.split(","), utterances, args.quiet))
     finally:
         shutdown()
 

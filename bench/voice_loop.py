@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -95,11 +96,41 @@ def voice_runs(loud: list[float], origin: float) -> str:
     return ", ".join(f"{first - origin:+.2f}..{last - origin:+.2f}" for first, last in runs)
 
 
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(edit distance in words, reference length), after lower-casing and dropping punctuation."""
-    from calls.pipeline.turns import normalized_words
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 
-    ref, hyp = normalized_words(reference), normalized_words(hypothesis)
+
+def number_words(number: int) -> list[str]:
+    """0-9999 as spoken ("21" → twenty one): Whisper writes digits where a reference spells them."""
+    if number < 20:
+        return [_ONES[number]]
+    if number < 100:
+        return [_TENS[number // 10]] + (number_words(number % 10) if number % 10 else [])
+    if number < 1000:
+        return [_ONES[number // 100], "hundred"] + (number_words(number % 100) if number % 100 else [])
+    return (
+        number_words(number // 1000) + ["thousand"] + (number_words(number % 1000) if number % 1000 else [])
+    )
+
+
+def comparable_words(text: str) -> list[str]:
+    """Lower-cased words without punctuation, numbers spelt out, hyphens as spaces."""
+    words: list[str] = []
+    spaced = text.lower().replace("-", " ").replace("%", " percent").replace("\u2019", "'")
+    for word in re.findall(r"[a-z0-9']+", re.sub(r"(?<=\d)[.,:](?=\d)", " ", spaced)):
+        word = word.strip("'")
+        if not word:
+            continue
+        if word.isdigit() and len(word) <= 4:
+            words.extend(number_words(int(word)))
+        else:
+            words.append(word)
+    return words
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(edit distance in words, reference length), compared as `comparable_words`."""
+    ref, hyp = comparable_words(reference), comparable_words(hypothesis)
     previous = list(range(len(hyp) + 1))
     for i, ref_word in enumerate(ref, 1):
         current = [i] + [0] * len(hyp)

@@ -183,13 +183,17 @@ async def heard_frames(
     tail_seconds: float = 0.8,
     seed: int = 7,
     pauses: tuple[float, ...] = (),
+    speech: np.ndarray | None = None,
+    paced: bool = True,
 ) -> list[Any]:
     """`text` as the recogniser receives it: 20 ms `InputAudioRawFrame`s paced in real time
     (`SleepFrame`s), with the VAD's start and stop frames where Silero would send them, and
     `VADStateMark`s where it enters its states.
 
     With `pauses`, `text` is split at its commas and each comma becomes a pause of that many
-    seconds, shorter than the VAD's stop time: the speaker goes on after it.
+    seconds, shorter than the VAD's stop time: the speaker goes on after it. With `speech`
+    (48 kHz samples, int16 scale: a recording), that is what is said instead of `text`. With
+    `paced` False, no `SleepFrame`s (as fast as the recogniser takes it: benchmarks of accuracy).
     """
     from pipecat.audio.vad.vad_analyzer import VADState
     from pipecat.frames.frames import (
@@ -201,10 +205,10 @@ async def heard_frames(
 
     parts = [part.strip() for part in text.split(",")] if pauses else [text]
     assert len(parts) == len(pauses) + 1, "one pause per comma"
-    pieces: list[np.ndarray] = []
+    pieces: list[np.ndarray] = [] if speech is None else [speech]
     silences: list[tuple[float, float]] = []  # (from, to) seconds into the speech
     at_seconds = 0.0
-    for index, part in enumerate(parts):
+    for index, part in enumerate(parts if speech is None else []):
         speech_part = await spoken_pcm(part)
         pieces.append(speech_part)
         at_seconds += speech_part.size / RATE
@@ -243,7 +247,8 @@ async def heard_frames(
         frames.append(
             InputAudioRawFrame(audio=pcm[at : at + piece_bytes], sample_rate=PIPELINE_RATE, num_channels=1)
         )
-        frames.append(SleepFrame(sleep=0.02))
+        if paced:
+            frames.append(SleepFrame(sleep=0.02))
     return frames
 
 

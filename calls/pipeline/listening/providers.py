@@ -81,7 +81,6 @@ def whisper_prompt_of(config: Any) -> str:
 
     return persona_prompt(
         name=getattr(config, "name", ""),
-        greeting=getattr(config, "greeting", ""),
         knowledge=tuple(getattr(config, "knowledge", ()) or ()),
         phrases=tuple(getattr(config, "stt_phrases", ()) or ()),
         tokens=whisper_recogniser().count_tokens,
@@ -135,7 +134,6 @@ class WhisperSTTService(StreamingSTTService):
         )  # built off the event loop (Conversation._build runs in a thread)
         self.prompt = persona_prompt(
             name=name,
-            greeting=greeting,
             knowledge=knowledge,
             phrases=phrases,
             tokens=self.recogniser.count_tokens,
