@@ -100,6 +100,10 @@ _ONES = "zero one two three four five six seven eight nine ten eleven twelve thi
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 
+# What Whisper abbreviates where a reference spells it out.
+_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "ok": "okay"}
+
+
 def number_words(number: int) -> list[str]:
     """0-9999 as spoken ("21" → twenty one): Whisper writes digits where a reference spells them."""
     if number < 20:
@@ -118,7 +122,7 @@ def comparable_words(text: str) -> list[str]:
     words: list[str] = []
     spaced = text.lower().replace("-", " ").replace("%", " percent").replace("\u2019", "'")
     for word in re.findall(r"[a-z0-9']+", re.sub(r"(?<=\d)[.,:](?=\d)", " ", spaced)):
-        word = word.strip("'")
+        word = _ABBREVIATIONS.get(word.strip("'"), word.strip("'"))
         if not word:
             continue
         if word.isdigit() and len(word) <= 4:

@@ -9,7 +9,8 @@ import re
 _SECRET_QUERY = re.compile(
     r"(?i)\b(token|key|api_key|access_token|session_token|hub\.verify_token|signature)=([^&\s\"']+)"
 )
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+# "Bearer <key>", and Deepgram's "Token <key>" (a long run only: "token expired" is prose).
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+|\b(token)\s+[A-Za-z0-9._~+/=-]{16,}")
 # Parley API keys and JWTs, wherever they appear.
 _API_KEY = re.compile(r"\bprl_[A-Za-z0-9]+_[A-Za-z0-9_-]{8,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -18,7 +19,7 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 def redact(text: str) -> str:
     """Return text with every credential-looking value replaced by a marker."""
     text = _SECRET_QUERY.sub(lambda match: f"{match.group(1)}=[redacted]", text)
-    text = _BEARER.sub(lambda match: f"{match.group(1)} [redacted]", text)
+    text = _BEARER.sub(lambda match: f"{match.group(1) or match.group(2)} [redacted]", text)
     text = _API_KEY.sub("[redacted-api-key]", text)
     return _JWT.sub("[redacted-jwt]", text)
 

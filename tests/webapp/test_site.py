@@ -78,11 +78,13 @@ def test_no_token_or_key_reaches_a_log_line(caplog):
         "GET /v1/events/stream?token=eyJhbGciOiJIUzI1NiJ9.eyJ4IjoxfQ.c2ln&agents=mara",
         "Authorization: Bearer prl_ab12cd34_Zm9vYmFyYmF6cXV4cXV1eA",
         "key prl_ab12cd34_Zm9vYmFyYmF6cXV4cXV1eA leaked",
+        "Authorization: Token Zm9vYmFyYmF6cXV4cXV1eDEyMzQ1Ng",  # Deepgram's scheme
     ]
     for sample in samples:
         cleaned = redact(sample)
         assert "eyJhbGciOiJIUzI1NiJ9" not in cleaned and "Zm9vYmFy" not in cleaned, cleaned
     assert "agents=mara" in redact(samples[0])
+    assert redact("the token expired") == "the token expired"
     logger = logging.getLogger("parley.test")
     handler_filter = RedactSecretsFilter()
     record = logger.makeRecord("parley.test", logging.INFO, __file__, 1, "got %s", (samples[1],), None)

@@ -140,6 +140,30 @@ def without_annotations(text: str) -> str:
     return " ".join(_ANNOTATION.sub(" ", text).split())
 
 
+def without_loop(text: str) -> str:
+    """`text` with a decoding loop cut: a phrase of one to four words said three or more times in
+    a row is kept once ("5 5 5 5 5 ..." for "five five" when the decoding ran to its bound)."""
+    words = text.split()
+    kept: list[str] = []
+    index = 0
+    while index < len(words):
+        for size in range(1, 5):
+            phrase = [word.strip(".,?!").lower() for word in words[index : index + size]]
+            runs = 1
+            while [
+                word.strip(".,?!").lower() for word in words[index + runs * size : index + (runs + 1) * size]
+            ] == phrase:
+                runs += 1
+            if runs >= 3:
+                kept.extend(words[index : index + size])
+                index += runs * size
+                break
+        else:
+            kept.append(words[index])
+            index += 1
+    return " ".join(kept)
+
+
 def without_repeats(text: str) -> str:
     """`text` without a sentence that only repeats the one before it (a decoding loop)."""
     kept: list[str] = []
@@ -372,13 +396,14 @@ class WhisperRecogniser:
         features = self.features(padded, padding=0)[:, :frames]
         tokenizer = self.tokenizer
         sequence = [*self.prompt_tokens(prompt), *tokenizer.sot_sequence]
+        max_length = len(sequence) + int(seconds * TOKENS_PER_SECOND) + TOKENS_SPARE
         # The StorageView borrows the array's memory: the array must outlive the call.
         batch = np.ascontiguousarray(features[np.newaxis], dtype=np.float32)
         result = self.model.generate(
             ctranslate2.StorageView.from_array(batch),
             [sequence],
             beam_size=BEAM_SIZE,
-            max_length=len(sequence) + int(seconds * TOKENS_PER_SECOND) + TOKENS_SPARE,
+            max_length=max_length,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -387,6 +412,8 @@ class WhisperRecogniser:
         ids = result.sequences_ids[0]
         kept = self._tokens_within(ids, seconds)
         text = tokenizer.decode(kept).strip()
+        if len(sequence) + len(ids) >= max_length:  # ran to its bound: it was looping
+            text = without_loop(text)
         raw = tokenizer.decode([token for token in ids if token < tokenizer.timestamp_begin]).strip()
         # CTranslate2's score is the log-probability per token; Whisper's rule divides the sum
         # by one more token (the end of text), as faster-whisper does.
