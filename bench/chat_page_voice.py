@@ -6,6 +6,10 @@ with espeak-ng: a question from the demo persona's knowledge, then, while the pe
 answers, a second question spoken over it. Prints what the page showed and when (the user's
 live words, the history, the state), and saves screenshots (one mid-answer) to `--out`.
 
+With `--human N`, the microphone plays N recordings of real people instead (the held-out
+utterances of `bench/human_speech.py`, 9 s apart so each is answered), and the script prints
+what the page heard of each beside what was said, with the word error rate.
+
 Chromium's echo cancellation is turned off for the page (as in tests/browser/test_voice_loop.py):
 headless, the persona's voice goes to a null sink the canceller still takes as its far end, and
 it would hold the fake microphone back while the persona speaks.
@@ -63,6 +67,25 @@ async def microphone_wav(path: Path, answer_offset: float) -> Path:
     return wav_write(path, samples.astype(np.float32))
 
 
+# Seconds between the starts of two human recordings: room for the persona's answer.
+HUMAN_SPACING_SECONDS = 9.0
+
+
+def human_microphone_wav(path: Path, count: int) -> tuple[Path, list[str]]:
+    """Held-out human recordings, one every HUMAN_SPACING_SECONDS, over the room's noise."""
+    import soxr
+
+    from bench.human_speech import human_utterances
+
+    chosen = [item for item in human_utterances() if item.held_out][:count]
+    samples = noise(QUESTION_AT_SECONDS + HUMAN_SPACING_SECONDS * len(chosen) + 20.0)
+    for index, item in enumerate(chosen):
+        speech = soxr.resample(item.samples.astype(np.float32), 16_000, RATE)
+        offset = int((QUESTION_AT_SECONDS + index * HUMAN_SPACING_SECONDS) * RATE)
+        samples[offset : offset + speech.size] += speech
+    return wav_write(path, samples.astype(np.float32)), [item.text for item in chosen]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -70,6 +93,7 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the running server")
     parser.add_argument("--persona", default="mara", help="the persona's slug")
     parser.add_argument("--out", default="var/chat-page-voice", help="where screenshots go")
+    parser.add_argument("--human", type=int, default=0, help="play N held-out human recordings instead")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -77,9 +101,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     # The answer to the question starts ~0.4 s after it ends, plus the call's set-up: the
     # interruption is placed well inside the answer (Mara's Monday answer is ~6 s long).
-    wav = asyncio.run(
-        microphone_wav(out / "microphone.wav", answer_offset=0.4 + INTERRUPTION_AFTER_ANSWER_STARTS_SECONDS)
-    )
+    said: list[str] = []
+    if args.human:
+        wav, said = human_microphone_wav(out / "microphone.wav", args.human)
+    else:
+        wav = asyncio.run(
+            microphone_wav(
+                out / "microphone.wav", answer_offset=0.4 + INTERRUPTION_AFTER_ANSWER_STARTS_SECONDS
+            )
+        )
+    questions = len(said) or 2
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path="/usr/bin/chromium",  # scripts/ensure-chromium installs it
@@ -107,7 +138,7 @@ def main() -> None:
         seen_user: set[str] = set()
         history_seen = 0
         screenshot_taken = False
-        deadline = time.monotonic() + 45
+        deadline = time.monotonic() + 45 + HUMAN_SPACING_SECONDS * len(said)
         while time.monotonic() < deadline:
             caption = page.evaluate(
                 "() => ({speaker: document.getElementById('caption').dataset.speaker,"
@@ -128,8 +159,8 @@ def main() -> None:
                 print(f"{at()}  history + {line}")
             history_seen = max(history_seen, len(history))
             answered = bool(history) and "message-persona" in history[-1] and "interrupted" not in history[-1]
-            if answered and sum("message-user" in line for line in history) >= 2:
-                break  # both questions asked, and the last one answered
+            if answered and sum("message-user" in line for line in history) >= questions:
+                break  # every question asked, and the last one answered
             page.wait_for_timeout(100)
         page.wait_for_timeout(3000)
         history = page.evaluate(
@@ -139,6 +170,19 @@ def main() -> None:
         print("final history:")
         for line in history:
             print(f"  {line}")
+        if said:
+            from bench.voice_loop import word_errors
+
+            heard = [line.split(":", 1)[1].strip() for line in history if "message-user" in line]
+            wrong = total = 0
+            for index, text in enumerate(said):
+                got = heard[index] if index < len(heard) else ""
+                errors, words = word_errors(text, got)
+                wrong, total = wrong + errors, total + words
+                print(f"  said {text!r}\n  heard {got!r} ({errors}/{words})")
+            print(
+                f"word error rate on the human recordings: {100 * wrong / max(1, total):.1f} % ({wrong}/{total})"
+            )
         page.screenshot(path=str(out / "after.png"))
         print(f"screenshots in {out}/")
         browser.close()

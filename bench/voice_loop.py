@@ -275,7 +275,13 @@ async def barge_in(client: ParleyWebRTCClient, base_url: str, interruption: str)
     return MISSED
 
 
-async def session(base_url: str, token: str, utterances: list[str], with_barge_in: bool) -> dict:
+async def session(
+    base_url: str,
+    token: str,
+    utterances: list[str],
+    with_barge_in: bool,
+    listen_until: asyncio.Event | None = None,
+) -> dict:
     from tests.fakes.spoken import ScriptedMicrophone
 
     microphone = ScriptedMicrophone()
@@ -292,6 +298,8 @@ async def session(base_url: str, token: str, utterances: list[str], with_barge_i
             greeting_seconds = greeting_length(record)
             await asyncio.sleep(0.5)
             rows = [await one_utterance(client, base_url, text) for text in utterances]
+            if listen_until is not None:  # a session that only listens stays until the speakers are done
+                await listen_until.wait()
             window = (record.audio_frames[0], record.audio_frames[-1]) if record.audio_frames else (0, 1)
             audio_fps = len(record.audio_frames) / max(1e-6, window[1] - window[0])
             stops: list[tuple[str, float | None]] = []
@@ -335,13 +343,27 @@ async def events_told(base_url: str, call_id: str, last: int = 30) -> str:
     return f"the call's last {len(lines)} events:\n" + "\n".join(lines)
 
 
-async def run(base_url: str, count: int, utterances: list[str]) -> list[dict]:
+async def run(base_url: str, count: int, utterances: list[str], speaking: int = 0) -> list[dict]:
+    """`count` sessions at once; the first `speaking` of them talk (all when 0), the others
+    only listen to their greeting and stay connected until the talkers are done."""
     async with httpx.AsyncClient(base_url=base_url) as http:
         tokens = [await mint(http) for _ in range(count)]
+    talkers = speaking or count
+    talked = asyncio.Event()
     tasks = [
-        asyncio.ensure_future(session(base_url, token, utterances, with_barge_in=(index == 0)))
+        asyncio.ensure_future(
+            session(
+                base_url,
+                token,
+                utterances if index < talkers else [],
+                with_barge_in=(index == 0),
+                listen_until=talked if index >= talkers else None,
+            )
+        )
         for index, token in enumerate(tokens)
     ]
+    talking = asyncio.ensure_future(asyncio.wait(tasks[:talkers], return_when=asyncio.FIRST_EXCEPTION))
+    talking.add_done_callback(lambda _: talked.set())
     await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     failures = [task.exception() for task in tasks if task.done() and task.exception() is not None]
     if failures:
@@ -370,7 +392,8 @@ def report(count: int, sessions: list[dict], verbose: bool) -> None:
                 errors, total = errors + e, total + n
         return 100.0 * errors / total if total else float("nan")
 
-    print(f"\n== {count} session(s), {len(rows)} utterances ==")
+    talkers = sum(1 for result in sessions if result["rows"])
+    print(f"\n== {count} session(s), {talkers} speaking at once, {len(rows)} utterances ==")
     if verbose:
         for row in rows:
             steps = " ".join(
@@ -430,6 +453,12 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="Daphne processes, sessions spread over them (default 1)"
     )
+    parser.add_argument(
+        "--speaking",
+        type=int,
+        default=0,
+        help="only this many sessions talk; the others listen (default: all)",
+    )
     parser.add_argument("--no-general", action="store_true", help="in-domain sentences only")
     parser.add_argument("--limit", type=int, default=0, help="only the first N sentences (a quick run)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every utterance")
@@ -455,7 +484,7 @@ def main() -> None:
             print(f"server {base_url} ({len(processes)} Daphne process(es)); {os.cpu_count()} cores")
             for count in [int(part) for part in args.sessions.split(",")]:
                 try:
-                    sessions = asyncio.run(run(base_url, count, utterances))
+                    sessions = asyncio.run(run(base_url, count, utterances, min(args.speaking, count)))
                 except AssertionError as failure:
                     print(f"{count} session(s) FAILED: {failure}\nserver log:\n{server_log_tail(data_dir)}")
                     continue
