@@ -18,8 +18,14 @@ was heard and the decode time (Whisper: its decode of the settled utterance; poc
 end of its utterance in the worker), then per set the word error rate and the median and p95
 decode time.
 
+It then measures Whisper's cost per speaking user: the general sentences played in real time
+into the service (interim decodes every 0.5 s while the user speaks, the settled decode, any
+decode again after a pause), CPU seconds of decoding per second of speech; and whether
+CTranslate2 lets go of the GIL while it decodes: how far a pure-Python loop gets on another
+thread during decodes, against alone.
+
     python bench/recognition.py [--recognisers whisper,pocketsphinx] [--sets human,in-domain,general]
-                                [--dev] [--limit N] [--quiet]
+                                [--dev] [--limit N] [--quiet] [--no-cost]
 """
 
 from __future__ import annotations
@@ -33,11 +39,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import webapp  # noqa: E402, F401, I001  (caps native thread pools: before numpy loads)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+
+import numpy as np  # noqa: E402
 
 from bench.voice_loop import GENERAL, IN_DOMAIN, percentile, word_errors  # noqa: E402
 
@@ -159,6 +167,68 @@ async def run(recognisers: list[str], utterances: list[Utterance], quiet: bool) 
         print(line)
 
 
+async def speaking_user_cost(sentences: list[str]) -> None:
+    """CPU of Whisper's decodes per second of a speaking user, paced in real time as in a call."""
+    from calls.pipeline.listening.whisper import whisper_recogniser
+    from tests.fakes.spoken import spoken_pcm
+
+    recogniser = whisper_recogniser()
+    make = service_factory("whisper")
+    cpu_before, decodes_before = dict(recogniser.cpu_seconds), dict(recogniser.decodes)
+    speech_seconds = 0.0
+    for sentence in sentences:
+        speech_seconds += (await spoken_pcm(sentence)).size / 48_000
+        from pipecat.tests.utils import run_test
+
+        from tests.fakes.spoken import heard_frames
+
+        await run_test(make(), frames_to_send=await heard_frames(sentence))
+    for kind in ("interim", "final"):
+        cpu = recogniser.cpu_seconds[kind] - cpu_before.get(kind, 0.0)
+        count = recogniser.decodes[kind] - decodes_before.get(kind, 0)
+        print(
+            f"whisper {kind} decodes: {count} for {speech_seconds:.1f} s of speech,"
+            f" {1000 * cpu / max(1, count):.0f} ms of CPU each"
+        )
+    total = sum(recogniser.cpu_seconds.values()) - sum(cpu_before.values())
+    print(
+        f"whisper cost per speaking user: {total / speech_seconds:.2f} CPU seconds per second of speech"
+        f" ({100 * total / speech_seconds:.0f} % of one core while the user speaks)"
+    )
+
+
+def gil_released_share() -> None:
+    """How far a pure-Python loop gets on another thread while Whisper decodes, against alone."""
+    import threading
+
+    from calls.pipeline.listening.whisper import whisper_recogniser
+
+    recogniser = whisper_recogniser()
+    samples = np.random.default_rng(3).normal(0.0, 0.05, 16_000 * 3).astype(np.float32)
+
+    def spin(seconds: float) -> int:
+        count, until = 0, time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            count += 1
+        return count
+
+    alone = spin(1.0)
+    stop = threading.Event()
+
+    def decode_on() -> None:
+        while not stop.is_set():
+            recogniser.decode(samples, prompt="")
+
+    thread = threading.Thread(target=decode_on)
+    thread.start()
+    beside = spin(1.0)
+    stop.set()
+    thread.join()
+    print(
+        f"a Python thread beside continuous decoding ran at {100 * beside / alone:.0f} % of its speed alone"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,6 +238,7 @@ def main() -> None:
     parser.add_argument("--dev", action="store_true", help="the development sentences, for tuning")
     parser.add_argument("--limit", type=int, default=0, help="at most N utterances per set")
     parser.add_argument("--quiet", action="store_true", help="only the figures")
+    parser.add_argument("--no-cost", action="store_true", help="skip the cost per speaking user")
     args = parser.parse_args()
     sets = args.sets.split(",")
     utterances: list[Utterance] = []
@@ -186,6 +257,10 @@ def main() -> None:
 
     try:
         asyncio.run(run(args.recognisers.split(","), utterances, args.quiet))
+        if not args.no_cost and "whisper" in args.recognisers:
+            print("\n== cost")
+            asyncio.run(speaking_user_cost(GENERAL))
+            gil_released_share()
     finally:
         shutdown()
 
