@@ -362,18 +362,15 @@ async def run(base_url: str, count: int, utterances: list[str], speaking: int = 
         )
         for index, token in enumerate(tokens)
     ]
-    talking = asyncio.ensure_future(asyncio.wait(tasks[:talkers], return_when=asyncio.FIRST_EXCEPTION))
+    talking = asyncio.ensure_future(asyncio.wait(tasks[:talkers]))
     talking.add_done_callback(lambda _: talked.set())
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    failures = [task.exception() for task in tasks if task.done() and task.exception() is not None]
-    if failures:
-        # The others are stopped with a limit: a peer connection torn down mid-call can take
-        # long to close, and asyncio.run would wait for it forever.
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks, timeout=10)
-        raise AssertionError(f"{len(failures)} of {count} session(s) failed; the first: {failures[0]}")
-    return [task.result() for task in tasks]
+    await asyncio.wait(tasks)
+    failures = [task.exception() for task in tasks if task.exception() is not None]
+    if len(failures) == len(tasks):
+        raise AssertionError(f"all {count} session(s) failed; the first: {failures[0]}")
+    for failure in failures:  # reported, and left out of the figures
+        print(f"a session FAILED and is left out of the figures: {str(failure)[:700]}")
+    return [task.result() for task in tasks if task.exception() is None]
 
 
 def report(count: int, sessions: list[dict], verbose: bool) -> None:
@@ -393,7 +390,10 @@ def report(count: int, sessions: list[dict], verbose: bool) -> None:
         return 100.0 * errors / total if total else float("nan")
 
     talkers = sum(1 for result in sessions if result["rows"])
-    print(f"\n== {count} session(s), {talkers} speaking at once, {len(rows)} utterances ==")
+    print(
+        f"\n== {count} session(s), {talkers} speaking at once, {len(rows)} utterances"
+        f" ({count - len(sessions)} failed session(s) left out) =="
+    )
     if verbose:
         for row in rows:
             steps = " ".join(

@@ -52,6 +52,14 @@ DECODE_THREADS = 2
 # 10-27 % at 5 s; 37 % and more at 3 s).
 PAD_AFTER_SECONDS = 3.0
 PAD_MIN_SECONDS = 10.0
+# An interim decode (a caption while the user speaks) pads less: ~50 ms of CPU instead of ~80,
+# with a few more wrong words, which the captions' agreement rule mostly holds back.
+INTERIM_PAD_AFTER_SECONDS = 1.5
+INTERIM_PAD_MIN_SECONDS = 4.0
+# Interim decodes a process starts per second, for all its calls together: each speaking user
+# would otherwise keep a decoding thread busy (8 users on 2 cores took 1.5 cores for captions).
+# One user gets one every 0.5 s (the service's own pace); many share these.
+INTERIM_DECODES_PER_SECOND = 4.0
 # Whisper's window (seconds): longer live utterances are decoded in pieces of this length.
 WINDOW_SECONDS = 30.0
 # Tokens one second of speech may take (text and timestamps), and a few more: a bound on the
@@ -83,10 +91,38 @@ HALLUCINATIONS = frozenset(
         "bye",
         "so",
         "the end",
+        # Vocal sounds it writes for a cough, a breath or a squeak ("Uh...", "Oh.", "Awwww",
+        # "Uh-uh"), compared with a letter or a word said again in a row taken once: no phrase
+        # here has a letter twice in a row.
+        "ah",
+        "aw",
+        "eh",
+        "er",
+        "hm",
+        "huh",
+        "m",
+        "oh",
+        "uh",
+        "ugh",
+        "um",
     }
 )
 HALLUCINATION_NO_SPEECH_MAX = 0.15
 HALLUCINATION_LOG_PROB_MIN = -0.5
+# On an utterance of a few seconds, not Whisper's 30 s window, tiny.en is far surer that speech
+# was speech, so its doubt says more: the more it doubts (no-speech probability above
+# DOUBT_NO_SPEECH_MIN), the surer of its words it must be (mean log-probability at least the
+# no-speech probability minus DOUBT_LOG_PROB_MARGIN: -0.7 at 0.1, -0.4 at 0.4). Measured with
+# Mara's prompt: on speech (bench/recognition.py's espeak and human sets, and espeak sentences
+# over a fan, music, typing or breathing down to 0 dB SNR; 290 decodes) the log-probability
+# was at least the no-speech probability minus 0.74, but for three decodes misheard beyond use
+# ("An an an gluten-free."); on the sounds of tests/fakes/sounds.py (coughs, breathing, a
+# door, music, typing, a chair, a fan; 1,280 decodes with words, 700 of them held out when
+# this was chosen, live and as voice notes) it was the no-speech probability minus 0.84 or
+# less, that probability 0.136 or more, but for vocal sounds ("Awwww"), which HALLUCINATIONS
+# takes.
+DOUBT_NO_SPEECH_MIN = 0.1
+DOUBT_LOG_PROB_MARGIN = 0.8
 # A live utterance quieter than this (RMS of 32768) holds no speech, whatever Whisper says.
 SPEECH_RMS_MIN = 100.0
 # Annotations Whisper writes for non-speech sounds: "(coughs)", "[Music]", "*sigh*", "♪".
@@ -187,7 +223,11 @@ def phantom_reason(text: str, *, no_speech_prob: float, avg_logprob: float, rms:
         return f"audio too quiet for speech (RMS {rms:.0f})"
     if no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
         return f"no speech (p={no_speech_prob:.2f}, log-prob {avg_logprob:.2f})"
-    if " ".join(words) in HALLUCINATIONS and (
+    if no_speech_prob > DOUBT_NO_SPEECH_MIN and avg_logprob < no_speech_prob - DOUBT_LOG_PROB_MARGIN:
+        return f"doubtful words, probably no speech (p={no_speech_prob:.2f}, log-prob {avg_logprob:.2f})"
+    drawn_out = [re.sub(r"(.)\1+", r"\1", word) for word in words]  # "Awwww" → "aw", "Hmm" → "hm"
+    phrase = " ".join(word for word, _ in itertools.groupby(drawn_out))  # "uh uh" → "uh"
+    if phrase in HALLUCINATIONS and (
         no_speech_prob > HALLUCINATION_NO_SPEECH_MAX or avg_logprob < HALLUCINATION_LOG_PROB_MIN
     ):
         return f"a phrase Whisper invents on noise (p={no_speech_prob:.2f}, log-prob {avg_logprob:.2f})"
@@ -260,12 +300,23 @@ class DecodeQueue:
         self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._order = itertools.count()
         self.busy = 0
+        self._interim_lock = threading.Lock()
+        self._next_interim_at = 0.0
         self._threads = [
             threading.Thread(target=self._work, name=f"parley-whisper-{index}", daemon=True)
             for index in range(threads)
         ]
         for thread in self._threads:
             thread.start()
+
+    def interim_allowed(self) -> bool:
+        """Whether an interim decode may start now (`INTERIM_DECODES_PER_SECOND` per process)."""
+        with self._interim_lock:
+            now = time.monotonic()
+            if now < self._next_interim_at:
+                return False
+            self._next_interim_at = now + 1.0 / INTERIM_DECODES_PER_SECOND
+            return True
 
     @property
     def waiting(self) -> int:
@@ -368,7 +419,7 @@ class WhisperRecogniser:
         raws, texts, no_speech, log_probs = [], [], [], []
         for start in range(0, max(1, samples.size), window):
             raw, text, no_speech_prob, avg_logprob = self._decode_window(
-                samples[start : start + window], prompt
+                samples[start : start + window], prompt, interim=kind == "interim"
             )
             raws.append(raw)
             texts.append(text)
@@ -391,11 +442,18 @@ class WhisperRecogniser:
             dropped=dropped,
         )
 
-    def _decode_window(self, samples: np.ndarray, prompt: str) -> tuple[str, str, float, float]:
+    def _decode_window(
+        self, samples: np.ndarray, prompt: str, *, interim: bool = False
+    ) -> tuple[str, str, float, float]:
         import ctranslate2
 
         seconds = samples.size / SAMPLE_RATE
-        padded_seconds = min(WINDOW_SECONDS, max(seconds + PAD_AFTER_SECONDS, PAD_MIN_SECONDS))
+        after, least = (
+            (INTERIM_PAD_AFTER_SECONDS, INTERIM_PAD_MIN_SECONDS)
+            if interim
+            else (PAD_AFTER_SECONDS, PAD_MIN_SECONDS)
+        )
+        padded_seconds = min(WINDOW_SECONDS, max(seconds + after, least))
         padded = np.zeros(int(padded_seconds * SAMPLE_RATE), dtype=np.float32)
         padded[: samples.size] = samples
         frames = padded.size // self.features.hop_length
@@ -511,7 +569,7 @@ class WhisperStream:
 
     async def partial(self) -> str:
         """The words of the utterance so far ("" when a newer request or the end overtook it)."""
-        if self.closed:
+        if self.closed or not self._recogniser.queue.interim_allowed():
             return ""
         self._interims += 1
         asked = self._interims
