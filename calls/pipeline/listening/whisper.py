@@ -15,7 +15,7 @@ Two ways in:
   OGG/Opus or any format PyAV reads), text out, through faster-whisper's long-form decoding.
 
 Live utterances are decoded on features padded to `max(audio + PAD_AFTER_SECONDS,
-PAD_MIN_SECONDS)` rather than Whisper's 30 s (the encoder's cost follows the features'
+PAD_MIN_SECONDS)` (2 s and 6 s) rather than Whisper's 30 s (the encoder's cost follows the features'
 length), with timestamps on: what Whisper writes in segments that start after the audio ended
 is invented from the padding, and is dropped; the tokens decoded are bounded by the audio's
 duration, or a short window can repeat a phrase until the limit. The persona biases the
@@ -46,14 +46,15 @@ MODEL_NAME = "whisper-tiny.en"
 # Decodes running at once in a process (CTranslate2 `inter_threads`, one thread each): two
 # cores here; a third would only queue for the same cores.
 DECODE_THREADS = 2
-# The live decode's features: the audio, then silence to this length (seconds). Whisper was
-# trained on 30 s windows; much shorter ones make it repeat itself or lose the end (measured
-# on espeak's voice: 12 % WER at max(audio + 3 s, 10 s), ~60 ms a decode on an idle core;
-# 10-27 % at 5 s; 37 % and more at 3 s).
-PAD_AFTER_SECONDS = 3.0
-PAD_MIN_SECONDS = 10.0
-# An interim decode (a caption while the user speaks) pads less: ~50 ms of CPU instead of ~80,
-# with a few more wrong words, which the captions' agreement rule mostly holds back.
+# The live decode's features: the audio, then silence to max(audio + PAD_AFTER_SECONDS,
+# PAD_MIN_SECONDS). Whisper was trained on 30 s windows; much shorter ones make it repeat
+# itself or lose the end. Measured with bench/recognition.py (human / espeak in-domain / espeak
+# general WER, CPU a decode): max(audio + 3 s, 10 s) 3.8 / 5.6 / 9.4 %, ~77 ms; max(audio +
+# 2 s, 6 s) 3.2 / 5.6 / 8.3 %, ~52 ms; at 4-5 s the development sentences lost 4-9 points.
+PAD_AFTER_SECONDS = 2.0
+PAD_MIN_SECONDS = 6.0
+# An interim decode (a caption while the user speaks) pads less: ~45 ms of CPU, with a few
+# more wrong words, which the captions' agreement rule mostly holds back.
 INTERIM_PAD_AFTER_SECONDS = 1.5
 INTERIM_PAD_MIN_SECONDS = 4.0
 # Interim decodes a process starts per second, for all its calls together: each speaking user
