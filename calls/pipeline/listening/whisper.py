@@ -15,7 +15,7 @@ Two ways in:
   OGG/Opus or any format PyAV reads), text out, through faster-whisper's long-form decoding.
 
 Live utterances are decoded on features padded to `max(audio + PAD_AFTER_SECONDS,
-PAD_MIN_SECONDS)` (2 s and 6 s) rather than Whisper's 30 s (the encoder's cost follows the features'
+PAD_MIN_SECONDS)` (3 s and 10 s) rather than Whisper's 30 s (the encoder's cost follows the features'
 length), with timestamps on: what Whisper writes in segments that start after the audio ended
 is invented from the padding, and is dropped; the tokens decoded are bounded by the audio's
 duration, or a short window can repeat a phrase until the limit. The persona biases the
@@ -50,9 +50,11 @@ DECODE_THREADS = 2
 # PAD_MIN_SECONDS). Whisper was trained on 30 s windows; much shorter ones make it repeat
 # itself or lose the end. Measured with bench/recognition.py (human / espeak in-domain / espeak
 # general WER, CPU a decode): max(audio + 3 s, 10 s) 3.8 / 5.6 / 9.4 %, ~77 ms; max(audio +
-# 2 s, 6 s) 3.2 / 5.6 / 8.3 %, ~52 ms; at 4-5 s the development sentences lost 4-9 points.
-PAD_AFTER_SECONDS = 2.0
-PAD_MIN_SECONDS = 6.0
+# 2 s, 6 s) 3.2 / 5.6 / 8.3 %, ~52 ms, but in live calls (bench/voice_loop.py) it started the
+# sentence over at its end ("Can order a birthday cake? Can"), and general speech went from 7 %
+# to 20 %; at 4-5 s the development sentences lost 4-9 points.
+PAD_AFTER_SECONDS = 3.0
+PAD_MIN_SECONDS = 10.0
 # An interim decode (a caption while the user speaks) pads less: ~45 ms of CPU, with a few
 # more wrong words, which the captions' agreement rule mostly holds back.
 INTERIM_PAD_AFTER_SECONDS = 1.5
@@ -202,17 +204,24 @@ def without_loop(text: str) -> str:
 
 
 def without_repeats(text: str) -> str:
-    """`text` without a sentence that only repeats the one before it (a decoding loop)."""
+    """`text` without a sentence that only repeats the one before it (a decoding loop), nor an
+    unfinished last one that starts the first over ("Can I order a cake? Can I"): Whisper, at
+    the end of the audio, sometimes begins the utterance again."""
+    sentences = [sentence.strip() for sentence in _SENTENCE.findall(text) if sentence.strip()]
     kept: list[str] = []
     previous: list[str] = []
-    for sentence in _SENTENCE.findall(text):
+    for index, sentence in enumerate(sentences):
         words = spoken_words(sentence)
         if words and words == previous and len(words) >= 2:
             continue
+        first = spoken_words(kept[0]) if kept else []
+        last = index == len(sentences) - 1
+        if last and kept and words and sentence[-1] not in ".?!" and first[: len(words)] == words:
+            continue
         if words:
             previous = words
-        kept.append(sentence.strip())
-    return " ".join(part for part in kept if part)
+        kept.append(sentence)
+    return " ".join(kept)
 
 
 def phantom_reason(text: str, *, no_speech_prob: float, avg_logprob: float, rms: float | None = None) -> str:

@@ -125,6 +125,15 @@ def test_a_sentence_repeated_by_a_decoding_loop_is_kept_once():
     assert without_repeats("No. No. I said no.") == "No. No. I said no."  # one-word sentences may repeat
 
 
+def test_an_unfinished_sentence_that_starts_the_utterance_over_is_dropped():
+    assert without_repeats("Can I order a birthday cake? Can I") == "Can I order a birthday cake?"
+    assert (
+        without_repeats("I would like the manager, please. I would like to")
+        == "I would like the manager, please."
+    )
+    assert without_repeats("Hello. Hello there") == "Hello. Hello there"  # said, not started over
+
+
 def test_inventions_on_noise_are_dropped_and_the_same_words_spoken_are_kept():
     assert phantom_reason("Thank you.", no_speech_prob=0.7, avg_logprob=-1.2)
     assert phantom_reason(" you", no_speech_prob=0.3, avg_logprob=-0.4)
