@@ -128,8 +128,8 @@ def test_a_sentence_repeated_by_a_decoding_loop_is_kept_once():
 def test_an_unfinished_sentence_that_starts_the_utterance_over_is_dropped():
     assert without_repeats("Can I order a birthday cake? Can I") == "Can I order a birthday cake?"
     assert (
-        without_repeats("I would like the manager, please. I would like to")
-        == "I would like the manager, please."
+        without_repeats("I would like to speak to the manager, please. I would like to")
+        == "I would like to speak to the manager, please."
     )
     assert without_repeats("Hello. Hello there") == "Hello. Hello there"  # said, not started over
 
