@@ -3,177 +3,20 @@
 A real `Conversation` (Silero VAD, SmartTurn v3.2, the offline recogniser, the built-in brain,
 espeak-ng) hears a scripted microphone that plays speech made by espeak-ng in another voice,
 and its voice is pulled from the paced track in real time as aiortc would. The events the
-listener receives are checked against the agent seed's real-time flow.
+listener receives are checked against the agent seed's real-time flow. The loop itself is
+`tests.fakes.conversation_loop` (the `loop_factory` fixture: conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from typing import Any
 
 import numpy as np
-import pytest
 
-from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
-from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
 from calls.pipeline.turns import TurnSettings, is_backchannel, is_echo, text_completeness, turn_probability
-from personas.management.commands.seed_demo import MARA, MARA_KNOWLEDGE
-from tests.fakes.spoken import ScriptedMicrophone, spoken_pcm, with_room
-
-
-class RecordingListener(ConversationListener):
-    """Keeps every report with its time; `wait_for` waits for one."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[float, str, dict[str, Any]]] = []
-        self._changed = asyncio.Event()
-
-    def _add(self, name: str, **data: Any) -> None:
-        self.events.append((time.monotonic(), name, data))
-        self._changed.set()
-
-    def names(self) -> list[str]:
-        return [name for _, name, _ in self.events]
-
-    def of(self, name: str) -> list[dict[str, Any]]:
-        return [data for _, event, data in self.events if event == name]
-
-    def first_at(self, name: str, after: float = 0.0) -> float | None:
-        return next((at for at, event, _ in self.events if event == name and at >= after), None)
-
-    async def wait_for(self, name: str, *, after: float = 0.0, within: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + within
-        while True:
-            for at, event, data in self.events:
-                if event == name and at >= after:
-                    return data
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {name} within {within} s; saw {self.names()}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
-
-    async def on_user_speech_started(self) -> None:
-        self._add("speech.started")
-
-    async def on_user_speech_ended(self) -> None:
-        self._add("speech.ended")
-
-    async def on_user_speaking(self, *, text: str) -> None:
-        self._add("user.speaking", text=text)
-
-    async def on_user_message(self, *, text: str) -> None:
-        self._add("user.message", text=text)
-
-    async def on_eager_turn(self, *, text: str, probability: float) -> None:
-        self._add("eager.turn", text=text, probability=probability)
-
-    async def on_turn_end(self, *, text: str, probability: float) -> None:
-        self._add("turn.end", text=text, probability=probability)
-
-    async def on_turn_continued(self) -> None:
-        self._add("turn.continued")
-
-    async def on_bot_speaking(self, *, message_id: str, text: str) -> None:
-        self._add("bot.speaking", message_id=message_id, text=text)
-
-    async def on_bot_word(
-        self, *, message_id: str, word: str, index: int, correlation_id: str | None
-    ) -> None:
-        self._add("bot.word", message_id=message_id, word=word)
-
-    async def on_bot_finished(self, **data: Any) -> None:
-        self._add("bot.finished", **data)
-
-    async def on_bot_interrupted(self, **data: Any) -> None:
-        self._add("bot.interrupted", **data)
-
-    async def on_tool_call(self, **data: Any) -> None:
-        self._add("llm.tool_call", **data)
-
-
-class Loop:
-    """A running conversation with a scripted microphone and a speaker pulling its voice."""
-
-    def __init__(
-        self, conversation: Conversation, microphone: ScriptedMicrophone, listener: RecordingListener
-    ):
-        self.conversation = conversation
-        self.microphone = microphone
-        self.listener = listener
-        self.loud_at: list[float] = []  # when the track chose voice pieces to send
-        self._speaker: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.conversation.start()
-        self.conversation.peer_ready()
-        self._speaker = asyncio.create_task(self._pull_voice())
-
-    async def _pull_voice(self) -> None:
-        track = self.conversation.track
-        while True:
-            before = track.samples_played
-            await track.recv()
-            if track.samples_played > before:
-                # When the track chose the piece, not when this task got to run again: under load
-                # the two can be far apart, and only the first says whether the pause held.
-                self.loud_at.append(track.last_voice_at or time.monotonic())
-
-    async def say(self, text: str, **room: Any) -> tuple[float, float]:
-        """Speak into the microphone; returns (when speech starts, when it ends) on the loop clock."""
-        speech = await spoken_pcm(text)
-        lead = room.get("lead_seconds", 0.3)
-        samples = with_room(speech, lead_seconds=lead, tail_seconds=room.get("tail_seconds", 0.2))
-        queued_at = time.monotonic()
-        self.microphone.say(samples)
-        return queued_at + lead, queued_at + lead + speech.size / 48_000
-
-    async def stop(self) -> None:
-        if self._speaker is not None:
-            self._speaker.cancel()
-        await self.conversation.stop()
-        self.microphone.stop()
-
-
-async def _loop_make(**overrides: Any) -> Loop:
-    """A started Loop on Mara's knowledge (the caller stops it)."""
-    config = ConversationConfig(
-        listening=True,
-        agent="mara",
-        name=MARA["name"],
-        greeting="",
-        skip_greeting=True,
-        knowledge=tuple(MARA_KNOWLEDGE),
-        **overrides,
-    )
-    microphone = ScriptedMicrophone()
-    drain = MicrophoneDrain()
-    drain.track = microphone
-    listener = RecordingListener()
-    conversation = Conversation(
-        config=config, track=PacedAudioTrack(encode=False), microphone=drain, listener=listener
-    )
-    loop = Loop(conversation, microphone, listener)
-    await loop.start()
-    return loop
-
-
-@pytest.fixture
-async def loop_factory():
-    loops: list[Loop] = []
-
-    async def make(**overrides: Any) -> Loop:
-        loops.append(await _loop_make(**overrides))
-        return loops[-1]
-
-    yield make
-    for loop in loops:
-        await loop.stop()
+from tests.fakes.conversation_loop import loop_make
 
 
 async def test_a_spoken_question_is_heard_understood_and_answered_in_the_seed_order(loop_factory):
@@ -258,7 +101,7 @@ async def test_speaking_while_the_reply_is_composed_drops_it_and_answers_what_wa
             ),
             TextReply(pieces=("We're at 42 Linden Street, ", "next to the library.")),
         )
-        loop = await _loop_make(brain_provider="openai", llm_base_url=server.base_url, llm_model="fake-model")
+        loop = await loop_make(brain_provider="openai", llm_base_url=server.base_url, llm_model="fake-model")
         listener = loop.listener
         try:
             await asyncio.sleep(0.3)
@@ -321,7 +164,7 @@ async def test_a_persona_can_hear_through_an_openai_compatible_recogniser():
 
     async with FakeOpenAIServer() as server:
         server.script_transcripts("What are your opening hours?")
-        loop = await _loop_make(
+        loop = await loop_make(
             stt_provider="openai",
             stt_base_url=server.base_url,
             stt_api_key="sk-test-recogniser",
