@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipecat.frames.frames import Frame
+from pipecat.frames.frames import Frame, TranscriptionFrame
 from pipecat.processors.frame_processor import FrameDirection
 
 from calls.pipeline.listening.providers import SphinxSTTService, WhisperSTTService
@@ -25,3 +25,20 @@ class MarkedSphinxSTTService(_TakesMarks, SphinxSTTService):
 
 class MarkedWhisperSTTService(_TakesMarks, WhisperSTTService):
     """`WhisperSTTService` told the VAD's states by marks."""
+
+
+def finals(frames: list) -> list[str]:
+    """The final transcripts among the frames a recogniser pushed."""
+    return [frame.text for frame in frames if isinstance(frame, TranscriptionFrame)]
+
+
+def error_rate(references: list[str], heard: list[str]) -> float:
+    """Word error rate of `heard` against `references`, one for one (`bench.voice_loop.word_errors`)."""
+    from bench.voice_loop import word_errors
+
+    assert len(heard) == len(references), heard
+    wrong = total = 0
+    for reference, hypothesis in zip(references, heard, strict=True):
+        errors, words = word_errors(reference, hypothesis)
+        wrong, total = wrong + errors, total + words
+    return wrong / total

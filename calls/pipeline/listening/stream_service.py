@@ -80,6 +80,17 @@ class UtteranceStream(Protocol):
     def cancel(self) -> None: ...
 
 
+async def settled_text_of(future: asyncio.Future[dict[str, Any]] | None) -> str | None:
+    """A settled decode's words once it is done; None without one, or when it was dropped
+    (the speaker went on) or failed."""
+    if future is None:
+        return None
+    await asyncio.wait([future])
+    if future.cancelled() or future.exception() is not None:
+        return None
+    return str(future.result().get("text", ""))
+
+
 def stable_prefix(previous: list[str], latest: list[str]) -> list[str]:
     """The words two consecutive partial results agree on, from the start."""
     agreed: list[str] = []

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from calls.pipeline.listening.stream_service import settled_text_of
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
@@ -625,13 +627,7 @@ class WhisperStream:
 
     async def settled_text(self) -> str | None:
         """The settled words once decoded; None if the speaker went on or the decode failed."""
-        future = self._settled
-        if future is None:
-            return None
-        await asyncio.wait([future])
-        if future.cancelled() or future.exception() is not None:
-            return None
-        return str(future.result().get("text", ""))
+        return await settled_text_of(self._settled)
 
     def resume(self) -> None:
         """The speaker went on after `settle()`: the final decode will take the whole utterance."""

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from calls.pipeline.listening import sphinx_worker
-from calls.pipeline.listening.stream_service import RecogniserUnavailable
+from calls.pipeline.listening.stream_service import RecogniserUnavailable, settled_text_of
 
 logger = logging.getLogger(__name__)
 
@@ -150,13 +150,7 @@ class RecognitionStream:
     async def settled_text(self) -> str | None:
         """The settled transcript once the worker has it; None if the speaker went on (`resume`),
         the worker failed or nothing was settled."""
-        future = self._settled
-        if future is None:
-            return None
-        await asyncio.wait([future])
-        if future.cancelled() or future.exception() is not None:
-            return None
-        return str(future.result().get("text", ""))
+        return await settled_text_of(self._settled)
 
     def resume(self) -> None:
         """The speaker went on after `settle()`: the whole utterance is decoded again."""

@@ -31,7 +31,7 @@ from calls.pipeline.listening.sphinx_worker import Decoded, choose
 from calls.pipeline.listening.workers import recogniser_pool
 from calls.pipeline.turns import normalized_words
 from personas.management.commands.seed_demo import MARA, MARA_KNOWLEDGE
-from tests.fakes.hearing import MarkedSphinxSTTService
+from tests.fakes.hearing import MarkedSphinxSTTService, error_rate, finals
 from tests.fakes.spoken import VADStateMark, heard_frames
 
 
@@ -60,19 +60,6 @@ async def hear(service: SphinxSTTService, *sentences: str) -> list:
         frames.extend(await heard_frames(sentence, lead_seconds=0.5, tail_seconds=0.5))
     down, _ = await run_test(service, frames_to_send=frames)
     return down
-
-
-def finals(frames: list) -> list[str]:
-    return [frame.text for frame in frames if isinstance(frame, TranscriptionFrame)]
-
-
-def error_rate(references: list[str], heard: list[str]) -> float:
-    assert len(heard) == len(references), heard
-    wrong = total = 0
-    for reference, hypothesis in zip(references, heard, strict=True):
-        errors, words = word_errors(reference, hypothesis)
-        wrong, total = wrong + errors, total + words
-    return wrong / total
 
 
 # Pure parts -----------------------------------------------------------------------------------

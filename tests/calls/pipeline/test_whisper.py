@@ -14,7 +14,6 @@ import io
 import itertools
 import wave
 
-import av
 import numpy as np
 import pytest
 from pipecat.frames.frames import InterimTranscriptionFrame, TranscriptionFrame
@@ -31,7 +30,8 @@ from calls.pipeline.listening.whisper import (
     without_repeats,
 )
 from personas.management.commands.seed_demo import MARA, MARA_KNOWLEDGE
-from tests.fakes.hearing import MarkedWhisperSTTService
+from tests.fakes.hearing import MarkedWhisperSTTService, error_rate, finals
+from tests.fakes.sounds import ogg_opus
 from tests.fakes.spoken import heard_frames, spoken_pcm, with_room
 
 
@@ -47,38 +47,6 @@ async def hear(service: WhisperSTTService, *sentences: str, **options) -> list:
         frames.extend(await heard_frames(sentence, lead_seconds=0.5, tail_seconds=0.5, **options))
     down, _ = await run_test(service, frames_to_send=frames)
     return down
-
-
-def finals(frames: list) -> list[str]:
-    return [frame.text for frame in frames if isinstance(frame, TranscriptionFrame)]
-
-
-def error_rate(references: list[str], heard: list[str]) -> float:
-    assert len(heard) == len(references), heard
-    wrong = total = 0
-    for reference, hypothesis in zip(references, heard, strict=True):
-        errors, words = word_errors(reference, hypothesis)
-        wrong, total = wrong + errors, total + words
-    return wrong / total
-
-
-def ogg_opus(samples_48k: np.ndarray) -> bytes:
-    """Samples (48 kHz, int16 scale) as an OGG/Opus file, as WhatsApp sends voice notes."""
-    out = io.BytesIO()
-    with av.open(out, "w", format="ogg") as container:
-        stream = container.add_stream("libopus", rate=48_000, layout="mono")
-        pcm = np.clip(samples_48k, -32768, 32767).astype(np.int16)
-        for start in range(0, pcm.size, 960):
-            piece = pcm[start : start + 960]
-            piece = np.pad(piece, (0, 960 - piece.size))
-            frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = 48_000
-            frame.pts = start
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return out.getvalue()
 
 
 def wav_bytes(samples_48k: np.ndarray) -> bytes:
