@@ -41,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import webapp  # noqa: E402, F401, I001  (caps native thread pools: before numpy loads)
+import webapp  # noqa: E402, F401  (caps native thread pools: before numpy loads)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
