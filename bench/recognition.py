@@ -63,8 +63,9 @@ class Utterance:
     voice: tuple[str, int] = IN_DOMAIN_VOICE
 
 
-def demo_persona() -> tuple[str, str, list[tuple[str, str]]]:
-    """Mara's name, greeting and knowledge (`seed_demo`), with Django set up on a scratch data dir."""
+def demo_persona() -> tuple[str, str, list[tuple[str, str]], list[str]]:
+    """Mara's name, greeting, knowledge and phrases (`seed_demo`), with Django set up on a scratch
+    data dir."""
     import tempfile
 
     import django
@@ -74,7 +75,7 @@ def demo_persona() -> tuple[str, str, list[tuple[str, str]]]:
     django.setup()
     from personas.management.commands.seed_demo import MARA, MARA_KNOWLEDGE
 
-    return MARA["name"], MARA["greeting"], list(MARA_KNOWLEDGE)
+    return MARA["name"], MARA["greeting"], list(MARA_KNOWLEDGE), MARA.get("stt_phrases", "").splitlines()
 
 
 def human_set(*, dev: bool) -> list[Utterance]:
@@ -126,9 +127,9 @@ async def hear(service, utterance: Utterance) -> tuple[str, dict]:
 def service_factory(recogniser: str):
     from tests.fakes.hearing import MarkedSphinxSTTService, MarkedWhisperSTTService
 
-    name, greeting, knowledge = demo_persona()
+    name, greeting, knowledge, phrases = demo_persona()
     service_class = MarkedWhisperSTTService if recogniser == "whisper" else MarkedSphinxSTTService
-    return lambda: service_class(name=name, greeting=greeting, knowledge=knowledge)
+    return lambda: service_class(name=name, greeting=greeting, knowledge=knowledge, phrases=phrases)
 
 
 async def run(recognisers: list[str], utterances: list[Utterance], quiet: bool) -> None:

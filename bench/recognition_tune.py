@@ -145,8 +145,8 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     from pocketsphinx import Decoder
 
-    name, greeting, knowledge = demo_persona()
-    text = corpus_module.persona_corpus(name=name, greeting=greeting, knowledge=knowledge)
+    name, greeting, knowledge, phrases = demo_persona()
+    text = corpus_module.persona_corpus(name=name, greeting=greeting, knowledge=knowledge, phrases=phrases)
     general = sphinx_worker.general_decoder(Decoder, **general_options)
     sphinx_worker.Recogniser._warm(general)
     persona = sphinx_worker.persona_decoder(
