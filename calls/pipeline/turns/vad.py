@@ -1,0 +1,150 @@
+"""Silero voice activity detection: one shared model session, run inline on the caller's thread."""
+
+from __future__ import annotations
+
+import importlib.resources
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
+
+# Silero's thresholds (pipecat's defaults) and timings. A short start time makes the persona
+# pause quickly when the user speaks over it; the pause is undone if it was nothing.
+VAD_CONFIDENCE = 0.7
+VAD_MIN_VOLUME = 0.6
+VAD_START_SECONDS = 0.12
+VAD_STOP_SECONDS = 0.2
+# Below pipecat's volume floor a window is never speech, whatever Silero says, so the model is
+# not run on it (a listening call is mostly quiet: Silero was 11 % of a loaded loop's samples).
+# When the audio gets loud again the model first hears this many of the quiet windows before it
+# (their confidences are not used), so it meets the speech with the sound that led into it.
+VAD_LEAD_IN_WINDOWS = 2
+# After this many quiet windows in a row (~0.5 s) the model's recurrent state starts afresh, as
+# pipecat resets it during quiet every few seconds.
+VAD_QUIET_RESET_WINDOWS = 16
+
+_SILERO_MODEL = "silero_vad.onnx"
+_silero_session: Any = None
+_silero_lock = threading.Lock()
+
+
+def silero_session() -> Any:
+    """The process's one ONNX session of the Silero VAD model pipecat ships (loaded once).
+
+    pipecat's `SileroVADAnalyzer` loads its own session for every analyzer: ~110 ms of CPU
+    each, two per listening call (the VAD and `VoiceGuard`'s onset detector). With 8 calls
+    starting at once on one process that was 1.8 s of CPU, most of their wait for a first
+    frame. The model's recurrent state is an input and an output of each run, kept by each
+    `SileroOnnxModel`, so one session serves every analyzer; ONNX Runtime runs a session from
+    several threads at once.
+    """
+    global _silero_session
+    with _silero_lock:
+        if _silero_session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()  # as pipecat's SileroOnnxModel sets them
+            options.inter_op_num_threads = 1
+            options.intra_op_num_threads = 1
+            path = importlib.resources.files("pipecat.audio.vad.data").joinpath(_SILERO_MODEL)
+            _silero_session = ort.InferenceSession(
+                str(path), providers=["CPUExecutionProvider"], sess_options=options
+            )
+        return _silero_session
+
+
+class _SharedSileroModel(SileroOnnxModel):
+    """pipecat's Silero wrapper (its own recurrent state) on the process's shared session."""
+
+    def __init__(self) -> None:  # not super().__init__(): it would load a session of its own
+        self.session = silero_session()
+        self.reset_states()
+        self.sample_rates = [8000, 16000]
+
+
+class InlineSileroVADAnalyzer(SileroVADAnalyzer):
+    """Silero VAD run on the caller's thread, on the process's shared model session.
+
+    pipecat hands every 20 ms of audio to a one-thread pool; one 32 ms window takes ~0.25 ms,
+    far less than the hop there and back, and with many calls in one process those hops are
+    what starve the event loop (each can wait out the interpreter's switch interval).
+    """
+
+    def __init__(self, *, sample_rate: int | None = None, params: VADParams | None = None) -> None:
+        # What pipecat's SileroVADAnalyzer.__init__ (pinned 1.14) does, but the model wrapper
+        # takes the shared session (`silero_session`) instead of loading one.
+        VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
+        self._model = _SharedSileroModel()
+        self._windows_since_reset = 0
+        self._low_confidence_windows = 0
+        # Called with each new state (QUIET, STARTING, SPEAKING, STOPPING) as it is entered.
+        self.state_listeners: list[Callable[[VADState], None]] = []
+        self._state_seen = VADState.QUIET
+        # Bytes of audio analysed: where the VAD is in the call's audio when it tells a listener
+        # of a state (processors upstream of it may have taken more audio by then).
+        self.bytes_analysed = 0
+        self._analysing = False  # inside pipecat's analysis, which asks for the volume next
+        self._window_volume: tuple[bytes, float] | None = None  # (window, its smoothed volume)
+        self._quiet_windows: deque[bytes] = deque(maxlen=VAD_LEAD_IN_WINDOWS)
+        self._quiet_run = 0  # windows in a row not given to the model
+        self.windows_skipped = self.windows_scored = 0  # counts, for tests and benchmarks
+
+    def voice_confidence(self, buffer: bytes) -> float:
+        """Silero's confidence, or 0 without running it when the window is below the volume floor.
+
+        pipecat asks for the confidence, then for the window's smoothed volume, and counts a
+        window as speech only if both pass their thresholds; the volume is worked out first here
+        (and handed back when it asks), so a window that cannot be speech costs no inference.
+        """
+        if not self._analysing:  # asked on its own (the onset detector): the model always runs
+            return super().voice_confidence(buffer)
+        volume = super()._get_smoothed_volume(buffer)
+        self._window_volume = (buffer, volume)
+        if volume < self._params.min_volume:
+            self._quiet_windows.append(buffer)
+            self._quiet_run += 1
+            self.windows_skipped += 1
+            return 0.0
+        if self._quiet_run:
+            if self._quiet_run >= VAD_QUIET_RESET_WINDOWS:
+                self._model.reset_states()
+            for quiet in self._quiet_windows:  # the sound leading into this window
+                super().voice_confidence(quiet)
+            self._quiet_windows.clear()
+            self._quiet_run = 0
+        self.windows_scored += 1
+        return super().voice_confidence(buffer)
+
+    def _get_smoothed_volume(self, audio: bytes) -> float:
+        if self._window_volume is not None and self._window_volume[0] is audio:
+            volume = self._window_volume[1]
+            self._window_volume = None
+            return volume
+        return super()._get_smoothed_volume(audio)
+
+    async def analyze_audio(self, buffer: bytes) -> VADState:
+        self.bytes_analysed += len(buffer)
+        self._analysing = True
+        try:
+            state = self._run_analyzer(buffer)
+        finally:
+            self._analysing = False
+        if state != self._state_seen:
+            self._state_seen = state
+            for listener in self.state_listeners:
+                listener(state)
+        return state
+
+
+def vad_analyzer_build() -> InlineSileroVADAnalyzer:
+    return InlineSileroVADAnalyzer(
+        params=VADParams(
+            confidence=VAD_CONFIDENCE,
+            start_secs=VAD_START_SECONDS,
+            stop_secs=VAD_STOP_SECONDS,
+            min_volume=VAD_MIN_VOLUME,
+        )
+    )
