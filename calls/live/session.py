@@ -11,21 +11,16 @@ event loop.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import av
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.codecs import get_decoder
-from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 from channels.db import database_sync_to_async
@@ -33,13 +28,18 @@ from django.conf import settings
 from django.utils import timezone
 
 from calls import events, services
+from calls.live.microphone import microphone_decode_inline, microphone_jitter_buffer_shorten
+from calls.live.registry import _LIVE
+from calls.live.webrtc_policy import (
+    candidate_address_allowed,
+    ice_address_policy_apply,
+    ice_consent_policy_apply,
+    video_bitrate_policy_apply,
+)
 from calls.models import Call, EndReason, new_message_id
-from calls.pipeline.brain.config import BrainTool, brain_tools_from_definitions
 from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
 from calls.pipeline.tools import PendingToolCall
 from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
-from personas.models import Persona
-from personas.tools import tools_problems
 
 logger = logging.getLogger(__name__)
 
@@ -55,219 +55,13 @@ MAX_EARLY_TALK_CHUNKS = 200
 
 SendSignal = Callable[[str, Any], Awaitable[None]]
 
-_LIVE: dict[str, LiveSession] = {}
-
-
-def live_session_get(session_id: str) -> LiveSession | None:
-    return _LIVE.get(session_id)
-
-
-def live_sessions() -> list[LiveSession]:
-    return list(_LIVE.values())
-
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def candidate_address_allowed(address: str) -> bool:
-    """Refuse remote candidates aimed at this host's private side, unless configured otherwise."""
-    if settings.PARLEY_ALLOW_PRIVATE_ICE:
-        return True
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        # mDNS names (x.local) cannot be resolved here anyway; anything else is refused.
-        return False
-    return not (
-        ip.is_loopback
-        or ip.is_private
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
-
-
-def ice_address_policy_apply() -> None:
-    """With PARLEY_ICE_LOOPBACK_ONLY, gather only 127.0.0.1.
-
-    aioice never offers loopback addresses, so a server and a browser on one machine with no
-    network (tests, an offline demo) would have no candidate pair. Workaround for aioice's
-    fixed host-address list; it can go when aioice lets callers choose interfaces.
-    """
-    if settings.PARLEY_ICE_LOOPBACK_ONLY:
-        import aioice.ice
-
-        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
-
-
-# ICE consent freshness (RFC 7675): a check every ~5 s; consent expires when no check has been
-# answered for 30 s. Each check is retransmitted (0.5 s, then 1 s; it fails after 3.5 s), so an
-# answer that a busy event loop on either side delays still counts.
-ICE_CONSENT_INTERVAL_SECONDS = 5.0
-ICE_CONSENT_EXPIRY_SECONDS = 30.0
-ICE_CONSENT_RETRANSMISSIONS = 2
-
-
-async def _ice_consent_query(connection: Any) -> None:
-    """Replaces `aioice.ice.Connection.query_consent` (see `ice_consent_policy_apply`)."""
-    import random
-
-    from aioice import stun
-
-    assert connection.remote_password is not None  # checks start once connect() has it
-    answered_at = time.monotonic()
-    while True:
-        await asyncio.sleep(ICE_CONSENT_INTERVAL_SECONDS * (0.8 + 0.4 * random.random()))
-        for pair in list(connection._nominated.values()):
-            request = connection.build_request(pair, nominate=False)
-            try:
-                await pair.protocol.request(
-                    request,
-                    pair.remote_addr,
-                    integrity_key=connection.remote_password.encode("utf8"),
-                    retransmissions=ICE_CONSENT_RETRANSMISSIONS,
-                )
-            except stun.TransactionError:
-                continue
-            answered_at = time.monotonic()
-        if time.monotonic() - answered_at > ICE_CONSENT_EXPIRY_SECONDS:
-            logger.info(
-                "ICE consent expired: no answer to a consent check for %.0f s",
-                time.monotonic() - answered_at,
-            )
-            connection._query_consent_task = None
-            await connection.close()
-            return
-
-
-def ice_consent_policy_apply() -> None:
-    """ICE consent as RFC 7675 has it: it expires 30 s after the last answered check.
-
-    aioice (0.13) sends each consent check once and counts it failed unless answered within
-    0.5 s; six failures in a row close the connection. With 16 sessions on this 2-core machine
-    the event loops on both ends lag 0.5-1.3 s at times, answers arrived late over and over,
-    and calls that were playing fine were closed ("Consent to send expired", streams at 0 fps in
-    `bench/webrtc_sessions.py`). Process-wide, like `ice_address_policy_apply`; it relies on
-    aioice's private `_nominated`, `build_request` and `_query_consent_task` (pinned version).
-    """
-    import aioice.ice
-
-    if getattr(aioice.ice.Connection.query_consent, "_parley_consent", False):
-        return
-
-    async def query_consent(self: Any) -> None:
-        await _ice_consent_query(self)
-
-    query_consent._parley_consent = True  # type: ignore[attr-defined]
-    aioice.ice.Connection.query_consent = query_consent
-
-
-def video_bitrate_policy_apply() -> None:
-    """Bound the avatar's VP8 bitrate to PARLEY_VIDEO_MAX_BITRATE (bits per second).
-
-    aiortc starts every VP8 stream at 500 kbps and lets the receiver's estimate raise it to
-    1.5 Mbps; a 320x240 face needs far less, and every extra RTP packet is Python work on the
-    event loop (encryption, send) that all sessions of the process share. aiortc reads these
-    module constants when it creates an encoder and when it applies a receiver estimate.
-    """
-    from aiortc.codecs import vpx
-
-    ceiling = settings.PARLEY_VIDEO_MAX_BITRATE
-    vpx.MAX_BITRATE = ceiling
-    vpx.DEFAULT_BITRATE = min(vpx.DEFAULT_BITRATE, ceiling)
-    vpx.MIN_BITRATE = min(vpx.MIN_BITRATE, ceiling)
-
-
 # How long the end of a call waits for its queued events to be stored (seconds).
 PUBLISH_DRAIN_SECONDS = 5.0
-
-
-class MicrophoneJitterBuffer(JitterBuffer):
-    """Each audio RTP packet is one whole Opus frame: it is decoded as soon as it arrives.
-
-    A packet older than one already handed on is dropped (too late to be heard in order); a
-    lost one is simply skipped.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__(capacity=capacity, prefetch=0)
-        self._next: int | None = None  # the sequence number expected next
-
-    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
-        if self._next is not None and (packet.sequence_number - self._next) & 0xFFFF >= 0x8000:
-            return False, None
-        self._next = (packet.sequence_number + 1) & 0xFFFF
-        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
-
-
-class MicrophoneInlineDecoder:
-    """Stands in for a microphone receiver's decoder queue: each packet is decoded on the loop.
-
-    aiortc hands every received frame to a decoder thread through a `queue.Queue`, and the
-    thread hands each decoded frame back with `run_coroutine_threadsafe` (a task and a wake-up
-    of the loop per frame). Decoding 20 ms of Opus takes ~0.05 ms; the two handoffs cost far
-    more, and the GIL that each one passes to the other thread is what the event loop then
-    waits for: with 8 listening calls in a process, 7 % of the loop's samples were in the
-    handoff (py-spy). As with the encoders (`transport.OpusPieceEncoder`), it is done inline.
-
-    aiortc's decoder thread still starts; it waits here (`get`) until the receiver stops, and
-    then ends the track as it would have.
-    """
-
-    def __init__(self, frames: asyncio.Queue[Any]) -> None:
-        self._frames = frames
-        self._decoder: Any = None
-        self._codec_name: str | None = None
-        self._stopped = threading.Event()
-
-    def put(self, task: tuple[Any, Any] | None) -> None:
-        """From the receiver (on the loop): a (codec, encoded frame) to decode, or None to stop."""
-        if task is None:
-            self._stopped.set()
-            return
-        codec, encoded_frame = task
-        if codec.name != self._codec_name:
-            self._decoder, self._codec_name = get_decoder(codec), codec.name
-        try:
-            frames = self._decoder.decode(encoded_frame)
-        except av.FFmpegError as error:  # one bad packet: the next ones still decode
-            logger.warning("microphone packet could not be decoded: %s", error)
-            return
-        for frame in frames:
-            self._frames.put_nowait(frame)
-
-    def get(self) -> None:
-        """aiortc's decoder thread: nothing to decode there; returns once the receiver stops."""
-        self._stopped.wait()
-        return None
-
-
-def microphone_decode_inline(peer: Any, track: Any) -> None:
-    """Give the receiver of this remote audio track a `MicrophoneInlineDecoder`.
-
-    Only before the receiver starts (its "track" event): the decoder thread takes the queue
-    it finds then.
-    """
-    for receiver in peer.getReceivers():
-        if receiver.track is track and hasattr(receiver, "_RTCRtpReceiver__decoder_queue"):
-            if receiver._RTCRtpReceiver__decoder_thread is None:
-                receiver._RTCRtpReceiver__decoder_queue = MicrophoneInlineDecoder(track._queue)
-
-
-def microphone_jitter_buffer_shorten(peer: Any, track: Any) -> None:
-    """Give the receiver of this remote audio track a `MicrophoneJitterBuffer`.
-
-    aiortc holds 4 audio packets (80 ms) before decoding, and even with fewer its buffer hands
-    a packet on only when the next one arrives (it waits to know a frame is complete, which an
-    audio packet always is): 20 ms more. Parley does not play the microphone out, it listens
-    to it, so every packet it holds back only makes barge-in and turn-taking slower.
-    """
-    for receiver in peer.getReceivers():
-        if receiver.track is track and hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
-            buffer = receiver._RTCRtpReceiver__jitter_buffer
-            receiver._RTCRtpReceiver__jitter_buffer = MicrophoneJitterBuffer(capacity=buffer.capacity)
 
 
 class LiveSession(ConversationListener):
@@ -830,103 +624,3 @@ async def _drain(track: Any) -> None:
             await track.recv()
         except MediaStreamError:
             return
-
-
-def _build_config(call: Call) -> ConversationConfig:
-    """The call's persona as plain values, with an ephemeral token's inline overrides applied."""
-    token = call.session_token
-    overrides: dict[str, Any] = {}
-    if token is not None and token.kind == "ephemeral":
-        overrides = token.persona_config or {}
-    return persona_conversation_config(call.persona, overrides)
-
-
-def persona_conversation_config(
-    persona: Persona, overrides: dict[str, Any] | None = None
-) -> ConversationConfig:
-    """The persona as plain values (an ephemeral token's `persona_config` as `overrides`)."""
-    overrides = overrides or {}
-    detection = overrides.get("voiceDetectionOptions") or {}
-    llm_id = overrides.get("llmId")
-    return ConversationConfig(
-        agent=persona.slug,
-        name=overrides.get("name") or persona.name,
-        greeting=persona.greeting,
-        system_prompt=overrides.get("systemPrompt", persona.system_prompt),
-        language=overrides.get("languageCode") or persona.language_code,
-        voice=overrides.get("voiceId") or persona.voice,
-        tts_provider=persona.tts_provider,
-        tts_model=persona.tts_model,
-        tts_base_url=persona.tts_base_url,
-        tts_api_key=persona.tts_api_key,
-        listening=settings.PARLEY_LISTENING,
-        stt_provider=persona.stt_provider,
-        stt_model=persona.stt_model,
-        stt_base_url=persona.stt_base_url,
-        stt_api_key=persona.stt_api_key,
-        stt_phrases=tuple(line.strip() for line in persona.stt_phrases.splitlines() if line.strip()),
-        end_of_speech_sensitivity=float(
-            detection.get("endOfSpeechSensitivity", persona.end_of_speech_sensitivity)
-        ),
-        silence_before_auto_end_turn_seconds=float(
-            detection.get("silenceBeforeAutoEndTurnSeconds") or persona.silence_before_auto_end_turn_seconds
-        ),
-        brain_provider="builtin" if llm_id == "builtin" else persona.brain_provider,
-        llm_base_url=persona.llm_base_url,
-        llm_model=llm_id if llm_id and llm_id != "builtin" else persona.llm_model,
-        llm_api_key=persona.llm_api_key,
-        llm_temperature=persona.llm_temperature,
-        knowledge=tuple((entry.question, entry.answer) for entry in persona.knowledge.all()),
-        avatar_look=dict(persona.avatar_look or {}),
-        avatar_portrait=persona.avatar_portrait.path if persona.avatar_portrait else "",
-        skip_greeting=bool(overrides.get("skipGreeting", persona.skip_greeting)),
-        max_duration_seconds=float(overrides.get("maxSessionLengthSeconds") or persona.max_duration_seconds),
-        idle_timeout_seconds=float(
-            detection.get("silenceBeforeSessionEndSeconds") or persona.idle_timeout_seconds
-        ),
-        idle_warning_seconds=float(persona.idle_warning_seconds),
-        tools=_persona_tools(persona.slug, persona.tools),
-        tool_timeout_seconds=settings.PARLEY_TOOL_TIMEOUT_SECONDS,
-    )
-
-
-def _persona_tools(slug: str, definitions: Any) -> tuple[BrainTool, ...]:
-    """The persona's tools for the LLM; none if they were stored without validation and are bad."""
-    if not definitions:
-        return ()
-    problems = tools_problems(definitions)
-    if problems:
-        logger.warning("persona %s: its tools are invalid and left out (%s)", slug, "; ".join(problems))
-        return ()
-    return brain_tools_from_definitions(definitions)
-
-
-async def live_session_open(*, session_id: str) -> LiveSession | None:
-    """The live session for a signalling socket: the existing one, or a new one for a new call."""
-    existing = _LIVE.get(session_id)
-    if existing is not None and not existing.ended:
-        return existing
-    call = await database_sync_to_async(_connectable_call)(session_id)
-    if call is None:
-        return None
-    config = await database_sync_to_async(_build_config)(call)
-    return LiveSession(call=call, config=config)
-
-
-def _connectable_call(session_id: str) -> Call | None:
-    from calls.models import CallStatus
-
-    return (
-        Call.objects.select_related("persona", "organization", "session_token")
-        .prefetch_related("persona__knowledge")
-        .filter(pk=session_id, status=CallStatus.CONNECTING)
-        .first()
-    )
-
-
-async def live_sessions_shutdown() -> None:
-    for live in live_sessions():
-        await live.end(reason=EndReason.FAILED, message="the server is shutting down")
-
-
-__all__ = ["LiveSession", "_now_iso", "candidate_address_allowed", "live_session_get", "live_session_open"]
