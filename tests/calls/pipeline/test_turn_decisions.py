@@ -258,6 +258,53 @@ async def test_an_early_verdict_is_dropped_when_the_user_goes_on_inside_the_stop
     assert t.listener.names() == ["user.message"]
 
 
+async def early_pause(t: Turns) -> None:
+    """Speech, then the VAD's first silent window, and SmartTurn's early verdict in."""
+    await t.feed(VADUserStartedSpeakingFrame())
+    t.strategy.vad_state_changed(VADState.SPEAKING)
+    t.strategy.vad_state_changed(VADState.STOPPING)
+    await t.silence(0.1)
+
+
+async def test_a_doubtful_early_verdict_gets_a_second_opinion_at_the_vads_stop(turns):
+    t = await turns(0.2)
+    await early_pause(t)
+    t.model.probability = 0.95  # with the stop time's silence, SmartTurn hears a finished sentence
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.feed(
+        TranscriptionFrame(
+            text="we are planning a party for 20 people", user_id="u", timestamp="t", finalized=True
+        )
+    )
+    await t.silence(0.2)
+    assert len(t.model.analyses) == 2
+    assert t.listener.names() == ["user.message", "turn.end"]
+    assert t.outcomes == ["stopped by strategy"]
+
+
+async def test_a_second_opinion_that_is_worse_leaves_the_eager_turn_as_it_was(turns):
+    t = await turns(0.45)  # eager with the words, not a complete verdict
+    await early_pause(t)
+    t.model.probability = 0.05
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.feed(TranscriptionFrame(text="my sister is visiting", user_id="u", timestamp="t", finalized=True))
+    await t.silence(0.2)
+    assert len(t.model.analyses) == 2
+    assert t.listener.names() == ["user.message", "eager.turn"]
+    await t.silence(t.settings.eager_confirm_seconds + 0.2)
+    assert t.listener.names() == ["user.message", "eager.turn", "turn.end"]
+
+
+async def test_a_complete_early_verdict_needs_no_second_opinion(turns):
+    t = await turns(0.95)
+    await early_pause(t)
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.feed(TranscriptionFrame(text="where are you", user_id="u", timestamp="t", finalized=True))
+    await t.silence(0.2)
+    assert len(t.model.analyses) == 1
+    assert t.listener.names() == ["user.message", "turn.end"]
+
+
 async def pause_with_settled_words(t: Turns, text: str) -> None:
     """Speech, then the VAD's first silent window; the recogniser settles on `text` in the pause."""
     await t.feed(VADUserStartedSpeakingFrame())
