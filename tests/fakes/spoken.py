@@ -185,6 +185,7 @@ async def heard_frames(
     pauses: tuple[float, ...] = (),
     speech: np.ndarray | None = None,
     paced: bool = True,
+    stop_after: float = VAD_STOP_AFTER_SECONDS,
 ) -> list[Any]:
     """`text` as the recogniser receives it: 20 ms `InputAudioRawFrame`s paced in real time
     (`SleepFrame`s), with the VAD's start and stop frames where Silero would send them, and
@@ -194,6 +195,7 @@ async def heard_frames(
     seconds, shorter than the VAD's stop time: the speaker goes on after it. With `speech`
     (48 kHz samples, int16 scale: a recording), that is what is said instead of `text`. With
     `paced` False, no `SleepFrame`s (as fast as the recogniser takes it: benchmarks of accuracy).
+    `stop_after` is the silence the VAD waits out before its stop frame.
     """
     from pipecat.audio.vad.vad_analyzer import VADState
     from pipecat.frames.frames import (
@@ -229,7 +231,7 @@ async def heard_frames(
                 (lead_seconds + end + 0.03, VADState.SPEAKING),
             ]
     marks += [(end_at + VAD_SILENCE_NOTICED_SECONDS, VADState.STOPPING)]
-    stop_at = end_at + VAD_STOP_AFTER_SECONDS
+    stop_at = end_at + stop_after
     frames: list[Any] = []
     started = stopped = False
     for index, at in enumerate(range(0, len(pcm), piece_bytes)):
@@ -241,7 +243,7 @@ async def heard_frames(
             frames.append(VADUserStartedSpeakingFrame(start_secs=VAD_START_AFTER_SECONDS))
             started = True
         if not stopped and now >= stop_at:
-            frames.append(VADUserStoppedSpeakingFrame(stop_secs=VAD_STOP_AFTER_SECONDS))
+            frames.append(VADUserStoppedSpeakingFrame(stop_secs=stop_after))
             frames.append(VADStateMark(VADState.QUIET))
             stopped = True
         frames.append(
