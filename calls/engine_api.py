@@ -30,6 +30,25 @@ def engine_error(status_code: int, error: str, message: str) -> Response:
     return Response({"error": error, "message": message, "detail": message}, status=status_code)
 
 
+# The `error` code of answers DRF itself makes (a body it cannot parse, a throttle, an outage).
+ENGINE_ERROR_CODES = {400: "invalid_body", 413: "body_too_large", 429: "rate_limited", 503: "unavailable"}
+
+
+class EngineAPIView(APIView):
+    """An engine endpoint: DRF's own error answers get the SDK's `error` and `message` too."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    def handle_exception(self, exc: Exception) -> Response:
+        response = super().handle_exception(exc)
+        data = response.data if isinstance(response.data, dict) else {}
+        if "detail" in data and "message" not in data:
+            code = ENGINE_ERROR_CODES.get(response.status_code, "error")
+            response.data = {"error": code, "message": data["detail"], **data}
+        return response
+
+
 class SessionStartSerializer(StrictSerializer):
     personaConfig = serializers.DictField(required=False)
     sessionOptions = serializers.DictField(required=False)
@@ -45,11 +64,8 @@ def _engine_protocol(request: Request) -> str:
     return settings.PARLEY_ENGINE_PROTOCOL or ("https" if request.is_secure() else "http")
 
 
-class EngineSessionView(APIView):
+class EngineSessionView(EngineAPIView):
     """`POST /v1/engine/session`: consume a session token, create the call, say where to connect."""
-
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
 
     def post(self, request: Request) -> Response:
         header = request.META.get("HTTP_AUTHORIZATION", "")
@@ -94,11 +110,8 @@ class TalkSerializer(StrictSerializer):
     content = serializers.CharField(max_length=MAX_TALK_CHARACTERS, allow_blank=False, trim_whitespace=True)
 
 
-class TalkView(APIView):
+class TalkView(EngineAPIView):
     """`POST /talk?session_id=…`: the persona says this text verbatim (the session id authorises)."""
-
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
 
     async def _say(self, session_id: str, content: str) -> Response | None:
         """None once the text is queued, else the error answer."""
@@ -125,11 +138,9 @@ class TalkView(APIView):
         return Response({"status": "queued"}, status=status.HTTP_200_OK)
 
 
-class ClientMetricsView(APIView):
+class ClientMetricsView(EngineAPIView):
     """`POST /v1/metrics/client`: the Anam SDK's telemetry. Accepted and dropped (nothing leaves)."""
 
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
     throttle_classes: list[Any] = []
 
     def post(self, request: Request) -> Response:

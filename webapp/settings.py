@@ -219,7 +219,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["personas.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["personas.authentication.HasOrganization"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # DRF's JSON parser behind size, depth and text checks (webapp/inputs.py).
+    "DEFAULT_PARSER_CLASSES": ["webapp.inputs.GuardedJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "webapp.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["personas.authentication.ApiKeyRateThrottle"],
