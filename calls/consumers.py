@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -11,7 +14,16 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from calls.streams import EventFeed, StreamEvent, StreamRefused, astream_request_authorise, scope_headers
+from calls.streams import (
+    EventFeed,
+    StreamEvent,
+    StreamRefused,
+    StreamRequest,
+    astream_request_authorise,
+    scope_headers,
+    scope_query,
+)
+from webapp.inputs import InputRefused, json_parse, query_texts_check
 from webapp.origins import origin_allowed
 
 logger = logging.getLogger(__name__)
@@ -22,6 +34,8 @@ SSE_HEADERS = [
     # nginx buffers proxied responses unless told not to; a buffered stream is a stalled one.
     (b"x-accel-buffering", b"no"),
 ]
+# The event socket understands one small message, {"type": "ping"}; a bigger frame is a mistake.
+MAX_EVENT_SOCKET_FRAME_BYTES = 4 * 1024
 # Sent at once, because a server sends the status and headers only with the first body chunk.
 SSE_OPENING = b":ok\n\n"
 SSE_PING = b":ping\n\n"
@@ -46,6 +60,16 @@ def _cors_headers(scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
     if not origin or not origin_allowed(origin, host=headers.get("host")):
         return [(b"vary", b"Origin")]
     return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+
+
+async def stream_request_read(scope: dict[str, Any]) -> StreamRequest:
+    """Authorise a stream, once its query holds only text the database can take (400 otherwise)."""
+    query = scope_query(scope)
+    try:
+        query_texts_check((name, value) for name, values in query.items() for value in values)
+    except InputRefused as refusal:
+        raise StreamRefused(400, refusal.detail) from None
+    return await astream_request_authorise(scope=scope)
 
 
 class EventStreamSSEConsumer(AsyncHttpConsumer):
@@ -85,7 +109,7 @@ class EventStreamSSEConsumer(AsyncHttpConsumer):
             )
             return
         try:
-            request = await astream_request_authorise(scope=self.scope)
+            request = await stream_request_read(self.scope)
         except StreamRefused as refusal:
             extra = [(b"www-authenticate", b'Bearer realm="parley"')] if refusal.status == 401 else []
             await self._send_error(refusal.status, refusal.detail, extra)
@@ -148,7 +172,7 @@ class EventStreamWebsocketConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         try:
-            request = await astream_request_authorise(scope=self.scope)
+            request = await stream_request_read(self.scope)
         except StreamRefused as refusal:
             # Accept first: a refused handshake reaches a browser as a bare 403 with no reason.
             await self.accept()
@@ -167,9 +191,12 @@ class EventStreamWebsocketConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
-            content = json.loads(text_data) if text_data is not None else None
-        except ValueError:
-            content = None
+            if text_data is None:
+                raise InputRefused("frame", "must be JSON text, not binary")
+            content = json_parse(text_data, field="frame", max_bytes=MAX_EVENT_SOCKET_FRAME_BYTES)
+        except InputRefused as refusal:  # said on the socket, which stays open
+            await self.send_json({"type": "error", "detail": refusal.detail})
+            return
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": "pong"})
             return
@@ -197,24 +224,87 @@ class EventStreamWebsocketConsumer(AsyncJsonWebsocketConsumer):
 
 # An SDP offer is a few kB; anything near this is not a signalling frame.
 MAX_SIGNAL_FRAME_BYTES = 64 * 1024
-SIGNAL_ACTIONS = {"offer", "icecandidate", "heartbeat", "talkstream", "agentaudioinput", "agentaudioinputend"}
+SIGNAL_ACTIONS = ("offer", "icecandidate", "heartbeat", "talkstream", "agentaudioinput", "agentaudioinputend")
+# A call id as `calls.models.new_call_id` makes them, with room to spare.
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# What each typed payload field must be: (name, test, what to say).
+_STRING = (lambda value: isinstance(value, str), "a string")
+_FLAG = (lambda value: isinstance(value, bool), "true or false")
+_INDEX = (
+    lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+    "a whole number",
+)
+SIGNAL_PAYLOAD_FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "offer": {"userUid": _STRING},
+    "icecandidate": {
+        "candidate": _STRING,
+        "sdpMid": _STRING,
+        "sdpMLineIndex": _INDEX,
+        "usernameFragment": _STRING,
+    },
+    "talkstream": {
+        "content": _STRING,
+        "startOfSpeech": _FLAG,
+        "endOfSpeech": _FLAG,
+        "correlationId": _STRING,
+    },
+}
+
+
+@dataclass(frozen=True)
+class SignalFrame:
+    """A client's signalling frame, parsed and checked."""
+
+    action_type: str
+    payload: Any
 
 
 def signal_payload_problem(action_type: str, payload: Any) -> str | None:
-    """Why a client frame's payload is unusable, or None if it is fine."""
+    """Why a client frame's payload is unusable (each known field's type), or None if it is fine."""
     if action_type == "offer":
         description = payload.get("connectionDescription") if isinstance(payload, dict) else None
         if not isinstance(description, dict) or description.get("type") != "offer":
             return "offer: payload.connectionDescription must be {type: 'offer', sdp}"
         if not isinstance(description.get("sdp"), str) or not description["sdp"].startswith("v=0"):
             return "offer: payload.connectionDescription.sdp must be an SDP document"
-    elif action_type == "icecandidate":
-        if not isinstance(payload, dict) or not isinstance(payload.get("candidate", ""), str):
-            return "icecandidate: payload must be an RTCIceCandidateInit object"
-    elif action_type == "talkstream":
-        if not isinstance(payload, dict) or not isinstance(payload.get("content", ""), str):
-            return "talkstream: payload must be {content, startOfSpeech, endOfSpeech, correlationId}"
+    elif action_type == "icecandidate" and not isinstance(payload, dict):
+        return "icecandidate: payload must be an RTCIceCandidateInit object"
+    elif action_type == "talkstream" and not isinstance(payload, dict):
+        return "talkstream: payload must be {content, startOfSpeech, endOfSpeech, correlationId}"
+    for name, (valid, wanted) in SIGNAL_PAYLOAD_FIELDS.get(action_type, {}).items():
+        value = payload.get(name)
+        if value is not None and not valid(value):
+            return f"{action_type}: payload.{name} must be {wanted} (or left out)"
     return None
+
+
+def signal_frame_parse(text_data: str | None) -> SignalFrame:
+    """A client frame as {actionType, sessionId, payload}, or InputRefused saying what is wrong."""
+    if text_data is None:
+        raise InputRefused("frame", "must be JSON text, not binary")
+    frame = json_parse(text_data, field="frame", max_bytes=MAX_SIGNAL_FRAME_BYTES)
+    if not isinstance(frame, dict):
+        raise InputRefused("frame", "must be a JSON object {actionType, sessionId, payload}")
+    action_type = frame.get("actionType")
+    if not isinstance(action_type, str) or action_type not in SIGNAL_ACTIONS:
+        shown = action_type if isinstance(action_type, str) else type(action_type).__name__
+        raise InputRefused("actionType", f"unknown {shown!r}; one of {', '.join(SIGNAL_ACTIONS)}")
+    if not isinstance(frame.get("sessionId", ""), str | None):
+        raise InputRefused("sessionId", "must be a string")
+    payload = frame.get("payload")
+    problem = signal_payload_problem(action_type, payload)
+    if problem is not None:
+        raise InputRefused("", problem)
+    return SignalFrame(action_type=action_type, payload=payload)
+
+
+def session_id_from_scope(scope: dict[str, Any]) -> str:
+    """The `?session_id=` of a signalling socket; InputRefused if it is missing or not a call id."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_id") or [""]
+    if not SESSION_ID.fullmatch(values[0]):
+        raise InputRefused("session_id", "must be the sessionId that POST /v1/engine/session answered")
+    return values[0]
 
 
 class SignallingConsumer(AsyncJsonWebsocketConsumer):
@@ -225,10 +315,15 @@ class SignallingConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         from calls.live import live_session_open
 
-        session_id = (
-            parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("session_id") or [""]
-        )[0]
-        self.live = await live_session_open(session_id=session_id) if session_id else None
+        try:
+            session_id = session_id_from_scope(self.scope)
+        except InputRefused as refusal:
+            # Accepted first, so the client hears why (a refused handshake is a bare 403).
+            await self.accept()
+            await self.send_json({"actionType": "warning", "sessionId": "", "payload": refusal.detail})
+            await self.close(code=4400)
+            return
+        self.live = await live_session_open(session_id=session_id)
         if self.live is None:
             await self.close(code=4404)
             return
@@ -240,33 +335,18 @@ class SignallingConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"actionType": action_type, "sessionId": self.session_id, "payload": payload})
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if text_data is None or len(text_data) > MAX_SIGNAL_FRAME_BYTES:
-            await self.send_signal("warning", "frames must be JSON text under 64 kB")
-            return
-        try:
-            frame = json.loads(text_data)
-        except ValueError:
-            await self.send_signal("warning", "frames must be JSON objects {actionType, sessionId, payload}")
-            return
-        await self.receive_json(frame)
-
-    async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if self.live is None:
             return
-        action_type = content.get("actionType") if isinstance(content, dict) else None
-        if action_type not in SIGNAL_ACTIONS:
-            await self.send_signal("warning", f"actionType: unknown {action_type!r}")
-            return
-        payload = content.get("payload")
-        problem = signal_payload_problem(action_type, payload)
-        if problem is not None:
-            await self.send_signal("warning", problem)
+        try:
+            frame = signal_frame_parse(text_data)
+        except InputRefused as refusal:  # a warning; the socket and the session go on
+            await self.send_signal("warning", refusal.detail)
             return
         try:
-            await self.live.on_signal(action_type, payload)
+            await self.live.on_signal(frame.action_type, frame.payload)
         except Exception:
-            logger.exception("session %s: handling %s failed", self.session_id, action_type)
-            await self.send_signal("warning", f"{action_type}: the server could not handle it")
+            logger.exception("session %s: handling %s failed", self.session_id, frame.action_type)
+            await self.send_signal("warning", f"{frame.action_type}: the server could not handle it")
 
     async def disconnect(self, code: int) -> None:
         if self.live is not None:

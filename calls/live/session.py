@@ -40,6 +40,7 @@ from calls.models import Call, EndReason, new_message_id
 from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
 from calls.pipeline.tools import PendingToolCall
 from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
+from webapp.inputs import InputRefused, json_parse
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,10 @@ class LiveSession(ConversationListener):
         await self.signal("answer", {"type": "answer", "sdp": peer.localDescription.sdp})
 
     async def _on_remote_candidate(self, payload: dict[str, Any]) -> None:
-        if self.peer is None:
+        if self.peer is None:  # aiortc can place a candidate only once it has the offer
+            await self.signal(
+                "warning", "icecandidate: no offer yet; send the offer first (candidate dropped)"
+            )
             return
         text = payload.get("candidate") or ""
         if not text:
@@ -265,13 +269,12 @@ class LiveSession(ConversationListener):
             channel.send(json.dumps({"messageType": message_type, "data": data}))
 
     async def _on_data_message(self, raw: str | bytes) -> None:
-        if isinstance(raw, bytes) or len(raw) > MAX_CLIENT_FRAME_BYTES:
-            return
         try:
-            message = json.loads(raw)
-        except ValueError:
+            message = data_message_parse(raw)
+        except InputRefused as refusal:  # told on the signalling socket; the channel stays open
+            await self.signal("warning", f"data channel: {refusal.detail}")
             return
-        if not isinstance(message, dict) or await self._conversation_ready() is None:
+        if await self._conversation_ready() is None:
             return
         kind = message.get("message_type")
         content = message.get("content")
@@ -350,6 +353,11 @@ class LiveSession(ConversationListener):
         return True
 
     async def _on_talk_stream(self, payload: dict[str, Any]) -> None:
+        if self.peer is None:  # no call to speak in until the client offers
+            await self.signal(
+                "warning", "talkstream: the call is not connected; send the offer first (chunk dropped)"
+            )
+            return
         if not self._speech_ready.is_set():
             # Before the voice is up its words would be lost: keep the chunks until then.
             if len(self._early_talk_chunks) < MAX_EARLY_TALK_CHUNKS:
@@ -614,6 +622,24 @@ class LiveSession(ConversationListener):
             logger.error(
                 "session %s: task %s failed", self.session_id, task.get_name(), exc_info=task.exception()
             )
+
+
+# The typed fields of the client's data-channel messages (others are ignored, as before).
+DATA_MESSAGE_TEXT_FIELDS = {"speech": "content", "context": "content", "tool_result": "tool_call_id"}
+
+
+def data_message_parse(raw: str | bytes) -> dict[str, Any]:
+    """A client's data-channel message `{message_type, ...}`, or InputRefused saying what is wrong."""
+    if isinstance(raw, bytes):
+        raise InputRefused("message", "must be JSON text, not binary")
+    message = json_parse(raw, field="message", max_bytes=MAX_CLIENT_FRAME_BYTES)
+    if not isinstance(message, dict) or not isinstance(message.get("message_type"), str):
+        raise InputRefused("message", "must be a JSON object {message_type, ...}")
+    kind = message["message_type"]
+    field = DATA_MESSAGE_TEXT_FIELDS.get(kind)
+    if field is not None and not isinstance(message.get(field), str):
+        raise InputRefused(f"{kind}.{field}", "must be a string")
+    return message
 
 
 async def _drain(track: Any) -> None:
