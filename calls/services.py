@@ -31,7 +31,7 @@ from calls.models import Call, CallEvent, CallStatus, Direction, EndReason, Mess
 from calls.selectors import engine_host_least_busy
 from personas.models import SessionToken
 from personas.services import session_token_consume
-from personas.tokens import SESSION_AUDIENCE, TokenError, token_decode
+from personas.tokens import SESSION_AUDIENCE, TokenError, token_decode, token_id
 
 logger = logging.getLogger(__name__)
 
@@ -322,13 +322,13 @@ def engine_session_start(
 
 def _engine_session_retry(*, token: str) -> Call | None:
     try:
-        claims = token_decode(token, audience=SESSION_AUDIENCE)
+        jti = token_id(token_decode(token, audience=SESSION_AUDIENCE))
     except TokenError:
         return None
     return (
         Call.objects.select_related("persona", "organization", "session_token")
         .filter(
-            session_token__jti=str(claims.get("jti")),
+            session_token__jti=jti,
             status=CallStatus.CONNECTING,
             session_token__used_at__gte=timezone.now() - SESSION_START_RETRY_WINDOW,
         )

@@ -14,7 +14,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from personas.models import ApiKey, Organization, Persona, SessionToken
-from personas.tokens import SESSION_AUDIENCE, STREAM_AUDIENCE, TokenError, token_decode, token_encode
+from personas.tokens import (
+    SESSION_AUDIENCE,
+    STREAM_AUDIENCE,
+    TokenError,
+    token_account_id,
+    token_decode,
+    token_encode,
+    token_id,
+)
 
 API_KEY_PREFIX = "prl_"
 # Writing last_used_at on every request would make each API call a write; a minute is plenty.
@@ -131,9 +139,9 @@ def session_token_check(*, token: str) -> SessionToken:
     """Verify a session token and return its unused record, without consuming it."""
     claims = token_decode(token, audience=SESSION_AUDIENCE)
     record = (
-        SessionToken.objects.select_related("organization", "persona").filter(jti=str(claims["jti"])).first()
+        SessionToken.objects.select_related("organization", "persona").filter(jti=token_id(claims)).first()
     )
-    if record is None or str(record.organization.public_id) != claims.get("accountId"):
+    if record is None or record.organization.public_id != token_account_id(claims):
         raise TokenError("token is not known to this server")
     if record.used_at is not None:
         raise TokenError("token has already been used")
@@ -198,7 +206,7 @@ def stream_token_issue(
 
 def stream_token_verify(*, token: str) -> StreamGrant:
     claims = token_decode(token, audience=STREAM_AUDIENCE)
-    organization = Organization.objects.filter(public_id=claims.get("accountId")).first()
+    organization = Organization.objects.filter(public_id=token_account_id(claims)).first()
     if organization is None:
         raise TokenError("token is not known to this server")
     agents = claims.get("agents")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import uuid
 from typing import Any
 
 import jwt
@@ -17,6 +19,8 @@ ALGORITHM = "HS256"
 ISSUER = "parley"
 SESSION_AUDIENCE = "parley:session"
 STREAM_AUDIENCE = "parley:stream"
+# A token id as Parley makes them (uuid4 hex), with room to spare.
+_JTI = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Clocks of the minting backend and of Parley may differ a little.
 CLOCK_SKEW_SECONDS = 10
 
@@ -67,3 +71,26 @@ def token_decode(token: str, *, audience: str) -> dict[str, Any]:
         raise TokenError(f"token lacks the {error.claim!r} claim") from None
     except jwt.PyJWTError:
         raise TokenError("token is invalid") from None
+
+
+def token_account_id(claims: dict[str, Any]) -> uuid.UUID:
+    """The organization a verified token names (`accountId`); TokenError if it is not a UUID.
+
+    Checked here, not by the database: a validly signed token with a malformed claim is an
+    unknown token (401), never a query error.
+    """
+    account_id = claims.get("accountId")
+    try:
+        if not isinstance(account_id, str):
+            raise ValueError(account_id)
+        return uuid.UUID(account_id)
+    except ValueError:
+        raise TokenError("token is not known to this server") from None
+
+
+def token_id(claims: dict[str, Any]) -> str:
+    """A verified token's `jti`; TokenError if it is not shaped as Parley makes them."""
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not _JTI.fullmatch(jti):
+        raise TokenError("token is not known to this server")
+    return jti

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
+from asgiref.testing import ApplicationCommunicator
 from channels.testing import WebsocketCommunicator
 
 from calls.live import live_session_get
 from calls.live.session import LiveSession
 from calls.models import Call, CallStatus, EndReason
+from personas.services import stream_token_issue
+from personas.tokens import STREAM_AUDIENCE, token_encode
 from webapp.asgi import application
 
 # Generous: only a broken consumer takes this long.
@@ -66,6 +70,39 @@ async def test_nul_in_the_agents_parameter_is_refused_naming_it(key_a, persona_a
     error = await socket.receive_json_from(RECEIVE_TIMEOUT_SECONDS)
     assert error["type"] == "error" and error["detail"].startswith("agents: must not contain NUL")
     assert await closed_with(socket) == 4400
+
+
+async def sse_refusal(query: str) -> tuple[int, str]:
+    """The status and `detail` of an event-stream request that is refused."""
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "path": "/v1/events/stream",
+        "query_string": query.encode(),
+        "headers": [(b"host", b"testserver")],
+    }
+    communicator = ApplicationCommunicator(application, scope)
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(RECEIVE_TIMEOUT_SECONDS)
+    body = await communicator.receive_output(RECEIVE_TIMEOUT_SECONDS)
+    await communicator.wait(CLOSE_TIMEOUT_SECONDS)
+    return start["status"], json.loads(body["body"])["detail"]
+
+
+async def test_nul_in_the_agents_parameter_of_the_sse_stream_is_400_naming_it(org_a, persona_a):
+    token, _ = stream_token_issue(organization=org_a)
+    status, detail = await sse_refusal(f"token={token}&agents=ma%00ra")
+    assert (status, detail) == (400, "agents: must not contain NUL characters (\\u0000)")
+
+
+@pytest.mark.parametrize("account_id", ["not-a-uuid", 7, None, ["x"], "\u0000"])
+async def test_a_signed_stream_token_with_a_malformed_account_id_is_401(org_a, account_id):
+    now = int(time.time())
+    claims = {"type": "stream", "accountId": account_id, "jti": "j1", "iat": now, "exp": now + 60}
+    token = token_encode({**claims, "aud": STREAM_AUDIENCE})
+    status, detail = await sse_refusal(f"token={token}")
+    assert (status, detail) == (401, "token: token is not known to this server")
 
 
 # --- Unknown routes -------------------------------------------------------------------------

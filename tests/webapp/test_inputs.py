@@ -7,6 +7,8 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
+from calls.models import Call
+from personas.models import SessionToken
 from webapp.inputs import MAX_JSON_DEPTH, InputRefused, cursor_parse, json_parse
 
 # ~990 nested arrays: 2 kB that made Python's JSON parser overflow its recursion limit (a 500).
@@ -103,3 +105,75 @@ def test_a_body_over_the_limit_is_413_even_when_drf_reads_the_stream(settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
     response = post_raw(APIClient(), "/talk?session_id=CAnope", json.dumps({"content": "x" * 2000}))
     assert response.status_code == 413
+
+
+# --- Text the database cannot store (run on PostgreSQL: SQLite stores NULs) -----------------
+
+NUL = "\u0000"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/calls/CA%00x", "call_id"),
+        ("/v1/calls/CA%00x/events", "call_id"),
+        ("/v1/personas/ma%00ra", "reference"),
+        ("/v1/calls?endReason=hangup%00", "endReason"),
+        ("/v1/calls/CAx/events?after=%00", "after"),
+    ],
+    ids=["call-id", "call-events-id", "persona-reference", "query", "cursor"],
+)
+def test_nul_in_a_path_id_or_query_parameter_is_400_naming_it(client_a, persona_a, path, field):
+    response = client_a.get(path)
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"].startswith(f"{field}: must not contain NUL"), response.json()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "reference", ["²", "٣", "99999999999999999999999"], ids=["superscript", "arabic", "huge"]
+)
+def test_a_persona_reference_of_odd_digits_is_a_404_not_a_500(client_a, persona_a, reference):
+    response = client_a.get(f"/v1/personas/{reference}")
+    assert response.status_code == 404, response.content
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            {"personaConfig": {"personaId": "mara"}, "sessionOptions": {"note": f"a{NUL}b"}},
+            "sessionOptions.note",
+        ),
+        ({"personaConfig": {"personaId": "ma\ud800ra"}}, "personaConfig.personaId"),
+        ({"personaConfig": {"personaId": "mara"}, "clientLabel": "\udfff"}, "clientLabel"),
+        ({"personaConfig": {"name": f"Ma{NUL}ra"}}, "personaConfig.name"),
+    ],
+    ids=["nul-in-session-options", "surrogate-in-persona-id", "surrogate-in-label", "nul-in-inline-name"],
+)
+def test_unstorable_text_in_a_session_token_request_is_400_naming_the_field(client_a, persona_a, body, field):
+    raw = json.dumps(body)  # escapes NULs and lone surrogates as \\uXXXX, as a client would send them
+    response = post_raw(client_a, "/v1/auth/session-token", raw)
+    assert response.status_code == 400, response.content
+    assert field in response.json()["errors"], response.json()
+    assert SessionToken.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_nul_in_client_metadata_is_400_and_leaves_the_single_use_token_usable(client_a, persona_a):
+    token = client_a.post(
+        "/v1/auth/session-token", {"personaConfig": {"personaId": "mara"}}, format="json"
+    ).json()["sessionToken"]
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+    refused = post_raw(
+        APIClient(), "/v1/engine/session", json.dumps({"clientMetadata": {"client": f"js{NUL}"}}), **headers
+    )
+    assert refused.status_code == 400, refused.content
+    assert refused.json()["message"].startswith("clientMetadata.client: must not contain NUL")
+    assert SessionToken.objects.get().used_at is None and Call.objects.count() == 0
+    started = post_raw(
+        APIClient(), "/v1/engine/session", json.dumps({"clientMetadata": {"client": "js"}}), **headers
+    )
+    assert started.status_code == 200, started.content
