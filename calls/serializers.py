@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from calls.models import Call, CallEvent, CallStatus, EndReason, Message, Transport
 from personas.serializers import StrictSerializer
+from webapp.inputs import InputRefused, cursor_parse
 
 
 class MessageSerializer(serializers.ModelSerializer):
@@ -86,8 +87,21 @@ class CallFilterSerializer(StrictSerializer):
         return attrs
 
 
+class CursorField(serializers.Field):
+    """An event-log cursor, read by the one cursor parser the event streams use too."""
+
+    def to_internal_value(self, data: object) -> int:
+        try:
+            return cursor_parse(str(data), field=self.field_name)
+        except InputRefused as refusal:
+            raise serializers.ValidationError(refusal.problem) from None
+
+    def to_representation(self, value: int) -> int:
+        return value
+
+
 class EventQuerySerializer(StrictSerializer):
-    after = serializers.IntegerField(min_value=0, required=False, default=0)
+    after = CursorField(required=False, default=0)
     limit = serializers.IntegerField(min_value=1, max_value=1000, required=False, default=500)
 
 

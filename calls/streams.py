@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -27,12 +26,10 @@ from calls.services import BROADCAST_TYPE, group_for_organization
 from personas.selectors import persona_list
 from personas.services import api_key_authenticate, stream_token_verify
 from personas.tokens import TokenError
+from webapp.inputs import InputRefused, cursor_parse
 
 logger = logging.getLogger(__name__)
 
-# The largest value a BigAutoField cursor can hold; a bigger `after` would make the query fail.
-MAX_CURSOR = 2**63 - 1
-_CURSOR = re.compile(r"[0-9]{1,19}")
 # `?agents=` is a short list of slugs; a long one is a mistake, not a use case.
 MAX_AGENTS = 100
 # Doorbells waiting for a slow reader. Past this, new ones are dropped: ephemeral events are
@@ -102,11 +99,11 @@ def _single(query: Mapping[str, list[str]], name: str) -> str | None:
 
 
 def stream_cursor_parse(*, value: str, name: str) -> int:
-    """A resume cursor: a non-negative integer that fits the event log's cursor column."""
-    text = value.strip()
-    if not _CURSOR.fullmatch(text) or int(text) > MAX_CURSOR:
-        raise StreamRefused(400, f"{name}: must be a non-negative integer")
-    return int(text)
+    """A resume cursor, read by the one cursor parser (the REST event list uses it too)."""
+    try:
+        return cursor_parse(value, field=name)
+    except InputRefused as refusal:
+        raise StreamRefused(400, refusal.detail) from None
 
 
 def _resume_cursor(*, headers: Mapping[str, str], query: Mapping[str, list[str]]) -> int | None:

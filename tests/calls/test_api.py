@@ -112,3 +112,23 @@ def test_a_bad_cursor_is_400(client_a, persona_a, make_call, after):
     response = client_a.get(f"/v1/calls/{call.id}/events?after={after}")
     assert response.status_code == 400
     assert "after" in response.json()["errors"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "after",
+    ["9223372036854775808", "5.0", "٣", "-1", "1e3"],
+    ids=["2^63", "decimal", "arabic-digit", "negative", "exponent"],
+)
+def test_the_event_list_refuses_the_cursors_the_event_stream_refuses(client_a, make_call, persona_a, after):
+    call = make_call(persona_a)
+    response = client_a.get(f"/v1/calls/{call.id}/events", {"after": after})
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"] == "after: must be a non-negative integer"
+
+
+@pytest.mark.django_db
+def test_the_event_list_takes_the_largest_cursor(client_a, make_call, persona_a):
+    call = make_call(persona_a)
+    response = client_a.get(f"/v1/calls/{call.id}/events", {"after": str(2**63 - 1)})
+    assert response.status_code == 200 and response.json()["events"] == []
