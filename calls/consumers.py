@@ -23,6 +23,7 @@ from calls.streams import (
     scope_headers,
     scope_query,
 )
+from webapp.errors import OUTAGE_RETRY_AFTER_SECONDS, outage_detail
 from webapp.inputs import InputRefused, json_parse, query_texts_check
 from webapp.origins import origin_allowed
 
@@ -36,6 +37,8 @@ SSE_HEADERS = [
 ]
 # The event socket understands one small message, {"type": "ping"}; a bigger frame is a mistake.
 MAX_EVENT_SOCKET_FRAME_BYTES = 4 * 1024
+# A stream that cannot start because the channel layer is down (4000 + HTTP 503).
+OUTAGE_CLOSE_CODE = 4503
 # Sent at once, because a server sends the status and headers only with the first body chunk.
 SSE_OPENING = b":ok\n\n"
 SSE_PING = b":ping\n\n"
@@ -62,6 +65,15 @@ def _cors_headers(scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
     return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
 
 
+def _outage_headers(scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    retry_after = str(OUTAGE_RETRY_AFTER_SECONDS).encode()
+    return [(b"content-type", b"application/json"), (b"retry-after", retry_after), *_cors_headers(scope)]
+
+
+def _outage_error(error: BaseException) -> dict[str, Any]:
+    return {"type": "error", "status": 503, "detail": outage_detail(error)}
+
+
 async def stream_request_read(scope: dict[str, Any]) -> StreamRequest:
     """Authorise a stream, once its query holds only text the database can take (400 otherwise)."""
     query = scope_query(scope)
@@ -80,6 +92,12 @@ class EventStreamSSEConsumer(AsyncHttpConsumer):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except Exception as error:  # the channel layer is down before the stream could start
+            if outage_detail(error) is None:
+                raise
+            body = json.dumps({"detail": outage_detail(error)}).encode()
+            await send({"type": "http.response.start", "status": 503, "headers": _outage_headers(scope)})
+            await send({"type": "http.response.body", "body": body})
         finally:  # also when cancelled (server shutdown): no task outlives the response
             await self._close_feed()
 
@@ -121,7 +139,18 @@ class EventStreamSSEConsumer(AsyncHttpConsumer):
             emit=self._send_event,
             keepalive=self._send_ping,
         )
-        await self.feed.open()
+        try:
+            await self.feed.open()
+        except Exception as error:
+            await self._close_feed()
+            if outage_detail(error) is None:
+                raise
+            await self.send_response(
+                503,
+                json.dumps({"detail": outage_detail(error)}).encode(),
+                headers=_outage_headers(self.scope),
+            )
+            return
         await self.send_headers(status=200, headers=[*SSE_HEADERS, *_cors_headers(self.scope)])
         await self.send_body(SSE_OPENING, more_body=True)
         self.feed.start()
@@ -167,6 +196,13 @@ class EventStreamWebsocketConsumer(AsyncJsonWebsocketConsumer):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except Exception as error:  # the channel layer is down before the socket could open
+            if outage_detail(error) is None:
+                raise
+            if (await receive())["type"] == "websocket.connect":
+                await send({"type": "websocket.accept"})
+                await send({"type": "websocket.send", "text": json.dumps(_outage_error(error))})
+                await send({"type": "websocket.close", "code": OUTAGE_CLOSE_CODE})
         finally:  # also when cancelled (server shutdown): no task outlives the connection
             await self._close_feed()
 
@@ -185,7 +221,16 @@ class EventStreamWebsocketConsumer(AsyncJsonWebsocketConsumer):
             channel_name=getattr(self, "channel_name", None),
             emit=self._send_event,
         )
-        await self.feed.open()
+        try:
+            await self.feed.open()
+        except Exception as error:
+            await self._close_feed()
+            if outage_detail(error) is None:
+                raise
+            await self.accept()
+            await self.send_json(_outage_error(error))
+            await self.close(code=OUTAGE_CLOSE_CODE)
+            return
         await self.accept()
         self.feed.start()
 

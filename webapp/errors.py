@@ -37,8 +37,42 @@ def _summary(pairs: list[tuple[str, str]]) -> str:
     return "; ".join(f"{field}: {message}" if field else message for field, message in pairs)
 
 
+# What a client is told to wait before retrying while Redis is down, in seconds.
+OUTAGE_RETRY_AFTER_SECONDS = 5
+REDIS_DOWN = "the channel layer and cache (Redis) are unavailable; try again in a few seconds"
+
+
+def outage_detail(error: BaseException) -> str | None:
+    """The sentence for a client if `error` says a service Parley needs is unreachable, else None."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(error, RedisConnectionError | RedisTimeoutError):
+        return REDIS_DOWN
+    return None
+
+
+class ServiceUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "the service is unavailable; try again shortly"
+
+
+def outage_response(detail: str) -> JsonResponse:
+    """503 for a view outside DRF, with the same body and Retry-After as the API's."""
+    response = JsonResponse({"detail": detail}, status=503)
+    response["Retry-After"] = str(OUTAGE_RETRY_AFTER_SECONDS)
+    return response
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF exception handler: `{"detail": "<sentence>", "errors": {field: [messages]}}`."""
+    outage = outage_detail(exc)
+    if outage is not None:
+        logger.warning("%s: answered 503: %s", context.get("view").__class__.__name__, exc)
+        response = exception_handler(ServiceUnavailable(outage), context)
+        assert response is not None
+        response["Retry-After"] = str(OUTAGE_RETRY_AFTER_SECONDS)
+        return response
     if isinstance(exc, RequestDataTooBig):
         exc = exceptions.APIException("request body too large")
         exc.status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
@@ -81,4 +115,12 @@ def json_bad_request(request: HttpRequest, exception: Exception | None = None) -
     return JsonResponse({"detail": message or "bad request"}, status=400)
 
 
-__all__ = ["Http404", "api_exception_handler", "json_bad_request", "json_not_found", "json_server_error"]
+__all__ = [
+    "Http404",
+    "api_exception_handler",
+    "json_bad_request",
+    "json_not_found",
+    "json_server_error",
+    "outage_detail",
+    "outage_response",
+]

@@ -1,4 +1,4 @@
-"""Django middleware of the whole site: refusing text the database cannot store, naming where it was."""
+"""Django middleware of the whole site: unstorable text refused by name, outages answered with 503."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from webapp.errors import outage_detail, outage_response
 from webapp.inputs import InputRefused, query_texts_check, text_check
 
 # Paths whose answers the Anam SDK reads: errors there also carry `error` and `message`.
@@ -48,3 +49,21 @@ class InputTextMiddleware:
         except InputRefused as refusal:
             return input_refused_response(request, refusal)
         return None
+
+
+class OutageMiddleware:
+    """A view that fails because Redis is unreachable answers 503 with a clear message, not 500.
+
+    The API's views get the same from DRF's exception handler; this covers the others (the chat
+    page's token endpoint counts requests in the cache).
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        detail = outage_detail(exception)
+        return outage_response(detail) if detail is not None else None

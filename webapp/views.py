@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
 from personas.models import Persona
+from webapp.health import dependency_checks
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -15,12 +15,16 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Alive (the database answers), and how far the warm-up is: a balancer can wait for "done"."""
+    """Healthy when the database, the channel layer and the cache answer (503 naming which does
+    not), and how far the warm-up is: a balancer can wait for "done"."""
     from calls import warmup
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-    return JsonResponse({"status": "ok", "warmUp": warmup.state()})
+    checks = dependency_checks()
+    healthy = all(state == "ok" for state in checks.values())
+    return JsonResponse(
+        {"status": "ok" if healthy else "unavailable", "checks": checks, "warmUp": warmup.state()},
+        status=200 if healthy else 503,
+    )
 
 
 def api_not_found(request: HttpRequest, rest: str) -> JsonResponse:
