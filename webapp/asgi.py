@@ -40,6 +40,10 @@ from django.urls import re_path  # noqa: E402
 from webapp.accesslog import AccessLogMiddleware  # noqa: E402
 from webapp.origins import WebsocketOriginValidator  # noqa: E402
 from webapp.routing import http_consumer_routes, websocket_routes  # noqa: E402
+from webapp.server import daphne_limits_answer  # noqa: E402
+
+# Before Daphne builds its server: oversized messages and header lines get an answer.
+daphne_limits_answer()
 
 if settings.PARLEY_WARM_UP:
     from calls.warmup import warm_up_in_background
