@@ -273,7 +273,7 @@ SIGNAL_ACTIONS = ("offer", "icecandidate", "heartbeat", "talkstream", "agentaudi
 # A call id as `calls.models.new_call_id` makes them, with room to spare.
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-# What each typed payload field must be: (name, test, what to say).
+# The typed fields of each payload: name → (test of a value, what the warning says it must be).
 _STRING = (lambda value: isinstance(value, str), "a string")
 _FLAG = (lambda value: isinstance(value, bool), "true or false")
 _INDEX = (
