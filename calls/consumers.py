@@ -276,6 +276,8 @@ SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The typed fields of each payload: name → (test of a value, what the warning says it must be).
 _STRING = (lambda value: isinstance(value, str), "a string")
 _FLAG = (lambda value: isinstance(value, bool), "true or false")
+# A JavaScript app may pass a number as a stream's id; it is used as text.
+_ID = (lambda value: isinstance(value, str | int | float) and not isinstance(value, bool), "a string")
 _INDEX = (
     lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0,
     "a whole number",
@@ -292,7 +294,7 @@ SIGNAL_PAYLOAD_FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] =
         "content": _STRING,
         "startOfSpeech": _FLAG,
         "endOfSpeech": _FLAG,
-        "correlationId": _STRING,
+        "correlationId": _ID,
     },
 }
 

@@ -177,6 +177,10 @@ async def still_open(socket: WebsocketCommunicator) -> None:
             '{"actionType": "talkstream", "payload": {"content": "a\\u0000"}}',
             "frame.payload.content: must not",
         ),
+        (
+            '{"actionType": "talkstream", "payload": {"content": "hi", "correlationId": {"id": 1}}}',
+            "talkstream: payload.correlationId must be a string",
+        ),
     ],
     ids=[
         "deep",
@@ -190,6 +194,7 @@ async def still_open(socket: WebsocketCommunicator) -> None:
         "talk-flag",
         "ice-index",
         "nul",
+        "talk-correlation-id",
     ],
 )
 async def test_a_malformed_signalling_frame_gets_a_warning_and_the_socket_stays_open(
