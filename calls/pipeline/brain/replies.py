@@ -1,8 +1,8 @@
 """What the builtin brain says: small talk, knowledge answers and honest don't-knows.
 
 Pure functions over plain values, so the wording can be tested without a pipeline. Replies are
-built only from templates, the persona's name, its knowledge and topic labels derived from that
-knowledge: the user's words are never repeated back (a speech recogniser's mistakes would be
+built only from templates, the persona's name, its knowledge and topics said as its questions
+rephrased: the user's words are never repeated back (a speech recogniser's mistakes would be
 read aloud, and echoing sounds like a broken bot). Phrasing varies with a deterministic seed
 (persona, turn, intent), so a test sees the same reply every run.
 """
@@ -15,29 +15,11 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from calls.pipeline.brain.knowledge import CANONICAL_TERMS, KnowledgeEntry, KnowledgeMatch, Verdict
+from calls.pipeline.brain.knowledge import KnowledgeEntry, KnowledgeMatch, Verdict
+from calls.pipeline.brain.topics import topic_phrase
 
 # How many topics a "what can you do" or don't-know reply lists before saying "and more".
 TOPICS_LISTED = 3
-# A topic taken from a question's own words is used only if it is this short (in words).
-TOPIC_MAX_WORDS = 4
-
-# Friendly names for the synonym groups of `knowledge.SYNONYM_GROUPS`.
-TOPIC_LABELS: dict[str, str] = {
-    "hours": "our opening hours",
-    "price": "prices",
-    "address": "where to find us",
-    "pay": "payment",
-    "deliver": "delivery",
-    "park": "parking",
-    "wifi": "wifi",
-    "contact": "how to reach us",
-    "gluten": "gluten-free options",
-    "allergen": "allergens",
-    "order": "special orders",
-    "loyalty": "the loyalty card",
-    "cake": "cakes",
-}
 
 
 class Intent(enum.Enum):
@@ -100,27 +82,13 @@ class PersonaProfile:
 
 
 def topics_from_knowledge(*, entries: Sequence[KnowledgeEntry]) -> tuple[str, ...]:
-    """Short topic labels for the entries, in order, without repeats."""
+    """How each entry's question is said as a topic (see `topics.py`), in order, without repeats."""
     topics: list[str] = []
     for entry in entries:
-        label = _topic_of(entry)
-        if label and label not in topics:
-            topics.append(label)
+        phrase = topic_phrase(entry.question)
+        if phrase and phrase not in topics:
+            topics.append(phrase)
     return tuple(topics)
-
-
-def _topic_of(entry: KnowledgeEntry) -> str | None:
-    words = re.findall(r"[a-z0-9'-]+", (entry.question or entry.answer).lower())
-    for word in words:
-        canonical = CANONICAL_TERMS.get(word) or CANONICAL_TERMS.get(word.rstrip("s"))
-        if canonical in TOPIC_LABELS:
-            return TOPIC_LABELS[canonical]
-    # An unknown domain: the question minus its question words, if that leaves a short phrase.
-    lead = re.compile(
-        r"^(what|which|where|when|how|who|why|do|does|did|is|are|can|could|will|would|you|your|i|we|there|the|a|an|much|many|have|any|about)$"
-    )
-    core = [word for word in words if not lead.match(word)]
-    return " ".join(core) if 0 < len(core) <= TOPIC_MAX_WORDS else None
 
 
 @dataclass(frozen=True)
@@ -250,7 +218,7 @@ def knowledge_reply(
             lead = ""  # "Sure! Absolutely." says yes twice
         return f"{greeting}{lead}{match.entry.answer}"
     if match.verdict is Verdict.NOT_SURE and match.entry is not None:
-        topic = _topic_of(match.entry)
+        topic = topic_phrase(match.entry.question)
         lead = choose(
             (
                 f"I'm not completely sure that's what you mean, but about {topic}: "

@@ -239,7 +239,7 @@ async def test_greetings_thanks_goodbyes_and_who_are_you_are_small_talk():
     identity = await reply_to("Who are you?")
     assert "mila" in identity and "opening hours" in identity
     capabilities = await reply_to("What can you do?")
-    assert "opening hours" in capabilities and "where to find us" in capabilities
+    assert "our opening hours" in capabilities and "our address" in capabilities
 
 
 async def test_replies_are_the_same_on_every_run_and_vary_between_turns():
