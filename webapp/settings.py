@@ -303,10 +303,11 @@ PARLEY_ENGINE_ORIGINS = [
 CORS_ALLOWED_ORIGINS = [*PARLEY_ALLOWED_ORIGINS, *PARLEY_ENGINE_ORIGINS]
 PARLEY_HEARTBEAT_SECONDS = env_int("PARLEY_HEARTBEAT_SECONDS", 5)
 PARLEY_WS_RECONNECT_ATTEMPTS = env_int("PARLEY_WS_RECONNECT_ATTEMPTS", 5)
-# A session whose socket is gone and whose media has stopped for this long is ended.
+# A session with no heartbeat this long ends (timeout); so does one whose socket is gone while its
+# media still flows (hangup).
 PARLEY_SESSION_STALE_SECONDS = env_float("PARLEY_SESSION_STALE_SECONDS", 20.0)
-# How long a closed signalling socket may take to come back before the call ends (the SDK
-# retries within ~1.5 s).
+# How long a closed signalling socket may take to come back before the call ends as hangup, once
+# the microphone has been silent as long too (the SDK retries within ~1.5 s).
 PARLEY_SIGNALLING_GRACE_SECONDS = env_float("PARLEY_SIGNALLING_GRACE_SECONDS", 4.0)
 # Remote ICE candidates on loopback/private/link-local addresses are refused in production
 # (they let a browser aim the server's media at internal hosts); development allows them.

@@ -105,7 +105,10 @@ class LiveSession(ConversationListener):
         self._last_heartbeat = time.monotonic()
 
     def detach(self, send_signal: SendSignal) -> None:
-        if self._send_signal is send_signal:
+        """The socket that spoke for this session closed; the grace period starts, unless a newer
+        socket already took over. Compared with `==`: a bound method (`consumer.send_signal`) is
+        a new object at each access, so `is` never matched and the grace never started."""
+        if self._send_signal == send_signal:
             self._send_signal = None
             self._socket_lost_at = time.monotonic()
 
@@ -568,11 +571,14 @@ class LiveSession(ConversationListener):
                 )
                 return
             if self._socket_lost_at is not None:
+                # No socket and no microphone for the grace period: the client has gone (a closed
+                # tab). While media still flows the socket may come back, up to the stale time.
+                grace = settings.PARLEY_SIGNALLING_GRACE_SECONDS
                 media_at = self.microphone.last_frame_at
-                media_stale = media_at is None or now - media_at > settings.PARLEY_SESSION_STALE_SECONDS
+                media_stopped = media_at is None or now - media_at > grace
                 lost_for = now - self._socket_lost_at
-                if lost_for > settings.PARLEY_SIGNALLING_GRACE_SECONDS and (
-                    not self._connected or media_stale or lost_for > settings.PARLEY_SESSION_STALE_SECONDS
+                if lost_for > grace and (
+                    not self._connected or media_stopped or lost_for > settings.PARLEY_SESSION_STALE_SECONDS
                 ):
                     await self.end(reason=EndReason.HANGUP)
                     return

@@ -13,6 +13,7 @@ import time
 
 import httpx
 import pytest
+from django.conf import settings
 
 from bench.webrtc_client import ParleyWebRTCClient
 from calls.models import Call, CallEvent, Message
@@ -75,6 +76,7 @@ def test_an_aiortc_client_hears_and_sees_the_persona_answer_a_typed_question(liv
 
     ice_address_policy_apply()  # the client gathers loopback candidates too
     client = asyncio.run(converse(live_server_url, mint(live_server_url, bakery)))
+    closed_at = time.monotonic()  # the client closed its socket and peer connection
     record = client.record
 
     greeting, answer = record.persona_messages()[:2]
@@ -84,12 +86,15 @@ def test_an_aiortc_client_hears_and_sees_the_persona_answer_a_typed_question(liv
     assert len(record.loud_audio_frames) > 25, "the voice was (almost) silent"
 
     types = wait_for_call_end(record.session_id)
+    waited = time.monotonic() - closed_at
     assert types[0] == "call.started" and types[-1] == "call.ended"
     for expected in ("bot.speaking", "bot.finished", "user.message"):
         assert expected in types, types
     assert types.index("user.message") < len(types) - types[::-1].index("bot.speaking") - 1
     call = Call.objects.get(pk=record.session_id)
-    assert call.status == "ended" and call.end_reason in {"hangup", "timeout"}
+    # The socket did not come back: the call ends after the grace period, not as a stale session.
+    assert call.status == "ended" and call.end_reason == "hangup"
+    assert waited < settings.PARLEY_SESSION_STALE_SECONDS, waited
     transcript = list(Message.objects.filter(call=call).order_by("created_at").values_list("role", "text"))
     assert [role for role, _ in transcript] == ["persona", "user", "persona"]
     assert "seven" in transcript[2][1].lower()
