@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, generics
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
@@ -23,6 +22,7 @@ from calls.serializers import (
     EventQuerySerializer,
 )
 from personas.authentication import OrganizationPrincipal
+from personas.schema import error_responses
 
 
 def _organization_id(request: Request) -> int:
@@ -37,24 +37,22 @@ class CallPagination(PageNumberPagination):
     max_page_size = 200
 
 
-CALL_FILTERS = [
-    OpenApiParameter("persona", str, description="Persona slug"),
-    OpenApiParameter("transport", str, enum=["webrtc", "chat", "whatsapp", "phone"]),
-    OpenApiParameter("status", str, enum=["connecting", "in_progress", "ended"]),
-    OpenApiParameter("endReason", str),
-    OpenApiParameter("startedAfter", OpenApiTypes.DATETIME),
-    OpenApiParameter("startedBefore", OpenApiTypes.DATETIME),
-    OpenApiParameter("pageSize", int),
-]
-
-
 class CallListView(generics.ListAPIView):
     """The organization's calls, newest first, filtered and paged."""
 
     serializer_class = CallSerializer
     pagination_class = CallPagination
 
-    @extend_schema(parameters=CALL_FILTERS)
+    @extend_schema(
+        # The query parameters, with their limits, are the filter serializer's fields.
+        parameters=[CallFilterSerializer],
+        responses={
+            200: CallSerializer,
+            **error_responses(
+                400, 401, 404, 429, s400="A filter is invalid; `detail` names it.", s404="No such page."
+            ),
+        },
+    )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
 
@@ -88,7 +86,7 @@ def _call_or_404(request: Request, call_id: str) -> Call:
 class CallDetailView(APIView):
     """One call with its transcript in order."""
 
-    @extend_schema(responses=CallDetailSerializer)
+    @extend_schema(responses={200: CallDetailSerializer, **error_responses(401, 404, 429)})
     def get(self, request: Request, call_id: str) -> Response:
         call = _call_or_404(request, call_id)
         return Response(CallDetailSerializer(call).data)
@@ -98,11 +96,8 @@ class CallEventListView(APIView):
     """A call's kept events after a cursor, oldest first (`nextCursor` resumes)."""
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("after", int, description="Return events with a cursor above this one."),
-            OpenApiParameter("limit", int, description="At most this many events (1..1000, default 500)."),
-        ],
-        responses=CallEventPageSerializer,
+        parameters=[EventQuerySerializer],
+        responses={200: CallEventPageSerializer, **error_responses(400, 401, 404, 429)},
     )
     def get(self, request: Request, call_id: str) -> Response:
         query = EventQuerySerializer(data=request.query_params.dict())

@@ -10,6 +10,8 @@ import logging
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -18,6 +20,7 @@ from rest_framework.views import APIView
 
 from calls import services
 from calls.live import live_session_get
+from personas.schema import error_responses
 from personas.serializers import StrictSerializer
 
 logger = logging.getLogger(__name__)
@@ -49,10 +52,35 @@ class EngineAPIView(APIView):
         return response
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "maxProperties": 0,
+        "description": "Refused unless empty: the session token already fixes the persona.",
+    }
+)
+class _NoPersonaConfigField(serializers.DictField):
+    """The SDK may send `personaConfig`; only an empty one is accepted (see `EngineSessionView`)."""
+
+
 class SessionStartSerializer(StrictSerializer):
-    personaConfig = serializers.DictField(required=False)
+    personaConfig = _NoPersonaConfigField(required=False)
     sessionOptions = serializers.DictField(required=False)
     clientMetadata = serializers.DictField(required=False)
+
+
+class EngineClientConfigSerializer(serializers.Serializer):
+    heartbeatIntervalSeconds = serializers.FloatField()
+    maxWsReconnectionAttempts = serializers.IntegerField()
+    iceServers = serializers.ListField(child=serializers.DictField())
+
+
+class SessionStartResponseSerializer(serializers.Serializer):
+    sessionId = serializers.CharField()
+    engineHost = serializers.CharField()
+    engineProtocol = serializers.ChoiceField(choices=["http", "https"])
+    signallingEndpoint = serializers.CharField()
+    clientConfig = EngineClientConfigSerializer()
 
 
 def _engine_hosts(request: Request) -> list[str]:
@@ -67,6 +95,17 @@ def _engine_protocol(request: Request) -> str:
 class EngineSessionView(EngineAPIView):
     """`POST /v1/engine/session`: consume a session token, create the call, say where to connect."""
 
+    @extend_schema(
+        request=SessionStartSerializer,
+        responses={
+            200: SessionStartResponseSerializer,
+            **error_responses(
+                400, 401, 429, engine=True, s401="Missing, invalid, expired or already used session token."
+            ),
+        },
+        auth=[{"sessionToken": []}],
+        summary="Start a session with a session token",
+    )
     def post(self, request: Request) -> Response:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         scheme, _, token = header.partition(" ")
@@ -110,6 +149,14 @@ class TalkSerializer(StrictSerializer):
     content = serializers.CharField(max_length=MAX_TALK_CHARACTERS, allow_blank=False, trim_whitespace=True)
 
 
+class TalkQuerySerializer(serializers.Serializer):
+    session_id = serializers.CharField(min_length=1, help_text="The live session (`sessionId`).")
+
+
+class TalkResponseSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["queued"])
+
+
 class TalkView(EngineAPIView):
     """`POST /talk?session_id=…`: the persona says this text verbatim (the session id authorises)."""
 
@@ -122,6 +169,24 @@ class TalkView(EngineAPIView):
             return engine_error(409, "not_ready", "the session is not connected; nothing was said")
         return None
 
+    @extend_schema(
+        parameters=[TalkQuerySerializer],
+        request=TalkSerializer,
+        responses={
+            200: TalkResponseSerializer,
+            **error_responses(
+                400,
+                404,
+                409,
+                429,
+                engine=True,
+                s404="No live session with this id on this server.",
+                s409="The session is not connected yet; nothing was said.",
+            ),
+        },
+        auth=[],
+        summary="Make the persona say a text",
+    )
     def post(self, request: Request) -> Response:
         from asgiref.sync import async_to_sync
 
@@ -143,5 +208,11 @@ class ClientMetricsView(EngineAPIView):
 
     throttle_classes: list[Any] = []
 
+    @extend_schema(
+        request={"application/json": OpenApiTypes.ANY},  # dropped unread, whatever it is
+        responses={204: OpenApiResponse(description="Accepted (and dropped).")},
+        auth=[],
+        summary="Client telemetry",
+    )
     def post(self, request: Request) -> Response:
         return Response(status=status.HTTP_204_NO_CONTENT)

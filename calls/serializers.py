@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from calls.models import Call, CallEvent, CallStatus, EndReason, Message, Transport
 from personas.serializers import StrictSerializer
-from webapp.inputs import InputRefused, cursor_parse
+from webapp.inputs import MAX_CURSOR, InputRefused, cursor_parse
+
+_DIGITS = re.compile(r"[0-9]+")
 
 
 class MessageSerializer(serializers.ModelSerializer):
     messageId = serializers.CharField(source="message_id")
     spokenText = serializers.CharField(source="spoken_text")
-    startedAt = serializers.DateTimeField(source="started_at")
-    endedAt = serializers.DateTimeField(source="ended_at")
+    startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
+    endedAt = serializers.DateTimeField(source="ended_at", allow_null=True)
     createdAt = serializers.DateTimeField(source="created_at")
 
     class Meta:
@@ -34,10 +40,11 @@ class CallSerializer(serializers.ModelSerializer):
     agent = serializers.CharField(source="persona.slug")
     to = serializers.CharField(source="to_address")
     createdAt = serializers.DateTimeField(source="created_at")
-    startedAt = serializers.DateTimeField(source="started_at")
-    endedAt = serializers.DateTimeField(source="ended_at")
-    duration = serializers.FloatField(source="duration_seconds")
-    endReason = serializers.CharField(source="end_reason")
+    # Null until the call connects (startedAt) and ends (endedAt, duration).
+    startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
+    endedAt = serializers.DateTimeField(source="ended_at", allow_null=True)
+    duration = serializers.FloatField(source="duration_seconds", allow_null=True)
+    endReason = serializers.CharField(source="end_reason", help_text="Empty until the call ends.")
 
     class Meta:
         model = Call
@@ -68,8 +75,20 @@ class CallDetailSerializer(CallSerializer):
         fields = [*CallSerializer.Meta.fields, "transcript"]
 
 
+class QueryIntegerField(serializers.IntegerField):
+    """An integer in a query string: ASCII digits only (DRF's IntegerField also takes ' 5', '5.0'
+    and other scripts' digits, which the schema's `integer` does not)."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if not isinstance(data, str) or not _DIGITS.fullmatch(data):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class CallFilterSerializer(StrictSerializer):
     """Query parameters of the call list; each bad value is named in the 400."""
+
+    json_types = False  # query strings: every value is text
 
     persona = serializers.SlugField(max_length=80, required=False)
     transport = serializers.ChoiceField(choices=Transport.choices, required=False)
@@ -77,8 +96,8 @@ class CallFilterSerializer(StrictSerializer):
     endReason = serializers.ChoiceField(choices=EndReason.choices, required=False)
     startedAfter = serializers.DateTimeField(required=False)
     startedBefore = serializers.DateTimeField(required=False)
-    page = serializers.IntegerField(min_value=1, required=False)
-    pageSize = serializers.IntegerField(min_value=1, max_value=200, required=False)
+    page = QueryIntegerField(min_value=1, required=False)
+    pageSize = QueryIntegerField(min_value=1, max_value=200, required=False)
 
     def validate(self, attrs: dict) -> dict:
         after, before = attrs.get("startedAfter"), attrs.get("startedBefore")
@@ -87,6 +106,7 @@ class CallFilterSerializer(StrictSerializer):
         return attrs
 
 
+@extend_schema_field({"type": "integer", "minimum": 0, "maximum": MAX_CURSOR})
 class CursorField(serializers.Field):
     """An event-log cursor, read by the one cursor parser the event streams use too."""
 
@@ -101,8 +121,12 @@ class CursorField(serializers.Field):
 
 
 class EventQuerySerializer(StrictSerializer):
-    after = CursorField(required=False, default=0)
-    limit = serializers.IntegerField(min_value=1, max_value=1000, required=False, default=500)
+    json_types = False  # query strings: every value is text
+
+    after = CursorField(required=False, default=0, help_text="Events with a cursor above this one.")
+    limit = QueryIntegerField(
+        min_value=1, max_value=1000, required=False, default=500, help_text="At most this many events."
+    )
 
 
 class CallEventSerializer(serializers.ModelSerializer):

@@ -108,14 +108,14 @@ def stream_cursor_parse(*, value: str, name: str) -> int:
 
 def _resume_cursor(*, headers: Mapping[str, str], query: Mapping[str, list[str]]) -> int | None:
     # An EventSource reconnects to the same URL (with its original ?after=) and adds the id it
-    # saw last as Last-Event-ID: the header is the newer position, so it wins.
-    last_event_id = headers.get("last-event-id", "").strip()
+    # saw last as Last-Event-ID: the header is the newer position, so it wins (a bad ?after= is
+    # still refused, whatever the header says).
+    after = _single(query, "after")
+    cursor = None if after is None else stream_cursor_parse(value=after, name="after")
+    last_event_id = headers.get("last-event-id", "").strip(" \t")  # HTTP's optional whitespace
     if last_event_id:
         return stream_cursor_parse(value=last_event_id, name="Last-Event-ID")
-    after = _single(query, "after")
-    if after is None:
-        return None
-    return stream_cursor_parse(value=after, name="after")
+    return cursor
 
 
 def _requested_agents(query: Mapping[str, list[str]]) -> list[str] | None:

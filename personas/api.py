@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import exceptions, generics, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from personas import selectors, services
 from personas.authentication import OrganizationPrincipal
 from personas.models import Persona, SessionToken
+from personas.schema import error_responses
 from personas.serializers import (
     PersonaDetailSerializer,
     PersonaSerializer,
@@ -22,11 +23,6 @@ from personas.serializers import (
     StreamTokenRequestSerializer,
     StreamTokenResponseSerializer,
 )
-
-ERROR_RESPONSES = {
-    400: OpenApiResponse(description="Invalid body; `detail` names the field."),
-    401: OpenApiResponse(description="Missing, invalid or revoked API key."),
-}
 
 
 class TooManySessions(exceptions.Throttled):
@@ -61,9 +57,14 @@ class SessionTokenView(APIView):
         request=SessionTokenRequestSerializer,
         responses={
             200: SessionTokenResponseSerializer,
-            **ERROR_RESPONSES,
-            403: OpenApiResponse(description="The persona belongs to another organization."),
-            429: OpenApiResponse(description="Rate limit or live-session limit reached."),
+            **error_responses(
+                400,
+                401,
+                403,
+                429,
+                s403="The persona belongs to another organization.",
+                s429="Rate limit or live-session limit reached.",
+            ),
         },
         summary="Create a session token",
     )
@@ -119,7 +120,7 @@ class StreamTokenView(APIView):
 
     @extend_schema(
         request=StreamTokenRequestSerializer,
-        responses={200: StreamTokenResponseSerializer, **ERROR_RESPONSES},
+        responses={200: StreamTokenResponseSerializer, **error_responses(400, 401, 429)},
         summary="Create a stream token",
     )
     def post(self, request: Request) -> Response:
@@ -150,6 +151,7 @@ class StreamTokenView(APIView):
         )
 
 
+@extend_schema_view(get=extend_schema(responses={200: PersonaSerializer, **error_responses(401, 429)}))
 class PersonaListView(generics.ListAPIView):
     """The organization's personas."""
 
@@ -160,6 +162,9 @@ class PersonaListView(generics.ListAPIView):
         return selectors.persona_list(organization_id=_principal(self.request).organization_id)
 
 
+@extend_schema_view(
+    get=extend_schema(responses={200: PersonaDetailSerializer, **error_responses(401, 404, 429)})
+)
 class PersonaDetailView(generics.RetrieveAPIView):
     """One persona, by slug or id, with its knowledge entries."""
 

@@ -13,8 +13,34 @@ from personas.models import KnowledgeEntry, Persona
 MAX_CONFIG_JSON_BYTES = 16 * 1024
 
 
+# The JSON type each kind of field takes in a body (DRF also takes "5" for 5, 1 for true).
+_JSON_TYPES: tuple[tuple[type[serializers.Field], tuple[type, ...], str], ...] = (
+    (serializers.BooleanField, (bool,), "a boolean"),
+    (serializers.IntegerField, (int,), "an integer"),
+    (serializers.FloatField, (int, float), "a number"),
+    (serializers.CharField, (str,), "a string"),
+    (serializers.DictField, (dict,), "an object"),
+    (serializers.ListField, (list,), "an array"),
+    (serializers.Serializer, (dict,), "an object"),
+)
+
+
+def _json_type_problem(field: serializers.Field, value: Any) -> str | None:
+    if value is None:
+        return None  # DRF's own `allow_null` check names it
+    for kind, types, name in _JSON_TYPES:
+        if isinstance(field, kind):
+            if isinstance(value, bool) and bool not in types:
+                return f"must be {name}"
+            return None if isinstance(value, types) else f"must be {name}"
+    return None
+
+
 class StrictSerializer(serializers.Serializer):
-    """Refuses fields it does not know, naming them, instead of silently dropping them."""
+    """Refuses fields it does not know, naming them, instead of silently dropping them; in a JSON
+    body (`json_types`), also values of another JSON type than the field's (as the schema says)."""
+
+    json_types = True
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):
@@ -24,6 +50,14 @@ class StrictSerializer(serializers.Serializer):
                 raise serializers.ValidationError(
                     {name: [f"unknown field; allowed fields are: {allowed}"] for name in unknown}
                 )
+            if self.json_types:
+                wrong = {
+                    name: [problem]
+                    for name, value in data.items()
+                    if (problem := _json_type_problem(self.fields[name], value))
+                }
+                if wrong:
+                    raise serializers.ValidationError(wrong)
         return super().to_internal_value(data)
 
 
@@ -86,7 +120,11 @@ class SessionTokenResponseSerializer(serializers.Serializer):
 
 class StreamTokenRequestSerializer(StrictSerializer):
     agents = serializers.ListField(
-        child=serializers.SlugField(max_length=80), required=False, allow_empty=False, max_length=100
+        child=serializers.SlugField(max_length=80),
+        required=False,
+        allow_empty=False,
+        min_length=1,
+        max_length=100,
     )
     ttlSeconds = serializers.IntegerField(min_value=10, required=False)
 

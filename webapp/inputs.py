@@ -163,7 +163,7 @@ class GuardedJSONParser(JSONParser):
 
 def cursor_parse(value: str, *, field: str) -> int:
     """An event-log cursor: ASCII digits of a non-negative integer that fits the cursor column."""
-    text = value.strip()
+    text = value.strip(" \t")
     if not _CURSOR.fullmatch(text) or int(text) > MAX_CURSOR:
         raise InputRefused(field, "must be a non-negative integer")
     return int(text)

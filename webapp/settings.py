@@ -239,7 +239,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Self-hosted talking AI personas. Server-to-server endpoints are authorised with "
         "`Authorization: Bearer <API key>`. See the README for the event stream and the "
-        "browser session protocol."
+        "browser session protocol. Text may not contain NUL characters (a 400 names the field)."
     ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -247,6 +247,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # A call's status and /talk's status are two enums: each gets a name, not a hash.
+    "ENUM_NAME_OVERRIDES": {"CallStatusEnum": "calls.models.CallStatus"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "calls.schema.schema_postprocess",  # the event stream, a Channels consumer
+    ],
 }
 
 # --- Tokens and streams -----------------------------------------------------------------
