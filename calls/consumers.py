@@ -360,7 +360,7 @@ class SignallingConsumer(AsyncJsonWebsocketConsumer):
     live: Any = None
 
     async def connect(self) -> None:
-        from calls.live import live_session_open
+        from calls.live import LiveSessionRefused, live_session_open
 
         try:
             session_id = session_id_from_scope(self.scope)
@@ -370,7 +370,15 @@ class SignallingConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"actionType": "warning", "sessionId": "", "payload": refusal.detail})
             await self.close(code=4400)
             return
-        self.live = await live_session_open(session_id=session_id)
+        try:
+            self.live = await live_session_open(session_id=session_id)
+        except LiveSessionRefused as refusal:  # told why, as a call's end is
+            await self.accept()
+            await self.send_json(
+                {"actionType": "endsession", "sessionId": session_id, "payload": str(refusal)}
+            )
+            await self.close(code=4503)
+            return
         if self.live is None:
             await self.close(code=4404)
             return

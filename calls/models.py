@@ -7,6 +7,7 @@ import secrets
 from django.db import models
 from django.utils import timezone
 
+from calls.lifecycle.models import EngineProcess  # a model of this app, kept with its lifecycle
 from personas.models import Organization, Persona, SessionToken
 
 
@@ -75,6 +76,11 @@ class Call(models.Model):
     # The Parley process (host[:port], as browsers reach it) that holds this call's media;
     # blank for calls without a browser session (WhatsApp, the REST API).
     engine_host = models.CharField(max_length=255, blank=True)
+    # The process holding its live session (set when its signalling socket first opens); a call
+    # whose owner has died is ended as failed (`calls.lifecycle`).
+    owner = models.ForeignKey(
+        EngineProcess, on_delete=models.SET_NULL, null=True, blank=True, related_name="calls"
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -23,6 +23,7 @@ from typing import Any
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -286,6 +287,16 @@ def engine_session_start(
     A retry with the same token inside SESSION_START_RETRY_WINDOW, while the call has not
     connected yet, returns the same call instead of refusing the replay.
     """
+    from calls.lifecycle import services as lifecycle  # it ends calls through this module
+
+    draining = lifecycle.draining_engine_hosts()
+    if lifecycle.process_draining():
+        draining.add(
+            settings.PARLEY_PROCESS_ENGINE_HOST or (engine_hosts[0] if len(engine_hosts) == 1 else "")
+        )
+    open_hosts = [host for host in engine_hosts if host not in draining]
+    if not open_hosts:
+        raise SessionStartRefused(503, "unavailable", "the server is restarting; try again in a few seconds")
     try:
         record = session_token_consume(token=token)
     except TokenError as error:
@@ -304,7 +315,7 @@ def engine_session_start(
             from_address=(record.client_label or "browser")[:200],
             to_address=record.persona.slug,
             engine_host=engine_host_least_busy(
-                engine_hosts, connecting_since=timezone.now() - SESSION_START_RETRY_WINDOW
+                open_hosts, connecting_since=timezone.now() - SESSION_START_RETRY_WINDOW
             ),
             metadata={
                 "client": client_metadata or {},

@@ -1,8 +1,8 @@
 """The browser chat page of a persona, and the endpoint that gives it a fresh session token.
 
 The page's session token is minted here, server-side, for the persona's own organization:
-no API key ever reaches the browser. A token is single use, so Start after a Stop asks
-`POST /p/<slug>/token` (same-origin, CSRF-protected, rate-limited) for a new one.
+no API key ever reaches the browser. Each Start asks `POST /p/<slug>/token` (same-origin,
+CSRF-protected, rate-limited per visitor) for a single-use token; loading the page mints none.
 """
 
 from __future__ import annotations
@@ -74,16 +74,16 @@ def token_rate_exceeded(request: HttpRequest, persona: Persona) -> bool:
 @require_GET
 def persona_page(request: HttpRequest, slug: str) -> HttpResponse:
     """`GET /p/<slug>/`: talk to a persona in the browser (video, voice and text)."""
+    from calls.selectors import live_call_count
+
     persona = active_persona_or_404(slug)
-    session_token = ""
+    # No token is minted here: anyone may load the page, as often as they like. Start asks for
+    # one (`persona_page_token`: CSRF-protected and rate-limited per visitor).
     error = ""
-    try:
-        session_token = page_token_issue(persona)
-    except SessionLimitReached:
+    if live_call_count(organization=persona.organization) >= persona.organization.session_limit:
         error = BUSY_MESSAGE.format(name=persona.name)
     portrait_url = persona.avatar_portrait.url if persona.avatar_portrait else ""
     page_config: dict[str, Any] = {
-        "sessionToken": session_token,
         "tokenUrl": reverse("persona-page-token", kwargs={"slug": persona.slug}),
         "persona": {"slug": persona.slug, "name": persona.name},
         "error": error,

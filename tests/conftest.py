@@ -12,6 +12,17 @@ from personas.models import KnowledgeEntry, Organization, Persona
 from personas.services import api_key_create
 
 
+@pytest.fixture(autouse=True)
+def server_process_state():
+    """Each test's database is new: this process registers itself again in it when it claims a
+    call, and is not draining (`calls.lifecycle`)."""
+    from calls.lifecycle import services
+
+    services._state.id, services._state.draining = None, False
+    yield
+    services._state.id, services._state.draining = None, False
+
+
 @pytest.fixture
 def make_organization(db) -> Callable[..., Organization]:
     counter = {"n": 0}

@@ -45,6 +45,11 @@ from webapp.server import daphne_limits_answer  # noqa: E402
 # Before Daphne builds its server: oversized messages and header lines get an answer.
 daphne_limits_answer()
 
+from calls.lifecycle.drain import install_under_daphne  # noqa: E402
+
+# Under Daphne: register this process, heartbeat, end abandoned calls, drain on SIGTERM.
+install_under_daphne()
+
 if settings.PARLEY_WARM_UP:
     from calls.warmup import warm_up_in_background
 

@@ -315,6 +315,21 @@ PARLEY_SESSION_STALE_SECONDS = env_float("PARLEY_SESSION_STALE_SECONDS", 20.0)
 # How long a closed signalling socket may take to come back before the call ends as hangup, once
 # the microphone has been silent as long too (the SDK retries within ~1.5 s).
 PARLEY_SIGNALLING_GRACE_SECONDS = env_float("PARLEY_SIGNALLING_GRACE_SECONDS", 4.0)
+# A session started (POST /v1/engine/session) whose signalling socket has not opened this long
+# ends as timeout: it no longer holds one of its organization's live-session slots.
+PARLEY_CONNECT_TIMEOUT_SECONDS = env_float("PARLEY_CONNECT_TIMEOUT_SECONDS", 30.0)
+# On SIGTERM a server process takes no new sessions, ends its live calls (endsession to the
+# browser, call.ended stored with reason failed) and exits within this many seconds.
+PARLEY_DRAIN_SECONDS = env_float("PARLEY_DRAIN_SECONDS", 10.0)
+# Every server process heartbeats this often (in the database) and, as it does, ends the calls
+# nobody is in: never connected, or held by a process that is gone.
+PARLEY_PROCESS_HEARTBEAT_SECONDS = env_float("PARLEY_PROCESS_HEARTBEAT_SECONDS", 15.0)
+# A process whose heartbeat is older than this is gone: its calls end as failed. A process on the
+# same machine that died (its pid is gone) is seen at once.
+PARLEY_PROCESS_STALE_SECONDS = env_float("PARLEY_PROCESS_STALE_SECONDS", 45.0)
+# The host[:port] browsers reach this very process at (`scripts/serve` sets it for each worker):
+# while it drains, new sessions go to the others.
+PARLEY_PROCESS_ENGINE_HOST = os.environ.get("PARLEY_PROCESS_ENGINE_HOST", "").strip()
 # Remote ICE candidates on loopback/private/link-local addresses are refused in production
 # (they let a browser aim the server's media at internal hosts); development allows them.
 PARLEY_ALLOW_PRIVATE_ICE = env_bool("PARLEY_ALLOW_PRIVATE_ICE", DEBUG)

@@ -16,14 +16,18 @@ def home(request: HttpRequest) -> HttpResponse:
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """Healthy when the database, the channel layer and the cache answer (503 naming which does
-    not), and how far the warm-up is: a balancer can wait for "done"."""
+    not) and the process is not draining (503 "draining"), and how far the warm-up is: a
+    balancer can wait for "done"."""
     from calls import warmup
+    from calls.lifecycle.services import process_draining
 
     checks = dependency_checks()
     healthy = all(state == "ok" for state in checks.values())
+    # A process that is draining (SIGTERM) takes no new sessions: a balancer sends them elsewhere.
+    status = "draining" if process_draining() else "ok" if healthy else "unavailable"
     return JsonResponse(
-        {"status": "ok" if healthy else "unavailable", "checks": checks, "warmUp": warmup.state()},
-        status=200 if healthy else 503,
+        {"status": status, "checks": checks, "warmUp": warmup.state()},
+        status=200 if status == "ok" else 503,
     )
 
 

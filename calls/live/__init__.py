@@ -24,10 +24,11 @@ from calls.live.microphone import (
 )
 from calls.live.persona_config import _build_config, persona_conversation_config
 from calls.live.registry import (
+    LiveSessionRefused,
     live_session_get,
     live_session_open,
     live_sessions,
-    live_sessions_shutdown,
+    live_sessions_end,
 )
 from calls.live.session import LiveSession, _now_iso
 from calls.live.webrtc_policy import (
@@ -49,6 +50,7 @@ __all__ = [
     "ICE_CONSENT_INTERVAL_SECONDS",
     "ICE_CONSENT_RETRANSMISSIONS",
     "LiveSession",
+    "LiveSessionRefused",
     "MicrophoneInlineDecoder",
     "MicrophoneJitterBuffer",
     "_build_config",
@@ -60,7 +62,7 @@ __all__ = [
     "live_session_get",
     "live_session_open",
     "live_sessions",
-    "live_sessions_shutdown",
+    "live_sessions_end",
     "microphone_decode_inline",
     "microphone_jitter_buffer_shorten",
     "persona_conversation_config",

@@ -6,13 +6,18 @@ from typing import TYPE_CHECKING
 
 from channels.db import database_sync_to_async
 
+from calls.lifecycle import services as lifecycle
 from calls.live.persona_config import _build_config
-from calls.models import Call, EndReason
+from calls.models import Call
 
 if TYPE_CHECKING:
     from calls.live.session import LiveSession
 
 _LIVE: dict[str, LiveSession] = {}
+
+
+class LiveSessionRefused(Exception):
+    """No new live session here now (the process is draining); the message says why."""
 
 
 def live_session_get(session_id: str) -> LiveSession | None:
@@ -30,6 +35,8 @@ async def live_session_open(*, session_id: str) -> LiveSession | None:
     existing = _LIVE.get(session_id)
     if existing is not None and not existing.ended:
         return existing
+    if lifecycle.process_draining():
+        raise LiveSessionRefused("the server is restarting; please start again")
     call = await database_sync_to_async(_connectable_call)(session_id)
     if call is None:
         return None
@@ -38,8 +45,12 @@ async def live_session_open(*, session_id: str) -> LiveSession | None:
 
 
 def _connectable_call(session_id: str) -> Call | None:
+    """The connecting call, now held by this process; None if there is none to hold (it never
+    existed, ended — a session not connected in time expires — or another process holds it)."""
     from calls.models import CallStatus
 
+    if not lifecycle.call_claim(call_id=session_id):
+        return None
     return (
         Call.objects.select_related("persona", "organization", "session_token")
         .prefetch_related("persona__knowledge")
@@ -48,6 +59,14 @@ def _connectable_call(session_id: str) -> Call | None:
     )
 
 
-async def live_sessions_shutdown() -> None:
-    for live in live_sessions():
-        await live.end(reason=EndReason.FAILED, message="the server is shutting down")
+async def live_sessions_end(*, reason: str, message: str, within: float) -> int:
+    """End every live session of this process at once (each tells its browser `message`); how
+    many are still live after `within` seconds."""
+    import asyncio
+
+    ends = [asyncio.ensure_future(live.end(reason=reason, message=message)) for live in live_sessions()]
+    if ends:
+        _, pending = await asyncio.wait(ends, timeout=within)
+        for end in pending:
+            end.cancel()
+    return len(live_sessions())

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import math
 import multiprocessing
+import os
 import re
 import threading
 from collections import Counter, OrderedDict
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from calls.lifecycle.children import exit_with_parent
 from calls.pipeline.brain.encoder import SentenceEncoder, query_encode, sentence_encoder_load
 
 logger = logging.getLogger(__name__)
@@ -304,7 +306,12 @@ def query_pool() -> ProcessPoolExecutor | None:
     global _query_pool
     with _query_pool_lock:
         if _query_pool is None and not _query_pool_failed:
-            _query_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            _query_pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=exit_with_parent,  # a server killed outright leaves no worker behind
+                initargs=(os.getpid(),),
+            )
         return _query_pool
 
 

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from calls.lifecycle.children import exit_with_parent
 from calls.pipeline.listening import language_model
 
 SAMPLE_RATE = 16_000
@@ -389,7 +390,7 @@ class Recogniser:
         return finished
 
 
-def worker_main(connection: Any) -> None:
+def worker_main(connection: Any, parent_pid: int | None = None) -> None:
     """A worker process: serve requests on `connection` until it closes.
 
     Requests: ("begin", id, corpus_key, corpus, cmn), ("audio", id, pcm), ("partial", id),
@@ -402,6 +403,8 @@ def worker_main(connection: Any) -> None:
     with what has been decoded so far: when decoding falls behind (a loaded machine), queued
     audio would otherwise hold every live caption back by as long as the backlog.
     """
+    if parent_pid is not None:  # a server killed outright leaves no worker behind
+        exit_with_parent(parent_pid)
     recogniser = Recogniser()
     try:
         connection.send(("ready", os.getpid()))

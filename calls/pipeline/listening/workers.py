@@ -16,6 +16,7 @@ import atexit
 import itertools
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -43,7 +44,10 @@ class _Worker:
         context = multiprocessing.get_context("spawn")  # never fork: the server has threads and a loop
         self._connection, child = context.Pipe(duplex=True)
         self.process = context.Process(
-            target=sphinx_worker.worker_main, args=(child,), name=f"parley-recogniser-{index}", daemon=True
+            target=sphinx_worker.worker_main,
+            args=(child, os.getpid()),
+            name=f"parley-recogniser-{index}",
+            daemon=True,
         )
         self.process.start()
         child.close()
