@@ -290,10 +290,10 @@ def engine_session_start(
     from calls.lifecycle import services as lifecycle  # it ends calls through this module
 
     draining = lifecycle.draining_engine_hosts()
-    if lifecycle.process_draining():
-        draining.add(
-            settings.PARLEY_PROCESS_ENGINE_HOST or (engine_hosts[0] if len(engine_hosts) == 1 else "")
-        )
+    if lifecycle.process_draining():  # this process is stopping: not here, and not through it alone
+        draining.update(filter(None, [settings.PARLEY_PROCESS_ENGINE_HOST]))
+        if len(engine_hosts) == 1:
+            draining.add(engine_hosts[0])
     open_hosts = [host for host in engine_hosts if host not in draining]
     if not open_hosts:
         raise SessionStartRefused(503, "unavailable", "the server is restarting; try again in a few seconds")

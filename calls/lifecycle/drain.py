@@ -13,12 +13,13 @@ On the first SIGTERM (or SIGINT) the process drains, within `PARLEY_DRAIN_SECOND
    ended it; the seed's reasons have no other for a cut by the service);
 3. the reactor stops and the process exits. Should anything still hold it (a thread that does
    not end), it exits anyway when the drain time is up.
-A second signal stops at once.
+A second signal stops at once (unless it comes within 2 s of the first: the same request).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import signal
@@ -40,7 +41,11 @@ DRAIN_MESSAGE = "the server is restarting; please start again"
 # Of the drain time, what is kept for the process to exit once its calls have ended (seconds).
 EXIT_MARGIN_SECONDS = 1.5
 
+# A second signal within this many seconds of the first is the same request (see below).
+REPEAT_SIGNAL_SECONDS = 2.0
+
 _draining_task: asyncio.Task[None] | None = None
+_signalled_at = 0.0
 
 
 def install_under_daphne() -> None:
@@ -61,11 +66,13 @@ def _server_started() -> None:
 
     if not getattr(reactor, "_installSignalHandlers", True):
         return  # embedded in a test harness that handles signals itself
-    services.this_process_id()
-    housekeeper.housekeeper_start()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _signalled)
-    logger.info("server process %s started (drain time %.0f s)", services.this_process_id(), drain_seconds())
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _signalled)
+        housekeeper.housekeeper_start()  # its first round registers this process
+        logger.info("server started: SIGTERM drains it within %.0f s", drain_seconds())
+    except Exception:  # Twisted would swallow it: said here, and the server runs on as before
+        logger.exception("server start hooks failed")
 
 
 def drain_seconds() -> float:
@@ -73,22 +80,30 @@ def drain_seconds() -> float:
 
 
 def _signalled(signum: int, frame: Any) -> None:
-    from twisted.internet import reactor
-
-    reactor.callFromThread(_drain_or_stop, signal.Signals(signum).name)
+    # A signal handler runs between any two bytecodes of the main thread, inside whatever context
+    # it interrupted (asgiref marks its sync calls in context variables: a drain started there
+    # could not use the database thread). The drain starts on the loop, in a context of its own.
+    loop = asyncio.get_event_loop()
+    loop.call_soon_threadsafe(_drain_or_stop, signal.Signals(signum).name, context=contextvars.Context())
 
 
 def _drain_or_stop(signal_name: str) -> None:
-    global _draining_task
+    global _draining_task, _signalled_at
     from twisted.internet import reactor
 
     if _draining_task is not None:
-        logger.warning("%s again while draining: stopping now", signal_name)
-        reactor.stop()
+        # The same stop told twice (Ctrl-C reaches every process of the terminal, and then
+        # `scripts/serve` passes it on) is one request; a signal given later stops at once.
+        if time.monotonic() - _signalled_at > REPEAT_SIGNAL_SECONDS:
+            logger.warning("%s again while draining: stopping now", signal_name)
+            reactor.stop()
         return
+    _signalled_at = time.monotonic()
     logger.info("%s: draining (at most %.0f s)", signal_name, drain_seconds())
     _exit_watchdog_start(drain_seconds())
-    _draining_task = asyncio.get_event_loop().create_task(_drain(), name="parley-drain")
+    _draining_task = asyncio.get_event_loop().create_task(
+        _drain(), name="parley-drain", context=contextvars.Context()
+    )
 
 
 async def drain_live_sessions(*, within: float) -> int:

@@ -36,10 +36,10 @@ async def _run() -> None:
 
 
 def housekeeper_start() -> None:
-    """Start the housekeeping task on the running loop (once)."""
+    """Start the housekeeping task on the server's loop (once; Daphne may not be running it yet)."""
     global _task
     if _task is None or _task.done():
-        _task = asyncio.get_running_loop().create_task(_run(), name="parley-housekeeper")
+        _task = asyncio.get_event_loop().create_task(_run(), name="parley-housekeeper")
 
 
 def housekeeper_stop() -> None:

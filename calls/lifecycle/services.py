@@ -77,13 +77,16 @@ def _process_identity() -> tuple[str, str]:
     return (f"{host}|{namespace}" if namespace else host), uuid.uuid4().hex
 
 
-def this_process_id() -> str:
-    """This process's `EngineProcess` id, registering it on first use."""
-    if _state.id is None:
-        with _register_lock:
-            if _state.id is None:
-                _state.id = process_register().pk
-    return _state.id
+def this_process_id(*, verify: bool = False) -> str:
+    """This process's `EngineProcess` id, registering it on first use; with `verify`, again if
+    its row has gone (a database restored, or emptied by a test)."""
+    with _register_lock:
+        if _state.id is not None and verify and not EngineProcess.objects.filter(pk=_state.id).exists():
+            logger.warning("server process %s: its row has gone; registering again", _state.id)
+            _state.id = None
+        if _state.id is None:
+            _state.id = process_register().pk
+        return _state.id
 
 
 def process_register() -> EngineProcess:
@@ -104,7 +107,7 @@ def process_register() -> EngineProcess:
 
 
 def process_heartbeat() -> None:
-    EngineProcess.objects.filter(pk=this_process_id()).update(heartbeat_at=timezone.now())
+    EngineProcess.objects.filter(pk=this_process_id(verify=True)).update(heartbeat_at=timezone.now())
 
 
 def process_draining() -> bool:
@@ -165,7 +168,7 @@ def call_claim(*, call_id: str) -> bool:
     False if the call can no longer be claimed: it ended (expired, say), or another process
     holds it.
     """
-    me = this_process_id()
+    me = this_process_id(verify=True)
     claimed = (
         Call.objects.filter(pk=call_id, status=CallStatus.CONNECTING)
         .filter(owner__isnull=True)
