@@ -14,6 +14,10 @@ process or by `--workers N`:
 
 `--profile DIR` samples the server with py-spy during each measured window.
 
+`--memory 100` measures memory instead: the server's RSS (and with its worker processes) idle,
+with `--concurrent` calls (8) held open at once (MB per session), and after 10, 25, 50 and 100
+whole calls (greeted, one question answered), to show whether it stays flat.
+
 It starts its own server on a throwaway SQLite database with the demo data, so it needs
 nothing running: `python bench/webrtc_sessions.py`.
 """
@@ -44,6 +48,8 @@ LONG_QUESTION = "Tell me about your cakes and your prices, please."
 # How long every session keeps talking while frame rates and CPU are measured, in seconds.
 MEASURE_SECONDS = 10.0
 SERVER_START_TIMEOUT_SECONDS = 60.0
+# With --memory, calls after the first rounds run this many at a time.
+MEMORY_BATCH = 4
 
 
 def free_port() -> int:
@@ -327,11 +333,129 @@ async def run_round(
     }
 
 
+# --- Memory (--memory N) ---------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (the recogniser's and the encoder's worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def memory_now(pid: int) -> tuple[float, float]:
+    """(the server process's RSS, that of it and its workers), in MB."""
+    tree = 0.0
+    for member in process_tree(pid):
+        try:
+            tree += rss_mb(member)
+        except OSError:
+            pass
+    return rss_mb(pid), tree
+
+
+async def talked_session(
+    base_url: str,
+    http: httpx.AsyncClient,
+    hold: asyncio.Event | None = None,
+    answered: list[str] | None = None,
+) -> None:
+    """A whole call: greeted, one typed question answered aloud; then, with `hold`, it stays open
+    (its id in `answered`) until `hold` is set."""
+    token = await mint(http)
+    async with ParleyWebRTCClient(base_url=base_url, session_token=token, step_timeout_seconds=60) as client:
+        record = client.record
+        await client.wait_for(lambda: record.persona_finished_count() >= 1, "the greeting")
+        asked = client.ask(QUESTION)
+        await client.wait_for(lambda: any(t > asked for t in record.loud_audio_frames), "reply audio")
+        if hold is not None and answered is not None:
+            answered.append(record.session_id)
+            await hold.wait()
+
+
+async def settled_memory(pid: int, seconds: float = 3.0) -> tuple[float, float]:
+    """Memory once the calls that just ended are gone (their ends stored, their tasks done)."""
+    await asyncio.sleep(seconds)
+    return memory_now(pid)
+
+
+async def memory_rounds(base_url: str, pid: int, total: int, concurrent: int) -> None:
+    """Memory per session (`concurrent` calls held open at once) and after `total` calls."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        await talked_session(base_url, http)  # what the first call loads lazily is not a session's
+        idle, idle_tree = await settled_memory(pid)
+        print(f"idle after one call: server {idle:.0f} MB, with its workers {idle_tree:.0f} MB", flush=True)
+
+        hold, answered = asyncio.Event(), []
+        held = [
+            asyncio.ensure_future(talked_session(base_url, http, hold, answered)) for _ in range(concurrent)
+        ]
+        while len(answered) < concurrent:
+            failed = [task for task in held if task.done()]
+            if failed:
+                await failed[0]  # raises what went wrong
+            await asyncio.sleep(0.2)
+        during, during_tree = memory_now(pid)
+        hold.set()
+        await asyncio.gather(*held)
+        print(
+            f"{concurrent} calls at once: server {during:.0f} MB, with its workers {during_tree:.0f} MB:"
+            f" {(during - idle) / concurrent:.1f} MB per session"
+            f" ({(during_tree - idle_tree) / concurrent:.1f} with the workers)",
+            flush=True,
+        )
+
+        done = 1 + concurrent
+        marks = sorted({10, 25, 50, total})
+        first = last = None
+        while done < total:
+            batch = min(MEMORY_BATCH, total - done)
+            await asyncio.gather(*(talked_session(base_url, http) for _ in range(batch)))
+            done += batch
+            if any(done - batch < mark <= done for mark in marks):
+                last, last_tree = await settled_memory(pid)
+                first = last if first is None else first
+                print(
+                    f"after {done:>3} calls: server {last:.0f} MB, with its workers {last_tree:.0f} MB"
+                    f" ({last - idle:+.0f} MB since idle)",
+                    flush=True,
+                )
+        if first is not None and last is not None:
+            print(f"growth from the first mark to {done} calls: {last - first:+.0f} MB", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sessions", default="1,4,8,16", help="comma-separated session counts")
+    parser.add_argument(
+        "--memory",
+        type=int,
+        metavar="N",
+        help="instead of the rounds: memory per session (--concurrent calls held at once) and the"
+        " server's RSS after N calls, 4 at a time (aim: <= 25 MB per session, flat after 100)",
+    )
+    parser.add_argument("--concurrent", type=int, default=8, help="calls held at once for --memory")
     parser.add_argument(
         "--seconds", type=float, default=MEASURE_SECONDS, help="length of each measured window"
     )
@@ -384,6 +508,9 @@ def main() -> None:
                 f"server {base_url} ({len(pids)} Daphne process(es), pids {pids}); {os.cpu_count()} cores;"
                 f" {args.seconds:.0f} s windows; load average now {os.getloadavg()[0]:.2f}"
             )
+            if args.memory:
+                asyncio.run(memory_rounds(base_url, pids[0], args.memory, args.concurrent))
+                return
             print(
                 "In each round N-1 sessions start at once (burst), then one more joins while they talk;"
                 " rates are measured with all N."
