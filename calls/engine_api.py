@@ -100,7 +100,14 @@ class EngineSessionView(EngineAPIView):
         responses={
             200: SessionStartResponseSerializer,
             **error_responses(
-                400, 401, 429, engine=True, s401="Missing, invalid, expired or already used session token."
+                400,
+                401,
+                413,
+                429,
+                503,
+                engine=True,
+                s401="Missing, invalid, expired or already used session token.",
+                s503="The server is restarting (draining), or a backing service is down; try again.",
             ),
         },
         auth=[{"sessionToken": []}],

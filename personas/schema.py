@@ -64,9 +64,10 @@ ERROR_DESCRIPTIONS = {
 def error_responses(*statuses: int, engine: bool = False, **descriptions: str) -> dict[int, OpenApiResponse]:
     """Documented error answers: `error_responses(400, 401, s403="...")` overrides a description."""
     body = EngineErrorSerializer if engine else ErrorSerializer
+    # Every endpoint answers 503 while a backing service is down (Redis: the rate limits).
     return {
         status: OpenApiResponse(
             response=body, description=descriptions.get(f"s{status}", ERROR_DESCRIPTIONS[status])
         )
-        for status in statuses
+        for status in sorted({*statuses, 503})
     }
