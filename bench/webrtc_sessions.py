@@ -60,6 +60,7 @@ def free_port() -> int:
 
 def server_environment(data_dir: str) -> dict[str, str]:
     return {
+        "MALLOC_ARENA_MAX": "2",  # as scripts/serve runs the server
         **os.environ,
         "DJANGO_DEBUG": "1",
         "PARLEY_DATA_DIR": data_dir,
