@@ -72,10 +72,20 @@ def server_environment(data_dir: str) -> dict[str, str]:
     }
 
 
-def start_server(data_dir: str, workers: int = 1) -> tuple[list[subprocess.Popen[bytes]], str]:
+def start_server(
+    data_dir: str,
+    workers: int = 1,
+    *,
+    application: str = "webapp.asgi:application",
+    environment: dict[str, str] | None = None,
+) -> tuple[list[subprocess.Popen[bytes]], str]:
     """`workers` Daphne processes (sessions spread over them, as `make run WORKERS=N`); the
-    first one's URL is where sessions start."""
-    env = server_environment(data_dir)
+    first one's URL is where sessions start.
+
+    `application`: the ASGI application Daphne serves (a benchmark may wrap Parley's);
+    `environment`: variables added to the server's (and its set-up commands') environment.
+    """
+    env = {**server_environment(data_dir), **(environment or {})}
     python = sys.executable
     for command in (["migrate", "--noinput"], ["seed_demo", "--quiet"]):
         subprocess.run([python, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
@@ -98,7 +108,7 @@ def start_server(data_dir: str, workers: int = 1) -> tuple[list[subprocess.Popen
                     str(port),
                     "--access-log",
                     "/dev/null",
-                    "webapp.asgi:application",
+                    application,
                 ],
                 cwd=ROOT,
                 env=env,
