@@ -5,6 +5,10 @@ at about 10 a second ("spread out") and for bursts of 10 published at once ("10 
 - the delay from publish to receipt, p50 / p99 / max, over every event on every stream,
 - delivered/expected (each stream must receive each event once), and the duplicates and
   out-of-order receipts, which must be 0,
+- how long the publishes took to store and commit the events, p50 / p99 ("stored": one
+  database thread writes them in turn), and the rest of the delay, from the end of the
+  publish to receipt, p50 / p99 ("fan-out"; below zero when the streams had the event before
+  the publishing coroutine resumed),
 - the server processes' CPU (percent of one core) while the case ran, and the machine's
   1-minute load average.
 
@@ -162,16 +166,26 @@ async def wait_for_all(readers: list[SSEReader], sequences: range) -> None:
         await asyncio.sleep(0.05)
 
 
-def summary(readers: list[SSEReader], sequences: range) -> dict[str, float]:
+def summary(readers: list[SSEReader], sequences: range, stored: dict[int, float]) -> dict[str, float]:
     wanted = set(sequences)
     delays = [
         delay for reader in readers for sequence, delay in reader.record.delays.items() if sequence in wanted
+    ]
+    fan_out = [
+        delay - stored[sequence]
+        for reader in readers
+        for sequence, delay in reader.record.delays.items()
+        if sequence in wanted
     ]
     in_case = [[s for s in reader.record.sequences if s in wanted] for reader in readers]
     return {
         "p50_ms": percentile(delays, 0.50) * 1000 if delays else float("nan"),
         "p99_ms": percentile(delays, 0.99) * 1000 if delays else float("nan"),
         "max_ms": max(delays) * 1000 if delays else float("nan"),
+        "stored_p50_ms": percentile(list(stored.values()), 0.50) * 1000,
+        "stored_p99_ms": percentile(list(stored.values()), 0.99) * 1000,
+        "fan_out_p50_ms": percentile(fan_out, 0.50) * 1000 if fan_out else float("nan"),
+        "fan_out_p99_ms": percentile(fan_out, 0.99) * 1000 if fan_out else float("nan"),
         "delivered": len(delays),
         "expected": len(readers) * len(wanted),
         "duplicates": sum(reader.record.duplicates for reader in readers),
@@ -181,9 +195,11 @@ def summary(readers: list[SSEReader], sequences: range) -> dict[str, float]:
     }
 
 
-async def publish(http: httpx.AsyncClient, first: int, count: int) -> None:
+async def publish(http: httpx.AsyncClient, first: int, count: int) -> list[float]:
+    """Publish `count` events at once in the server; returns how long each took to be stored."""
     response = await http.post("/bench/publish", params={"first": first, "count": count})
     response.raise_for_status()
+    return response.json()["publishSeconds"]
 
 
 async def run_case(
@@ -191,19 +207,22 @@ async def run_case(
 ) -> tuple[dict[str, float], int]:
     """Publish one case's events starting at sequence `first`; returns its figures and the next sequence."""
     cpu_before, started = sum(cpu_seconds(pid) for pid in pids), time.monotonic()
+    stored: dict[int, float] = {}
     if kind == "spread out":
         sequences = range(first, first + SPREAD_EVENTS)
         for sequence in sequences:
-            await publish(http, sequence, 1)
+            stored[sequence] = (await publish(http, sequence, 1))[0]
             await asyncio.sleep(random.uniform(*SPREAD_PAUSE_SECONDS))
     else:
         sequences = range(first, first + BURSTS * BURST_SIZE)
         for burst in range(BURSTS):
-            await publish(http, first + burst * BURST_SIZE, BURST_SIZE)
+            start = first + burst * BURST_SIZE
+            seconds = await publish(http, start, BURST_SIZE)
+            stored |= {start + index: each for index, each in enumerate(seconds)}
             await asyncio.sleep(BURST_PAUSE_SECONDS)
     await wait_for_all(readers, sequences)
     elapsed = time.monotonic() - started
-    figures = summary(readers, sequences)
+    figures = summary(readers, sequences, stored)
     figures["server_cpu_percent"] = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / elapsed * 100
     figures["load"] = os.getloadavg()[0]
     return figures, sequences.stop
@@ -230,6 +249,8 @@ async def run(urls: list[str], pids: list[int], stream_counts: list[int]) -> boo
                         f"{count:>7}  {kind:<11}  {figures['p50_ms']:>6.1f}  {figures['p99_ms']:>6.1f}"
                         f"  {figures['max_ms']:>7.1f}  {figures['delivered']:>6}/{figures['expected']:<6}"
                         f"  {figures['duplicates']:>4}  {figures['reordered']:>9}"
+                        f"  {figures['stored_p50_ms']:>5.1f}/{figures['stored_p99_ms']:<6.1f}"
+                        f"  {figures['fan_out_p50_ms']:>5.1f}/{figures['fan_out_p99_ms']:<6.1f}"
                         f"  {figures['server_cpu_percent']:>6.0f}  {figures['load']:>5.2f}",
                         flush=True,
                     )
@@ -275,7 +296,13 @@ def main() -> None:
             "--workers > 1 needs --postgres-redis: the in-memory layer does not reach other processes"
         )
 
-    environment = {"PARLEY_WARM_UP": "0"}
+    # As in production: no debug mode (which records every query), no models to load.
+    environment = {
+        "PARLEY_WARM_UP": "0",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "parley-streams-benchmark-secret-key-not-for-production",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+    }
     if args.postgres_redis:
         environment |= {
             "DATABASE_URL": postgres_database(args.database_url, create=True),
@@ -299,7 +326,8 @@ def main() -> None:
                     f" load average now {os.getloadavg()[0]:.2f}"
                 )
                 print(
-                    "streams  events        p50 ms  p99 ms   max ms  delivered/expected  dup  reordered  srv CPU%  load"
+                    "streams  events        p50 ms  p99 ms   max ms  delivered/expected  dup  reordered"
+                    "  stored ms     fan-out ms    srv CPU%  load"
                 )
                 clean = asyncio.run(run(urls, pids, [int(part) for part in args.streams.split(",")]))
             except Exception:

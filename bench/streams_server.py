@@ -37,9 +37,12 @@ def _call_create() -> Call:
     return Call.objects.select_related("persona").get(pk=call.pk)
 
 
-async def _publish(call: Call, sequence: int) -> None:
-    text = f"bench {sequence} {time.time():.6f}"
+async def _publish(call: Call, sequence: int) -> float:
+    """Publish one event; returns how long the publish took (stored and committed), in seconds."""
+    started = time.time()
+    text = f"bench {sequence} {started:.6f}"
     await acall_event_publish(call=call, event=events.UserMessage(text=text, message_id=f"bench_{sequence}"))
+    return time.time() - started
 
 
 async def _respond(send: Any, status: int, body: dict[str, Any]) -> None:
@@ -60,5 +63,5 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     first, count = int(query["first"][0]), int(query["count"][0])
     if _call is None:
         _call = await database_sync_to_async(_call_create)()
-    await asyncio.gather(*(_publish(_call, sequence) for sequence in range(first, first + count)))
-    await _respond(send, 200, {"published": count})
+    seconds = await asyncio.gather(*(_publish(_call, sequence) for sequence in range(first, first + count)))
+    await _respond(send, 200, {"publishSeconds": seconds})

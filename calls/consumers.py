@@ -44,16 +44,17 @@ SSE_OPENING = b":ok\n\n"
 SSE_PING = b":ping\n\n"
 # How long a browser may cache a CORS preflight answer, in seconds.
 CORS_PREFLIGHT_MAX_AGE_SECONDS = 86400
+# Event streams hear events through their process's hub (calls.streams.hub), not through a
+# channel of their own: an alias naming no layer keeps Channels from opening one (and, with
+# Redis, a subscription) per connection.
+NO_CHANNEL_LAYER = "parley-event-streams-need-no-channel"
 
 
-def sse_frame(event: StreamEvent) -> bytes:
+def sse_frame(event: StreamEvent) -> str:
     """One event in the text/event-stream format; ephemeral events carry no `id:`."""
-    lines = [f"event: {event.event}"]
-    if event.cursor is not None:
-        lines.append(f"id: {event.cursor}")
-    # Compact JSON has no raw newlines, so one `data:` line always holds the whole object.
-    lines.append("data: " + json.dumps(event.data, separators=(",", ":"), ensure_ascii=False))
-    return ("\n".join(lines) + "\n\n").encode()
+    if event.cursor is None:
+        return f"event: {event.event}\ndata: {event.data_json}\n\n"
+    return f"event: {event.event}\nid: {event.cursor}\ndata: {event.data_json}\n\n"
 
 
 def _cors_headers(scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
@@ -87,6 +88,7 @@ async def stream_request_read(scope: dict[str, Any]) -> StreamRequest:
 class EventStreamSSEConsumer(AsyncHttpConsumer):
     """`GET /v1/events/stream`: the organization's events as server-sent events."""
 
+    channel_layer_alias = NO_CHANNEL_LAYER
     feed: EventFeed | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -103,7 +105,7 @@ class EventStreamSSEConsumer(AsyncHttpConsumer):
 
     async def http_request(self, message: dict[str, Any]) -> None:
         # AsyncHttpConsumer ends the consumer as soon as handle() returns; a stream must go on
-        # (relaying group messages) until the client disconnects.
+        # (relaying its feed) until the client disconnects.
         if "body" in message:
             self.body.append(message["body"])
         if message.get("more_body"):
@@ -132,13 +134,7 @@ class EventStreamSSEConsumer(AsyncHttpConsumer):
             extra = [(b"www-authenticate", b'Bearer realm="parley"')] if refusal.status == 401 else []
             await self._send_error(refusal.status, refusal.detail, extra)
             return
-        self.feed = EventFeed(
-            request=request,
-            channel_layer=self.channel_layer,
-            channel_name=getattr(self, "channel_name", None),
-            emit=self._send_event,
-            keepalive=self._send_ping,
-        )
+        self.feed = EventFeed(request=request, emit=self._send_events, keepalive=self._send_ping)
         try:
             await self.feed.open()
         except Exception as error:
@@ -155,10 +151,6 @@ class EventStreamSSEConsumer(AsyncHttpConsumer):
         await self.send_body(SSE_OPENING, more_body=True)
         self.feed.start()
 
-    async def event_message(self, message: dict[str, Any]) -> None:
-        if self.feed is not None:
-            await self.feed.doorbell(message)
-
     async def disconnect(self) -> None:
         await self._close_feed()
 
@@ -167,8 +159,9 @@ class EventStreamSSEConsumer(AsyncHttpConsumer):
         if feed is not None:
             await feed.close()
 
-    async def _send_event(self, event: StreamEvent) -> None:
-        await self.send_body(sse_frame(event), more_body=True)
+    async def _send_events(self, events: list[StreamEvent]) -> None:
+        # One write for all the events that came together.
+        await self.send_body("".join(sse_frame(event) for event in events).encode(), more_body=True)
 
     async def _send_ping(self) -> None:
         await self.send_body(SSE_PING, more_body=True)
@@ -191,6 +184,7 @@ class EventStreamSSEConsumer(AsyncHttpConsumer):
 class EventStreamWebsocketConsumer(AsyncJsonWebsocketConsumer):
     """`/ws/events/`: the same events as JSON messages `{"event", "cursor", "data"}`."""
 
+    channel_layer_alias = NO_CHANNEL_LAYER
     feed: EventFeed | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -215,12 +209,7 @@ class EventStreamWebsocketConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "error", "status": refusal.status, "detail": refusal.detail})
             await self.close(code=refusal.close_code)
             return
-        self.feed = EventFeed(
-            request=request,
-            channel_layer=self.channel_layer,
-            channel_name=getattr(self, "channel_name", None),
-            emit=self._send_event,
-        )
+        self.feed = EventFeed(request=request, emit=self._send_events)
         try:
             await self.feed.open()
         except Exception as error:
@@ -249,10 +238,6 @@ class EventStreamWebsocketConsumer(AsyncJsonWebsocketConsumer):
             {"type": "error", "detail": 'unknown message; the only one understood is {"type": "ping"}'}
         )
 
-    async def event_message(self, message: dict[str, Any]) -> None:
-        if self.feed is not None:
-            await self.feed.doorbell(message)
-
     async def disconnect(self, code: int) -> None:
         await self._close_feed()
 
@@ -261,8 +246,12 @@ class EventStreamWebsocketConsumer(AsyncJsonWebsocketConsumer):
         if feed is not None:
             await feed.close()
 
-    async def _send_event(self, event: StreamEvent) -> None:
-        await self.send_json({"event": event.event, "cursor": event.cursor, "data": event.data})
+    async def _send_events(self, events: list[StreamEvent]) -> None:
+        for event in events:
+            cursor = "null" if event.cursor is None else event.cursor
+            await self.send(
+                text_data=f'{{"event":{json.dumps(event.event)},"cursor":{cursor},"data":{event.data_json}}}'
+            )
 
 
 # --- Signalling (Anam protocol §1.3) -----------------------------------------------------

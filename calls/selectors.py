@@ -43,9 +43,21 @@ def call_events_after(
     return list(queryset.order_by("cursor")[:limit])
 
 
-def latest_event_cursor() -> int:
-    """The newest cursor anywhere (0 for an empty log): a live-only reader starts after it."""
-    return CallEvent.objects.aggregate(latest=Max("cursor"))["latest"] or 0
+def organization_latest_event_cursor(*, organization_id: int) -> int:
+    """The organization's newest cursor (0 for none): a live-only reader starts after it."""
+    latest = CallEvent.objects.filter(organization_id=organization_id).aggregate(latest=Max("cursor"))
+    return latest["latest"] or 0
+
+
+def organization_event_cursor_before(*, organization_id: int, cursor: int) -> int:
+    """The cursor of the organization's kept event just before `cursor` (0 for none)."""
+    before = (
+        CallEvent.objects.filter(organization_id=organization_id, cursor__lt=cursor)
+        .order_by("-cursor")
+        .values_list("cursor", flat=True)
+        .first()
+    )
+    return before or 0
 
 
 def engine_host_least_busy(hosts: Sequence[str], *, connecting_since: datetime) -> str:

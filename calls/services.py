@@ -4,9 +4,12 @@ Kept events are inserted into the call log, which assigns their cursor, and broa
 after the transaction commits. Cursors must grow in commit order, or a reader resuming
 after cursor N could miss an N-1 that committed late; on PostgreSQL an advisory
 transaction lock serialises event inserts for that reason (SQLite serialises all writes).
-Ephemeral events are broadcast only. Broadcasts go to three Channels groups — the call,
-the persona and the organization — and are a doorbell, not the record: channel layers
-deliver at most once, so stream readers always read kept events back from the database.
+Ephemeral events are broadcast only. Broadcasts go to three Channels groups — the
+organization, the persona and the call — and straight to this process's stream hub
+(`calls.doorbells`). They are a doorbell, not the record: channel layers deliver at most
+once. A kept event's doorbell carries the event and the organization's cursor before it, so
+a reader whose last cursor is that one takes the event from the bell, and any other reads
+the gap back from the database.
 """
 
 from __future__ import annotations
@@ -28,8 +31,15 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from calls import events
+from calls.doorbells import (
+    BROADCAST_TYPE,
+    group_for_call,
+    group_for_organization,
+    group_for_persona,
+    local_ring,
+)
 from calls.models import Call, CallEvent, CallStatus, Direction, EndReason, Message, Transport
-from calls.selectors import engine_host_least_busy
+from calls.selectors import engine_host_least_busy, organization_event_cursor_before
 from personas.models import SessionToken
 from personas.services import session_token_consume
 from personas.tokens import SESSION_AUDIENCE, TokenError, token_decode, token_id
@@ -39,25 +49,10 @@ logger = logging.getLogger(__name__)
 # Any constant works; it only has to be the same in every process that writes events.
 EVENT_LOG_LOCK_KEY = 0x5061726C6579  # "Parley"
 
-# The type of the group message every stream consumer handles (`event_message`).
-BROADCAST_TYPE = "event.message"
-
-
-def group_for_call(call_id: str) -> str:
-    return f"events.call.{call_id}"
-
-
-def group_for_persona(persona_id: int) -> str:
-    return f"events.persona.{persona_id}"
-
-
-def group_for_organization(organization_id: int) -> str:
-    return f"events.org.{organization_id}"
-
 
 @dataclass(frozen=True)
 class Broadcast:
-    """What goes to the groups: enough for a reader to filter without a query."""
+    """What goes to the groups: enough for a reader to filter, and to see a gap, without a query."""
 
     event: str
     cursor: int | None
@@ -65,12 +60,16 @@ class Broadcast:
     organization_id: int
     persona_id: int
     call_id: str
+    # The cursor of the organization's kept event just before this one (0: none), so a reader
+    # that last saw another cursor knows it missed a doorbell. None for ephemeral events.
+    previous: int | None = None
 
     def as_message(self) -> dict[str, Any]:
         return {
             "type": BROADCAST_TYPE,
             "event": self.event,
             "cursor": self.cursor,
+            "previous": self.previous,
             "data": self.data,
             "organization": self.organization_id,
             "persona": self.persona_id,
@@ -79,18 +78,29 @@ class Broadcast:
 
     @property
     def groups(self) -> tuple[str, ...]:
+        # The organization's first: the event streams of other processes listen there.
         return (
-            group_for_call(self.call_id),
-            group_for_persona(self.persona_id),
             group_for_organization(self.organization_id),
+            group_for_persona(self.persona_id),
+            group_for_call(self.call_id),
         )
 
 
-async def _broadcast_async(broadcast: Broadcast) -> None:
+def _ring_here(broadcast: Broadcast) -> dict[str, Any]:
+    """Ring this process's streams now; returns the message for the channel layer.
+
+    The message carries the origin of the hub that heard it here, so that hub skips the
+    layer's copy of the same doorbell.
+    """
+    message = broadcast.as_message()
+    origin = local_ring(message)
+    return message if origin is None else {**message, "origin": origin}
+
+
+async def _layer_send(broadcast: Broadcast, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    message = broadcast.as_message()
     for group in broadcast.groups:
         try:
             await layer.group_send(group, message)
@@ -98,20 +108,27 @@ async def _broadcast_async(broadcast: Broadcast) -> None:
             logger.exception("broadcast of %s to %s failed", broadcast.event, group)
 
 
+async def _broadcast_async(broadcast: Broadcast) -> None:
+    await _layer_send(broadcast, _ring_here(broadcast))
+
+
 # Broadcasts handed from database threads to the event loop, sent in order by one task.
-_pending_broadcasts: deque[Broadcast] = deque()
+_pending_broadcasts: deque[tuple[Broadcast, dict[str, Any]]] = deque()
 _broadcast_sender: asyncio.Task[None] | None = None
 
 
 async def _broadcasts_send() -> None:
     while _pending_broadcasts:
-        await _broadcast_async(_pending_broadcasts.popleft())
+        await _layer_send(*_pending_broadcasts.popleft())
 
 
 def _broadcast_enqueue(broadcast: Broadcast) -> None:
-    """On the event loop: queue a broadcast, starting the sender if it is idle."""
+    """On the event loop: ring this process's streams at once, and queue the layer's broadcast.
+
+    The local ring does not wait behind earlier broadcasts' round trips to the channel layer.
+    """
     global _broadcast_sender
-    _pending_broadcasts.append(broadcast)
+    _pending_broadcasts.append((broadcast, _ring_here(broadcast)))
     loop = asyncio.get_running_loop()
     # A sender left on another loop (one that closed mid-send, as in tests) is replaced.
     if _broadcast_sender is None or _broadcast_sender.done() or _broadcast_sender.get_loop() is not loop:
@@ -170,7 +187,9 @@ def call_event_publish(*, call: Call, event: events.Event, at: datetime | None =
             data=data,
             created_at=at or timezone.now(),
         )
-        broadcast = Broadcast(event.name, row.cursor, data, organization_id, persona_id, call.id)
+        # Under the lock (or SQLite's write lock), so no other event can come between the two.
+        previous = organization_event_cursor_before(organization_id=organization_id, cursor=row.cursor)
+        broadcast = Broadcast(event.name, row.cursor, data, organization_id, persona_id, call.id, previous)
         transaction.on_commit(lambda: _broadcast_sync(broadcast))
     return row
 

@@ -14,6 +14,7 @@ only for what it needs, as without it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -106,6 +107,8 @@ def _run() -> None:
     finally:
         close_old_connections()
     _state = "done"
+    # The models stay for the process's life: keep them out of the collector's full collections.
+    gc.freeze()
     names = ", ".join(
         f"{slug} ({' + '.join(loaded) or 'voice only'})" for slug, loaded in summary["personas"]
     )

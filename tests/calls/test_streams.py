@@ -181,7 +181,7 @@ async def test_sse_replays_the_kept_events_after_the_cursor_then_goes_live_with_
     key_a, call_a, monkeypatch
 ):
     # Small pages, so the replay takes several reads and live events land in the middle of it.
-    monkeypatch.setattr("calls.streams.EVENT_PAGE_SIZE", 2)
+    monkeypatch.setattr("calls.streams.hub.EVENT_PAGE_SIZE", 2)
     first = await publish(call_a, said("before-0"))
     for index in range(1, 5):
         await publish(call_a, said(f"before-{index}"))
