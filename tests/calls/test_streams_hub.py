@@ -1,0 +1,309 @@
+"""The stream hub: one subscription and one read per organization and process, whatever the number of streams.
+
+These tests open real streams through the ASGI application (tests/calls/test_streams.py's
+clients) and check what the hub does for all of them: how often the event log is read, how
+many channel-layer subscriptions there are, what happens when doorbells are lost, come twice
+or come out of order, and when a stream is too slow to keep up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db.backends.utils import CursorWrapper
+
+from calls import events
+from calls.doorbells import group_for_organization
+from calls.models import Call, CallEvent
+from calls.services import acall_event_publish
+from calls.streams import EventFeed, StreamEvent, StreamRequest, stream_hubs
+from tests.calls.test_streams import (
+    RECEIVE_TIMEOUT_SECONDS,
+    bearer,
+    open_stream,
+    publish,
+    said,
+    texts,
+    websocket,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Longer than any test: what these tests receive comes from doorbells, not from the poll.
+NO_POLL_SECONDS = 600.0
+
+
+@pytest.fixture
+def call_a(make_call, persona_a) -> Call:
+    return make_call(persona_a)
+
+
+@pytest.fixture
+def call_lena(make_call, make_persona, org_a) -> Call:
+    return make_call(make_persona(org_a, "lena"))
+
+
+@pytest.fixture
+def without_poll(settings) -> None:
+    settings.PARLEY_STREAM_POLL_SECONDS = NO_POLL_SECONDS
+
+
+@pytest.fixture
+def event_log_reads(monkeypatch) -> Iterator[list[str]]:
+    """Every read of the event log after a cursor, from any thread (the database thread too)."""
+    reads: list[str] = []
+    execute = CursorWrapper.execute
+
+    def counting_execute(self: CursorWrapper, sql: str, params: Any = None) -> Any:
+        if '"calls_callevent"' in sql and '"cursor" >' in sql and sql.lstrip().upper().startswith("SELECT"):
+            reads.append(sql)
+        return execute(self, sql, params)
+
+    monkeypatch.setattr(CursorWrapper, "execute", counting_execute)
+    yield reads
+
+
+def hub_tasks() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task.get_name().startswith("event-hub-")]
+
+
+def group_members(organization_id: int) -> list[str]:
+    return list(get_channel_layer().groups.get(group_for_organization(organization_id), {}))
+
+
+def rows_after(cursor: int) -> list[CallEvent]:
+    return list(CallEvent.objects.filter(cursor__gt=cursor).order_by("cursor"))
+
+
+# --- One subscription, one read --------------------------------------------------------
+
+
+async def test_all_streams_of_an_organization_share_one_channel_layer_subscription_which_ends_with_the_last(
+    key_a, call_a
+):
+    streams = [await open_stream(headers=bearer(key_a)) for _ in range(5)]
+    socket = await websocket(headers=bearer(key_a))
+    assert len(group_members(call_a.organization_id)) == 1
+
+    for stream in streams:
+        await stream.close()
+    await socket.disconnect()
+    assert group_members(call_a.organization_id) == []
+    assert hub_tasks() == []
+
+
+async def test_live_events_reach_every_stream_with_at_most_one_read_of_the_log_per_event(
+    key_a, call_a, without_poll, event_log_reads
+):
+    streams = [await open_stream(headers=bearer(key_a)) for _ in range(10)]
+    event_log_reads.clear()
+    for index in range(5):
+        await publish(call_a, said(f"live-{index}"))
+    for stream in streams:
+        assert texts(await stream.events(5)) == [f"live-{index}" for index in range(5)]
+    # One stream per doorbell read the log, 50 reads here; in order, the doorbell brings the event.
+    assert len(event_log_reads) <= 5
+    for stream in streams:
+        await stream.close()
+
+
+# --- Lost, repeated and overtaking doorbells ---------------------------------------------
+
+
+async def test_a_missed_doorbell_is_read_from_the_log_as_soon_as_the_next_one_rings(
+    key_a, call_a, without_poll
+):
+    stream = await open_stream(headers=bearer(key_a))
+    await publish(call_a, said("rung"))
+    assert texts([await stream.next_event()]) == ["rung"]
+
+    def insert_without_broadcast() -> CallEvent:
+        return CallEvent.objects.create(
+            organization_id=call_a.organization_id,
+            persona_id=call_a.persona_id,
+            call_id=call_a.id,
+            type="user.message",
+            data={"callId": call_a.id, "text": "silent", "messageId": "msg_s", "agent": "mara"},
+        )
+
+    silent = await database_sync_to_async(insert_without_broadcast)()
+    after = await publish(call_a, said("next"))
+    frames = await stream.events(2)
+    assert [(frame.id, frame.data["text"]) for frame in frames] == [
+        (str(silent.cursor), "silent"),
+        (str(after.cursor), "next"),
+    ]
+    await stream.close()
+
+
+async def test_lost_doorbells_still_give_every_stream_every_event_once_in_cursor_order(
+    key_a, call_a, call_lena, monkeypatch
+):
+    """Every third doorbell is lost on both paths; the next one's `previous`, or the poll, finds it."""
+    import calls.services
+
+    ring = calls.services.local_ring
+    counter = itertools.count()
+
+    def lossy_ring(message: Any) -> str | None:
+        if message["cursor"] is not None and next(counter) % 3 == 2:
+            return stream_hubs().origin  # as if heard here: the hub skips the layer's copy too
+        return ring(message)
+
+    monkeypatch.setattr(calls.services, "local_ring", lossy_ring)
+    everything = await open_stream(headers=bearer(key_a))
+    only_lena = await open_stream(query={"agents": "lena"}, headers=bearer(key_a))
+
+    await asyncio.gather(
+        *(
+            acall_event_publish(call=call, event=said(f"{call.persona.slug}-{index}"))
+            for index in range(15)
+            for call in (call_a, call_lena)
+        )
+    )
+    stored = await database_sync_to_async(rows_after)(0)
+    received = await everything.events(len(stored))
+    assert [int(frame.id) for frame in received] == [row.cursor for row in stored]
+    lena = [row for row in stored if row.data["agent"] == "lena"]
+    assert [int(frame.id) for frame in await only_lena.events(len(lena))] == [row.cursor for row in lena]
+
+    await publish(call_a, said("last"))  # nothing was delivered twice before it
+    assert texts([await everything.next_event()]) == ["last"]
+    await everything.close()
+    await only_lena.close()
+
+
+async def test_the_channel_layers_copy_of_a_doorbell_heard_in_process_is_not_delivered_twice(
+    key_a, call_a, without_poll, monkeypatch
+):
+    import calls.services
+
+    copies: list[dict[str, Any]] = []
+    layer_send = calls.services._layer_send
+
+    async def keeping_copies(broadcast: Any, message: dict[str, Any]) -> None:
+        copies.append(message)
+        await layer_send(broadcast, message)
+
+    monkeypatch.setattr(calls.services, "_layer_send", keeping_copies)
+    stream = await open_stream(headers=bearer(key_a))
+    await publish(call_a, events.BotWord(message_id="m1", word="once"))
+    kept = await publish(call_a, said("kept once"))
+    frames = await stream.events(2)
+    assert [(frame.event, frame.id) for frame in frames] == [
+        ("bot.word", None),
+        ("user.message", str(kept.cursor)),
+    ]
+    assert all(copy["origin"] == stream_hubs().origin for copy in copies)
+
+    # The same doorbells again from another process (no origin): the kept one is known by its
+    # cursor; an ephemeral one from elsewhere is news.
+    layer = get_channel_layer()
+    for copy in copies:
+        await layer.group_send(
+            group_for_organization(call_a.organization_id), {**copy, "origin": "elsewhere"}
+        )
+    await publish(call_a, said("marker"))
+    frames = await stream.events(2)
+    assert [(frame.event, frame.data.get("word") or frame.data.get("text")) for frame in frames] == [
+        ("bot.word", "once"),
+        ("user.message", "marker"),
+    ]
+    await stream.close()
+
+
+async def test_a_doorbell_that_overtakes_an_earlier_one_makes_the_hub_read_both_in_cursor_order(
+    key_a, call_a, without_poll
+):
+    """Process B commits after A but rings first: the hub reads the gap; A's late bell changes nothing."""
+    stream = await open_stream(headers=bearer(key_a))
+
+    def insert(text: str) -> CallEvent:
+        return CallEvent.objects.create(
+            organization_id=call_a.organization_id,
+            persona_id=call_a.persona_id,
+            call_id=call_a.id,
+            type="user.message",
+            data={"callId": call_a.id, "text": text, "messageId": f"msg_{text}", "agent": "mara"},
+        )
+
+    first = await database_sync_to_async(insert)("first")
+    second = await database_sync_to_async(insert)("second")
+    layer = get_channel_layer()
+    group = group_for_organization(call_a.organization_id)
+    for row, previous in ((second, first.cursor), (first, first.cursor - 1)):
+        await layer.group_send(
+            group,
+            {
+                "type": "event.message",
+                "event": row.type,
+                "cursor": row.cursor,
+                "previous": previous,
+                "data": row.data,
+                "organization": row.organization_id,
+                "origin": "another-process",
+            },
+        )
+    assert texts(await stream.events(2)) == ["first", "second"]
+    await publish(call_a, said("third"))
+    assert texts([await stream.next_event()]) == ["third"]
+    await stream.close()
+
+
+# --- Replay and slow readers --------------------------------------------------------------
+
+
+async def test_streams_opened_at_different_cursors_while_events_flow_each_get_exactly_what_follows_theirs(
+    key_a, call_a
+):
+    rows = [await publish(call_a, said(f"old-{index}")) for index in range(6)]
+
+    async def keep_publishing() -> None:
+        for index in range(6):
+            await publish(call_a, said(f"new-{index}"))
+
+    publisher = asyncio.create_task(keep_publishing())
+    streams = [
+        await open_stream(query={"after": str(row.cursor)}, headers=bearer(key_a)) for row in rows[::2]
+    ]
+    await publisher
+    for row, stream in zip(rows[::2], streams, strict=True):
+        expected = await database_sync_to_async(rows_after)(row.cursor)
+        frames = await stream.events(len(expected))
+        assert [int(frame.id) for frame in frames] == [each.cursor for each in expected]
+    for stream in streams:
+        await stream.close()
+
+
+async def test_a_reader_too_slow_for_its_queue_reads_what_was_dropped_from_the_log(
+    org_a, call_a, without_poll, monkeypatch, caplog
+):
+    monkeypatch.setattr("calls.streams.hub.MAX_PENDING_BATCHES", 2)
+    released = asyncio.Event()
+    received: list[StreamEvent] = []
+    all_received = asyncio.Event()
+    rows: list[CallEvent] = []
+
+    async def slow_emit(batch: list[StreamEvent]) -> None:
+        await released.wait()
+        received.extend(batch)
+        if len(received) >= len(rows):
+            all_received.set()
+
+    feed = EventFeed(request=StreamRequest(organization_id=org_a.id, agents=None, after=None), emit=slow_emit)
+    await feed.open()
+    feed.start()
+    for index in range(8):  # one batch each: the reader holds the first, two wait, the rest are dropped
+        rows.append(await publish(call_a, said(f"event-{index}")))
+        await asyncio.sleep(0.01)
+    released.set()
+    await asyncio.wait_for(all_received.wait(), RECEIVE_TIMEOUT_SECONDS)
+    assert [event.cursor for event in received] == [row.cursor for row in rows]
+    assert "is behind; dropping events" in caplog.text
+    await feed.close()
