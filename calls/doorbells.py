@@ -9,7 +9,8 @@ copy carries the hub's `origin`, so that hub skips it instead of hearing the eve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 # The type of the group message every doorbell is (`event_message` on a Channels consumer).
@@ -56,3 +57,22 @@ def local_ring(message: Mapping[str, Any]) -> str | None:
         return None
     ring(message)
     return origin
+
+
+# Kept events this process is storing right now: each of them rings in a moment.
+_rings_expected = 0
+
+
+@contextmanager
+def ring_expected() -> Iterator[None]:
+    """Around the storing of a kept event, so the hub can wait for a burst to pass it on in one go."""
+    global _rings_expected
+    _rings_expected += 1
+    try:
+        yield
+    finally:
+        _rings_expected -= 1
+
+
+def rings_expected() -> int:
+    return _rings_expected

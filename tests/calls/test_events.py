@@ -231,3 +231,42 @@ async def test_broadcasts_of_writes_on_the_database_thread_arrive_in_order(perso
     ]
     assert [data.get("word") for data in received] == [*words, None]
     await layer.group_discard(group, channel)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_kept_events_published_at_once_are_stored_in_one_trip_in_call_order_and_a_failure_stays_with_its_caller(
+    persona_a, make_call, monkeypatch
+):
+    from django.core.exceptions import ValidationError
+
+    import calls.services
+
+    call = await database_sync_to_async(make_call)(persona_a)
+    trips: list[int] = []
+    publish_each = calls.services._publish_each
+
+    def counting_trips(pending):
+        trips.append(len(pending))
+        return publish_each(pending)
+
+    monkeypatch.setattr(calls.services, "_publish_each", counting_trips)
+    outcomes = await asyncio.gather(
+        *(
+            acall_event_publish(
+                call=call,
+                event=events.UserMessage(text=f"at once {index}", message_id=f"msg_{index}"),
+                at="not a moment" if index == 3 else None,  # type: ignore[arg-type]
+            )
+            for index in range(10)
+        ),
+        return_exceptions=True,
+    )
+    assert trips == [10]
+    assert isinstance(outcomes[3], ValidationError)
+    stored = [outcome for index, outcome in enumerate(outcomes) if index != 3]
+    assert [row.cursor for row in stored] == sorted(row.cursor for row in stored)
+
+    def texts_in_the_log() -> list[str]:
+        return [row.data["text"] for row in CallEvent.objects.filter(call=call).order_by("cursor")]
+
+    assert await database_sync_to_async(texts_in_the_log)() == [f"at once {i}" for i in range(10) if i != 3]

@@ -481,14 +481,16 @@ async def test_websocket_refusals_send_the_reason_then_close_with_a_4xxx_code(
 # --- Housekeeping -----------------------------------------------------------------------
 
 
-def feed_tasks() -> list[asyncio.Task[Any]]:
-    return [task for task in asyncio.all_tasks() if task.get_name().startswith("event-feed-")]
+def feed_tasks(prefix: str = "event-feed-") -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task.get_name().startswith(prefix)]
 
 
 async def test_closing_either_stream_leaves_no_task_behind(key_a, persona_a):
     stream = await open_stream(headers=bearer(key_a))
     socket = await websocket(headers=bearer(key_a))
     assert len(feed_tasks()) == 3  # SSE pump and keepalive, websocket pump
+    assert len(feed_tasks("event-hub-")) == 3  # their organization's hub: receive, process, poll
     await stream.close()
     await socket.disconnect()
     assert feed_tasks() == []
+    assert feed_tasks("event-hub-") == []
