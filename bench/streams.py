@@ -20,8 +20,13 @@ uses a throwaway PostgreSQL database and Redis (`--database-url`, `--redis-url`)
 `--workers 2` the streams are spread over two processes while events are published in the
 first, so half of them hear of each event through Redis.
 
+`--restart-redis` runs its own Redis server and restarts it a third of the way through each
+"spread out" case (with `--workers 2`, half the streams then miss doorbells): nothing may be
+lost, and the delays show how long recovery took.
+
     python bench/streams.py
     python bench/streams.py --postgres-redis --workers 2
+    python bench/streams.py --restart-redis --workers 2
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import itertools
 import os
 import random
 import re
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +52,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.webrtc_sessions import DEMO_KEY, cpu_seconds, server_log_tail, start_server  # noqa: E402
+from bench.webrtc_sessions import (  # noqa: E402
+    DEMO_KEY,
+    cpu_seconds,
+    free_port,
+    server_log_tail,
+    start_server,
+)
 
 # Events published one at a time, and the pause between two of them (uniform, in seconds).
 SPREAD_EVENTS = 50
@@ -60,6 +73,40 @@ DRAIN_TIMEOUT_SECONDS = 15.0
 OPEN_CONCURRENCY = 50
 OPEN_TIMEOUT_SECONDS = 30.0
 BENCH_TEXT = re.compile(rb'"text":"bench (\d+) ([0-9.]+)"')
+# How long a restarted Redis stays down, in seconds.
+REDIS_DOWN_SECONDS = 1.0
+
+
+class RedisServer:
+    """A Redis server of our own (no persistence), which `restart()` stops and starts again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        time.sleep(REDIS_DOWN_SECONDS)
+        self.start()
 
 
 @dataclass
@@ -203,7 +250,12 @@ async def publish(http: httpx.AsyncClient, first: int, count: int) -> list[float
 
 
 async def run_case(
-    http: httpx.AsyncClient, readers: list[SSEReader], pids: list[int], first: int, kind: str
+    http: httpx.AsyncClient,
+    readers: list[SSEReader],
+    pids: list[int],
+    first: int,
+    kind: str,
+    redis: RedisServer | None,
 ) -> tuple[dict[str, float], int]:
     """Publish one case's events starting at sequence `first`; returns its figures and the next sequence."""
     cpu_before, started = sum(cpu_seconds(pid) for pid in pids), time.monotonic()
@@ -211,6 +263,8 @@ async def run_case(
     if kind == "spread out":
         sequences = range(first, first + SPREAD_EVENTS)
         for sequence in sequences:
+            if redis is not None and sequence == first + SPREAD_EVENTS // 3:
+                await asyncio.to_thread(redis.restart)
             stored[sequence] = (await publish(http, sequence, 1))[0]
             await asyncio.sleep(random.uniform(*SPREAD_PAUSE_SECONDS))
     else:
@@ -228,7 +282,7 @@ async def run_case(
     return figures, sequences.stop
 
 
-async def run(urls: list[str], pids: list[int], stream_counts: list[int]) -> bool:
+async def run(urls: list[str], pids: list[int], stream_counts: list[int], redis: RedisServer | None) -> bool:
     sequence = 0
     clean = True
     async with httpx.AsyncClient(base_url=urls[0], timeout=30) as http:
@@ -242,7 +296,7 @@ async def run(urls: list[str], pids: list[int], stream_counts: list[int]) -> boo
                 await wait_for_all(readers, range(sequence, sequence + 3))
                 sequence += 3
                 for kind in ("spread out", f"{BURST_SIZE} at once"):
-                    figures, sequence = await run_case(http, readers, pids, sequence, kind)
+                    figures, sequence = await run_case(http, readers, pids, sequence, kind, redis)
                     lost = figures["expected"] - figures["delivered"]
                     clean = clean and not lost and not figures["duplicates"] and not figures["reordered"]
                     print(
@@ -251,7 +305,8 @@ async def run(urls: list[str], pids: list[int], stream_counts: list[int]) -> boo
                         f"  {figures['duplicates']:>4}  {figures['reordered']:>9}"
                         f"  {figures['stored_p50_ms']:>5.1f}/{figures['stored_p99_ms']:<6.1f}"
                         f"  {figures['fan_out_p50_ms']:>5.1f}/{figures['fan_out_p99_ms']:<6.1f}"
-                        f"  {figures['server_cpu_percent']:>6.0f}  {figures['load']:>5.2f}",
+                        f"  {figures['server_cpu_percent']:>6.0f}  {figures['load']:>5.2f}"
+                        + ("  (Redis restarted)" if redis is not None and kind == "spread out" else ""),
                         flush=True,
                     )
             finally:
@@ -290,7 +345,16 @@ def main() -> None:
     )
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--restart-redis",
+        action="store_true",
+        help="a Redis server of its own, restarted during each spread-out case (implies --postgres-redis)",
+    )
     args = parser.parse_args()
+    redis = RedisServer() if args.restart_redis else None
+    if redis is not None:
+        args.postgres_redis = True
+        redis.start()
     if args.workers > 1 and not args.postgres_redis:
         raise SystemExit(
             "--workers > 1 needs --postgres-redis: the in-memory layer does not reach other processes"
@@ -306,7 +370,7 @@ def main() -> None:
     if args.postgres_redis:
         environment |= {
             "DATABASE_URL": postgres_database(args.database_url, create=True),
-            "REDIS_URL": args.redis_url,
+            "REDIS_URL": args.redis_url if redis is None else redis.url,
             "PARLEY_REDIS_PREFIX": f"parley-bench-{uuid.uuid4().hex[:8]}",
         }
     backends = "PostgreSQL + Redis" if args.postgres_redis else "SQLite + in-memory channel layer"
@@ -329,7 +393,7 @@ def main() -> None:
                     "streams  events        p50 ms  p99 ms   max ms  delivered/expected  dup  reordered"
                     "  stored ms     fan-out ms    srv CPU%  load"
                 )
-                clean = asyncio.run(run(urls, pids, [int(part) for part in args.streams.split(",")]))
+                clean = asyncio.run(run(urls, pids, [int(part) for part in args.streams.split(",")], redis))
             except Exception:
                 print(f"server log:\n{server_log_tail(data_dir)}")
                 raise
@@ -341,6 +405,8 @@ def main() -> None:
     finally:
         if args.postgres_redis:
             postgres_database(args.database_url, create=False)
+        if redis is not None:
+            redis.stop()
     if not clean:
         raise SystemExit("events were lost, duplicated or reordered")
 
