@@ -259,15 +259,32 @@ async def _publishes_store() -> None:
     while _pending_publishes:
         pending = list(_pending_publishes)
         _pending_publishes.clear()
-        # database_sync_to_async also closes connections that went stale in a long call.
-        outcomes = await database_sync_to_async(_publish_each)(pending)
+        try:
+            # database_sync_to_async also closes connections that went stale in a long call.
+            outcomes: list[CallEvent | BaseException | None] = list(
+                await database_sync_to_async(_publish_each)(pending)
+            )
+        except BaseException as error:  # no caller may wait forever
+            for each in pending:
+                _publish_settle(each.future, error)
+            raise
         for each, outcome in zip(pending, outcomes, strict=True):
-            if each.future.done():  # its caller was cancelled; the event is stored all the same
-                continue
-            if isinstance(outcome, Exception):
-                each.future.set_exception(outcome)
-            else:
-                each.future.set_result(outcome)
+            _publish_settle(each.future, outcome)
+
+
+def _publish_settle(
+    future: asyncio.Future[CallEvent | None], outcome: CallEvent | BaseException | None
+) -> None:
+    # A caller that was cancelled (or whose loop closed, as in tests) is told nothing; its event
+    # is stored all the same.
+    if future.done() or future.get_loop().is_closed():
+        return
+    if isinstance(outcome, asyncio.CancelledError):
+        future.cancel()
+    elif isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 # --- Call lifecycle ---------------------------------------------------------------------

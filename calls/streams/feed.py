@@ -120,6 +120,7 @@ class EventFeed:
 
         Retries until it has read up to the end: live events must not go out past a hole.
         """
+        failures = 0
         while True:
             try:
                 page, more = await database_sync_to_async(events_after)(
@@ -128,7 +129,9 @@ class EventFeed:
                     agents=self.request.agents,
                 )
             except Exception:
-                logger.exception("event feed could not read the event log; retrying")
+                if not failures:  # once per outage, not once a second
+                    logger.exception("event feed could not read the event log; retrying")
+                failures += 1
                 await asyncio.sleep(LOG_READ_RETRY_SECONDS)
                 continue
             if page:

@@ -243,8 +243,9 @@ class OrganizationHub:
                 if not batch or not rings_expected() or loop.time() >= hold_until:
                     break
                 await asyncio.sleep(BURST_HOLD_STEP_SECONDS)
-            for subscription in self.subscriptions:
-                subscription.offer(batch)
+            if batch:
+                for subscription in self.subscriptions:
+                    subscription.offer(batch)
 
     async def _events_of(self, message: Mapping[str, Any] | None) -> list[StreamEvent]:
         if message is None:
@@ -296,7 +297,7 @@ class StreamHubs:
 
     def ring(self, message: Mapping[str, Any]) -> None:
         """A doorbell published in this process: straight to its organization's hub, if any."""
-        hub = self._hubs.get(message.get("organization"))  # type: ignore[arg-type]
+        hub = self._hubs.get(message.get("organization"))
         if hub is not None and message.get("type") == BROADCAST_TYPE:
             hub.hear(message)
 
