@@ -9,8 +9,7 @@ copy carries the hub's `origin`, so that hub skips it instead of hearing the eve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # The type of the group message every doorbell is (`event_message` on a Channels consumer).
@@ -63,15 +62,11 @@ def local_ring(message: Mapping[str, Any]) -> str | None:
 _rings_expected = 0
 
 
-@contextmanager
-def ring_expected() -> Iterator[None]:
-    """Around the storing of a kept event, so the hub can wait for a burst to pass it on in one go."""
+def rings_expected_change(by: int) -> None:
+    """+1 as a kept event starts on its way to the database, -1 once its trip is over (it has
+    rung, or failed): the hub may wait for a burst to pass it on in one go."""
     global _rings_expected
-    _rings_expected += 1
-    try:
-        yield
-    finally:
-        _rings_expected -= 1
+    _rings_expected += by
 
 
 def rings_expected() -> int:

@@ -37,7 +37,7 @@ from calls.doorbells import (
     group_for_organization,
     group_for_persona,
     local_ring,
-    ring_expected,
+    rings_expected_change,
 )
 from calls.models import Call, CallEvent, CallStatus, Direction, EndReason, Message, Transport
 from calls.selectors import engine_host_least_busy, organization_event_cursor_before
@@ -209,11 +209,11 @@ async def acall_event_publish(
         loop = asyncio.get_running_loop()
         future: asyncio.Future[CallEvent | None] = loop.create_future()
         _pending_publishes.append(_PendingPublish(call, event, at, future))
+        rings_expected_change(+1)
         # A publisher left on another loop (one that closed, as in tests) is replaced.
         if _publisher is None or _publisher.done() or _publisher.get_loop() is not loop:
             _publisher = loop.create_task(_publishes_store())
-        with ring_expected():
-            return await future
+        return await future
     organization_id, persona_id, agent = _call_parts(call)
     data = events.event_frame(event=event, call_id=call.id, agent=agent)
     await _broadcast_async(Broadcast(event.name, None, data, organization_id, persona_id, call.id))
@@ -268,6 +268,8 @@ async def _publishes_store() -> None:
             for each in pending:
                 _publish_settle(each.future, error)
             raise
+        finally:
+            rings_expected_change(-len(pending))
         for each, outcome in zip(pending, outcomes, strict=True):
             _publish_settle(each.future, outcome)
 

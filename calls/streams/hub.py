@@ -234,6 +234,7 @@ class OrganizationHub:
             messages = [await self._inbox.get()]
             batch: list[StreamEvent] = []
             hold_until = loop.time() + BURST_HOLD_SECONDS
+            held = False
             while True:
                 while not self._inbox.empty():  # all that arrived meanwhile: one batch, one write per reader
                     messages.append(self._inbox.get_nowait())
@@ -242,7 +243,9 @@ class OrganizationHub:
                 messages = []
                 if not batch or not rings_expected() or loop.time() >= hold_until:
                     break
-                await asyncio.sleep(BURST_HOLD_STEP_SECONDS)
+                # First one turn of the loop: a trip that just rang is over by then.
+                await asyncio.sleep(BURST_HOLD_STEP_SECONDS if held else 0)
+                held = True
             if batch:
                 for subscription in self.subscriptions:
                     subscription.offer(batch)
