@@ -44,6 +44,7 @@ from calls.selectors import engine_host_least_busy, organization_event_cursor_be
 from personas.models import SessionToken
 from personas.services import session_token_consume
 from personas.tokens import SESSION_AUDIENCE, TokenError, token_decode, token_id
+from webapp.database import closing_connections
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ async def _publishes_store() -> None:
         try:
             # database_sync_to_async also closes connections that went stale in a long call.
             outcomes: list[CallEvent | BaseException | None] = list(
-                await database_sync_to_async(_publish_each)(pending)
+                await database_sync_to_async(closing_connections(_publish_each))(pending)
             )
         except BaseException as error:  # no caller may wait forever
             for each in pending:

@@ -12,6 +12,7 @@ from channels.db import database_sync_to_async
 from personas.selectors import persona_list
 from personas.services import api_key_authenticate, stream_token_verify
 from personas.tokens import TokenError
+from webapp.database import closing_connections
 from webapp.inputs import InputRefused, cursor_parse
 
 # `?agents=` is a short list of slugs; a long one is a mistake, not a use case.
@@ -151,4 +152,6 @@ def stream_request_authorise(*, headers: Mapping[str, str], query: Mapping[str, 
 async def astream_request_authorise(*, scope: Mapping[str, Any]) -> StreamRequest:
     """`stream_request_authorise` for a consumer: reads its scope, runs the ORM off the loop."""
     headers, query = scope_headers(scope), scope_query(scope)
-    return await database_sync_to_async(stream_request_authorise)(headers=headers, query=query)
+    return await database_sync_to_async(closing_connections(stream_request_authorise))(
+        headers=headers, query=query
+    )

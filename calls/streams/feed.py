@@ -18,6 +18,7 @@ from django.conf import settings
 
 from calls.streams.authorisation import StreamRequest
 from calls.streams.hub import StreamEvent, StreamHubs, Subscription, events_after, stream_hubs
+from webapp.database import closing_connections
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class EventFeed:
         failures = 0
         while True:
             try:
-                page, more = await database_sync_to_async(events_after)(
+                page, more = await database_sync_to_async(closing_connections(events_after))(
                     organization_id=self.request.organization_id,
                     after=self.last_cursor,
                     agents=self.request.agents,

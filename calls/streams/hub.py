@@ -30,6 +30,7 @@ from django.conf import settings
 
 from calls.doorbells import BROADCAST_TYPE, group_for_organization, local_listener_set, rings_expected
 from calls.selectors import EVENT_PAGE_SIZE, call_events_after, organization_latest_event_cursor
+from webapp.database import closing_connections
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ class OrganizationHub:
         self._group = group_for_organization(organization_id)
         self._layer = get_channel_layer()
         self._channel: str | None = None
-        self._joining_failed = False
+        # Why the last attempt to join the group failed (None: it is joined).
+        self.join_error: Exception | None = None
         self._poll_seconds = settings.PARLEY_STREAM_POLL_SECONDS
         # Doorbells in arrival order; None asks for a read of the log.
         self._inbox: asyncio.Queue[Mapping[str, Any] | None] = asyncio.Queue()
@@ -179,7 +181,9 @@ class OrganizationHub:
             await asyncio.wait([after])
         # Join first, then read the cursor: every event committed after it rings a bell we hear.
         await self._join()
-        self.cursor = await database_sync_to_async(organization_latest_event_cursor)(
+        if self.join_error is not None:  # its first reader is refused (and stops it)
+            return
+        self.cursor = await database_sync_to_async(closing_connections(organization_latest_event_cursor))(
             organization_id=self.organization_id
         )
         self._spawn(self._process(), "event-hub-process")
@@ -197,14 +201,14 @@ class OrganizationHub:
                 self._channel = await self._layer.new_channel()
                 self._spawn(self._receive(self._channel), "event-hub-receive")
             await self._layer.group_add(self._group, self._channel)
-        except Exception:
-            if not self._joining_failed:  # once per outage; the poll reads the log meanwhile
+        except Exception as error:
+            if self.join_error is None:  # once per outage; the poll reads the log meanwhile
                 logger.warning("joining %s failed; retrying at each poll", self._group, exc_info=True)
-            self._joining_failed = True
+            self.join_error = error
         else:
-            if self._joining_failed:
+            if self.join_error is not None:
                 logger.info("joined %s again", self._group)
-            self._joining_failed = False
+            self.join_error = None
 
     async def _receive(self, channel: str) -> None:
         assert self._layer is not None
@@ -272,7 +276,7 @@ class OrganizationHub:
         found: list[StreamEvent] = []
         while True:
             try:
-                page, more = await database_sync_to_async(events_after)(
+                page, more = await database_sync_to_async(closing_connections(events_after))(
                     organization_id=self.organization_id, after=self.cursor, agents=None
                 )
             except Exception:  # a database hiccup: the next gap or poll reads again
@@ -306,7 +310,11 @@ class StreamHubs:
 
     async def subscribe(self, *, organization_id: int, agents: frozenset[str] | None) -> Subscription:
         """A reader joins its organization's hub (started for the first); live events come after
-        its `start_cursor`."""
+        its `start_cursor`.
+
+        While the hub cannot join its group (Redis is down), a new reader is refused with that
+        error (the consumers answer 503); the readers it has keep reading, from the log.
+        """
         hub = self._hubs.get(organization_id)
         if hub is None:
             hub = OrganizationHub(
@@ -319,6 +327,8 @@ class StreamHubs:
         hub.subscriptions.add(subscription)
         try:
             await hub.ready()
+            if hub.join_error is not None:
+                raise hub.join_error
         except BaseException:
             await self.unsubscribe(subscription)
             raise

@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.db import connection
 from django.db.backends.utils import CursorWrapper
 
 from calls import events
@@ -324,3 +326,17 @@ async def test_a_reader_too_slow_for_its_queue_reads_what_was_dropped_from_the_l
     assert [event.cursor for event in received] == [row.cursor for row in rows]
     assert "is behind; dropping events" in caplog.text
     await feed.close()
+
+
+async def test_open_streams_hold_no_database_connection(key_a, persona_a):
+    """Each read of the database closes what it opened: no idle connection while streams are open."""
+    streams = [await open_stream(headers=bearer(key_a)) for _ in range(3)]
+    socket = await websocket(headers=bearer(key_a))
+
+    def database_thread_connected() -> bool:
+        return connection.connection is not None
+
+    assert await sync_to_async(database_thread_connected, thread_sensitive=True)() is False
+    for stream in streams:
+        await stream.close()
+    await socket.disconnect()
