@@ -40,9 +40,9 @@ from calls.doorbells import (
     rings_expected_change,
 )
 from calls.models import Call, CallEvent, CallStatus, Direction, EndReason, Message, Transport
-from calls.selectors import engine_host_least_busy, organization_event_cursor_before
+from calls.selectors import engine_host_least_busy, live_call_count, organization_event_cursor_before
 from personas.models import SessionToken
-from personas.services import session_token_consume
+from personas.services import session_token_check, session_token_consume
 from personas.tokens import SESSION_AUDIENCE, TokenError, token_decode, token_id
 from webapp.database import closing_connections
 
@@ -399,6 +399,7 @@ def engine_session_start(
     open_hosts = [host for host in engine_hosts if host not in draining]
     if not open_hosts:
         raise SessionStartRefused(503, "unavailable", "the server is restarting; try again in a few seconds")
+    _session_limit_check(token=token)
     try:
         record = session_token_consume(token=token)
     except TokenError as error:
@@ -431,6 +432,25 @@ def engine_session_start(
             },
         )
     return Call.objects.select_related("persona", "organization", "session_token").get(pk=call.pk)
+
+
+def _session_limit_check(*, token: str) -> None:
+    """Refuse (429, the token kept) a start that would pass its organization's live-session limit.
+
+    The limit is checked when a token is minted too, but tokens minted while there was room may
+    be used later, when there is none.
+    """
+    try:
+        record = session_token_check(token=token)
+    except TokenError:
+        return  # consuming it says what is wrong (or finds the retry of a start)
+    organization = record.organization
+    if live_call_count(organization=organization) >= organization.session_limit:
+        raise SessionStartRefused(
+            429,
+            "busy",
+            f"the organization has {organization.session_limit} live session(s), its limit; try again later",
+        )
 
 
 def _engine_session_retry(*, token: str) -> Call | None:

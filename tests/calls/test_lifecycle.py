@@ -221,3 +221,32 @@ async def test_a_draining_process_refuses_a_new_calls_socket_with_the_reason(cli
     assert message["actionType"] == "endsession" and "restarting" in message["payload"]
     assert (await socket.receive_output())["code"] == 4503
     await socket.disconnect()
+
+
+@pytest.mark.django_db
+def test_tokens_minted_while_there_was_room_cannot_pass_the_limit_later(client_a, org_a, persona_a):
+    org_a.max_concurrent_sessions = 1
+    org_a.save(update_fields=["max_concurrent_sessions"])
+    tokens = [
+        client_a.post(
+            "/v1/auth/session-token", {"personaConfig": {"personaId": "mara"}}, format="json"
+        ).json()["sessionToken"]
+        for _ in range(2)
+    ]
+    start = APIClient()
+    assert (
+        start.post(
+            "/v1/engine/session", {}, format="json", HTTP_AUTHORIZATION=f"Bearer {tokens[0]}"
+        ).status_code
+        == 200
+    )
+    refused = start.post("/v1/engine/session", {}, format="json", HTTP_AUTHORIZATION=f"Bearer {tokens[1]}")
+    assert refused.status_code == 429 and refused.json()["error"] == "busy"
+    assert Call.objects.filter(organization=org_a).count() == 1
+    assert services_token_unused(tokens[1])  # refused, not used up: it works once there is room
+
+
+def services_token_unused(token: str) -> bool:
+    from personas.services import session_token_check
+
+    return session_token_check(token=token).used_at is None
