@@ -97,8 +97,10 @@ def session_token_issue(
     session_options: dict[str, Any] | None = None,
     client_label: str = "",
     api_key: ApiKey | None = None,
+    ttl_seconds: int | None = None,
 ) -> str:
-    """Record and sign a single-use session token for one persona of one organization."""
+    """Record and sign a single-use session token for one persona of one organization
+    (valid `ttl_seconds`, at most PARLEY_SESSION_TOKEN_TTL_SECONDS)."""
     from calls.selectors import live_call_count  # calls depends on personas, not the reverse
 
     if persona.organization_id != organization.pk:
@@ -108,7 +110,9 @@ def session_token_issue(
             f"the organization has {organization.session_limit} live session(s), its limit"
         )
     now = timezone.now()
-    ttl = settings.PARLEY_SESSION_TOKEN_TTL_SECONDS
+    ttl = min(
+        ttl_seconds or settings.PARLEY_SESSION_TOKEN_TTL_SECONDS, settings.PARLEY_SESSION_TOKEN_TTL_SECONDS
+    )
     record = SessionToken.objects.create(
         jti=uuid.uuid4().hex,
         organization=organization,

@@ -10,21 +10,30 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from personas.models import Persona, default_avatar_look
+from personas.models import Persona, SessionToken, default_avatar_look
 from personas.services import SessionLimitReached, session_token_issue
+from personas.tokens import SESSION_AUDIENCE, token_decode, token_id
 
 PAGE_CLIENT_LABEL = "parley-page"
 # Fresh tokens one visitor may ask for, per persona, per window: a person restarts a
 # conversation a few times a minute at most; a script minting tokens in a loop is stopped.
 TOKEN_REQUESTS_PER_WINDOW = 12
 TOKEN_RATE_WINDOW_SECONDS = 60
+# A page's token is used at once (Start asks for it): kept for a minute, not hoarded for an hour.
+PAGE_TOKEN_TTL_SECONDS = 60
+# Sessions one visitor may hold at once per organization, started or about to be (tokens not yet
+# used): a person has one conversation open, a few tabs at most; a script cannot take the
+# organization's live-session slots from everyone else.
+PAGE_SESSIONS_PER_VISITOR = 3
 HEX_COLOR = re.compile(r"#[0-9a-fA-F]{3,8}")
 BUSY_MESSAGE = "{name} is busy with other conversations right now. Please try again in a minute."
 
@@ -40,7 +49,35 @@ def page_token_issue(persona: Persona) -> str:
         persona=persona,
         kind="stateful",
         client_label=PAGE_CLIENT_LABEL,
+        ttl_seconds=PAGE_TOKEN_TTL_SECONDS,
     )
+
+
+def _visitor_key(request: HttpRequest, persona: Persona) -> str:
+    return f"parley:page-sessions:{persona.organization_id}:{client_address(request)}"
+
+
+def visitor_sessions_held(request: HttpRequest, persona: Persona) -> int:
+    """This visitor's page sessions of the organization that hold, or may soon hold, a slot: live
+    calls, and tokens not used yet. The visitor's tokens are remembered in the cache."""
+    from calls.models import LIVE_STATUSES, Call
+
+    jtis = cache.get(_visitor_key(request, persona)) or []
+    if not jtis:
+        return 0
+    now = timezone.now()
+    unused = SessionToken.objects.filter(jti__in=jtis, used_at__isnull=True, expires_at__gt=now).count()
+    live = Call.objects.filter(session_token__jti__in=jtis, status__in=LIVE_STATUSES).count()
+    return unused + live
+
+
+def visitor_session_remember(request: HttpRequest, persona: Persona, token: str) -> None:
+    key = _visitor_key(request, persona)
+    jtis = [
+        *(cache.get(key) or [])[-(4 * PAGE_SESSIONS_PER_VISITOR) :],
+        token_id(token_decode(token, audience=SESSION_AUDIENCE)),
+    ]
+    cache.set(key, jtis, timeout=settings.PARLEY_SESSION_TOKEN_TTL_SECONDS)
 
 
 def poster_colors(persona: Persona) -> dict[str, str]:
@@ -112,6 +149,14 @@ def persona_page_token(request: HttpRequest, slug: str) -> JsonResponse:
             {"error": "rate_limited", "message": "Too many new sessions; wait a minute and try again."},
             status=429,
         )
+    if visitor_sessions_held(request, persona) >= PAGE_SESSIONS_PER_VISITOR:
+        return JsonResponse(
+            {
+                "error": "too_many_sessions",
+                "message": "You already have conversations open here; end one, or wait a minute.",
+            },
+            status=429,
+        )
     try:
         session_token = page_token_issue(persona)
     except SessionLimitReached:
@@ -119,4 +164,5 @@ def persona_page_token(request: HttpRequest, slug: str) -> JsonResponse:
             {"error": "busy", "message": BUSY_MESSAGE.format(name=persona.name)},
             status=429,
         )
+    visitor_session_remember(request, persona, session_token)
     return JsonResponse({"sessionToken": session_token})

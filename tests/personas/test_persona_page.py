@@ -117,8 +117,11 @@ def test_the_token_endpoint_only_takes_post(client: Client, mara):
 
 
 def test_the_token_endpoint_is_rate_limited(client: Client, mara):
+    from django.utils import timezone
+
     for _ in range(TOKEN_REQUESTS_PER_WINDOW):
         assert client.post("/p/mara/token").status_code == 200
+        SessionToken.objects.update(expires_at=timezone.now())  # unused, gone: held by nobody
     response = client.post("/p/mara/token")
     assert response.status_code == 429
     assert response.json()["error"] == "rate_limited"
@@ -141,3 +144,33 @@ def test_a_busy_organization_gets_a_clear_message_not_a_token(client: Client, ma
     refused = client.post("/p/mara/token")
     assert refused.status_code == 429
     assert refused.json()["error"] == "busy"
+
+
+def test_a_visitor_holds_a_few_sessions_at_most_and_gets_more_as_they_end(client: Client, mara):
+    # A script behind one address could otherwise mint 12 tokens a minute, start them all, and
+    # hold most of the organization's live-session slots.
+    from calls.models import Call, CallStatus
+    from personas.views import PAGE_SESSIONS_PER_VISITOR
+
+    persona, _ = mara
+    tokens = [client.post("/p/mara/token").json()["sessionToken"] for _ in range(PAGE_SESSIONS_PER_VISITOR)]
+    refused = client.post("/p/mara/token")
+    assert refused.status_code == 429 and refused.json()["error"] == "too_many_sessions"
+    other = Client(REMOTE_ADDR="10.1.2.3")  # another visitor is not held back
+    assert other.post("/p/mara/token").status_code == 200
+
+    # The tokens become calls; once one ends, the visitor may start another.
+    from calls.services import call_end, engine_session_start
+
+    calls = [engine_session_start(token=token, engine_hosts=["127.0.0.1:8000"]) for token in tokens]
+    assert client.post("/p/mara/token").status_code == 429
+    call_end(call=calls[0], reason="hangup")
+    assert client.post("/p/mara/token").status_code == 200
+    assert Call.objects.filter(persona=persona, status=CallStatus.CONNECTING).count() == 2
+
+
+def test_a_page_token_is_short_lived(client: Client, mara):
+    from personas.views import PAGE_TOKEN_TTL_SECONDS
+
+    record = session_token_check(token=client.post("/p/mara/token").json()["sessionToken"])
+    assert (record.expires_at - record.issued_at).total_seconds() == PAGE_TOKEN_TTL_SECONDS
