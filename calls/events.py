@@ -183,10 +183,29 @@ class BotInterrupted(Event):
 
 
 class MessageConfirmed(Event):
-    """The server accepted a reply sent by an app."""
+    """The server accepted a message an app sent (say, reply, replyStream), or committed one of
+    the persona's own replies to the conversation."""
 
     name: ClassVar[str] = "message.confirmed"
     message_id: str
+    text: str = ""
+
+
+class ReplyRejected(Event):
+    """An app's reply came too late: a newer user message came after the one it answers."""
+
+    name: ClassVar[str] = "reply.rejected"
+    message_id: str
+    in_reply_to: str | None = None
+    reason: str
+
+
+class ReplyAborted(Event):
+    """An app's streamed reply was cut; later chunks of it are ignored."""
+
+    name: ClassVar[str] = "reply.aborted"
+    message_id: str
+    reason: Literal["turn.continued", "interrupted", "call_ended", "cancelled"]
 
 
 class ToolCall(BaseModel):
@@ -281,6 +300,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BotFinished,
         BotInterrupted,
         MessageConfirmed,
+        ReplyRejected,
+        ReplyAborted,
         LlmToolCall,
         SessionIdleWarning,
         SessionTimeout,

@@ -378,7 +378,9 @@ class PersonaAdmin(admin.ModelAdmin):
                     "max_duration_seconds",
                     "idle_timeout_seconds",
                     "idle_warning_seconds",
+                    "idle_check_in",
                     "send_audio_metrics",
+                    "app_answer_timeout_seconds",
                 )
             },
         ),

@@ -177,8 +177,23 @@ class Persona(models.Model):
     idle_warning_seconds = models.PositiveIntegerField(
         default=15, help_text="Warn this many seconds before the idle timeout."
     )
+    idle_check_in = models.CharField(
+        max_length=300,
+        blank=True,
+        default="Are you still there?",
+        help_text="Said at the idle warning unless an app answers it; empty says nothing.",
+    )
     skip_greeting = models.BooleanField(default=False)
-    send_audio_metrics = models.BooleanField(default=False)
+    send_audio_metrics = models.BooleanField(
+        default=False, help_text="Send audio.metrics (energy, VAD) about every 100 ms for apps' meters."
+    )
+    # Apps that answer turns (the agent API).
+    app_answer_timeout_seconds = models.FloatField(
+        default=3.0,
+        validators=[MinValueValidator(0.2), MaxValueValidator(30.0)],
+        help_text="While an app answers this persona's turns: how long a turn waits for the app to"
+        " start answering before the persona's own brain answers instead.",
+    )
 
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

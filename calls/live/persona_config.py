@@ -69,6 +69,9 @@ def persona_conversation_config(
             detection.get("silenceBeforeSessionEndSeconds") or persona.idle_timeout_seconds
         ),
         idle_warning_seconds=float(persona.idle_warning_seconds),
+        idle_check_in=persona.idle_check_in,
+        send_audio_metrics=persona.send_audio_metrics,
+        app_answer_timeout_seconds=float(persona.app_answer_timeout_seconds),
         tools=_persona_tools(persona.slug, persona.tools),
         tool_timeout_seconds=settings.PARLEY_TOOL_TIMEOUT_SECONDS,
     )

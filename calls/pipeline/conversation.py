@@ -120,6 +120,9 @@ class ConversationConfig:
     max_duration_seconds: float = 600.0
     idle_timeout_seconds: float = 60.0
     idle_warning_seconds: float = 15.0
+    idle_check_in: str = ""  # said at the idle warning unless an app answers it
+    send_audio_metrics: bool = False
+    app_answer_timeout_seconds: float = 3.0
     tools: tuple[BrainTool, ...] = ()  # what the LLM may call (the OpenAI brain only)
     tool_timeout_seconds: float = DEFAULT_TOOL_TIMEOUT_SECONDS
 

@@ -45,7 +45,9 @@ SAMPLES: dict[str, events.Event] = {
     "bot.interrupted": events.BotInterrupted(
         message_id="msg_2", played_ms=640, words_spoken=2, last_word="open"
     ),
-    "message.confirmed": events.MessageConfirmed(message_id="msg_3"),
+    "message.confirmed": events.MessageConfirmed(message_id="msg_3", text="We open at seven."),
+    "reply.rejected": events.ReplyRejected(message_id="msg_5", in_reply_to="msg_1", reason="a newer message"),
+    "reply.aborted": events.ReplyAborted(message_id="msg_6", reason="turn.continued"),
     "llm.tool_call": events.LlmToolCall(
         msg_id="msg_4", tool_calls=[events.ToolCall(id="t1", name="lookup_order", arguments='{"id": 7}')]
     ),
@@ -79,7 +81,9 @@ SEED_FIELDS = {
     "bot.word": {"messageId", "word"},
     "bot.finished": {"messageId"},
     "bot.interrupted": {"messageId", "playedMs", "wordsSpoken", "lastWord"},
-    "message.confirmed": {"messageId"},
+    "message.confirmed": {"messageId", "text"},
+    "reply.rejected": {"messageId", "inReplyTo", "reason"},
+    "reply.aborted": {"messageId", "reason"},
     "llm.tool_call": {"msgId", "toolCalls"},
     "session.idle_warning": {"remainingSeconds", "idleTimeoutSeconds"},
     "session.timeout": {"reason"},
