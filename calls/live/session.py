@@ -28,6 +28,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from calls import events, services
+from calls.live.limits import LimitReason, SessionLimits
 from calls.live.microphone import microphone_decode_inline, microphone_jitter_buffer_shorten
 from calls.live.registry import _LIVE
 from calls.live.webrtc_policy import (
@@ -86,15 +87,22 @@ class LiveSession(ConversationListener):
         self._publish_tail: asyncio.Future[Any] | None = None
         self._ended = asyncio.Event()
         self._connected = False
-        self._started_at = time.monotonic()
         self._video_track: Any = None
         self._conversation_started: asyncio.Future[None] | None = None
         self._user_action_id = ""  # correlates userSpeechStarted/Ended of one utterance
         self._interrupted_talk_streams: set[str] = set()  # told to the client once each
         self._speech_ready = asyncio.Event()  # the persona can be heard: talk goes through
         self._early_talk_chunks: list[dict[str, Any]] = []
+        self.limits = SessionLimits(
+            max_duration_seconds=config.max_duration_seconds,
+            idle_timeout_seconds=config.idle_timeout_seconds,
+            idle_warning_seconds=config.idle_warning_seconds,
+            on_idle_warning=self._on_idle_warning,
+            on_limit=self._on_limit,
+        )
         _LIVE[self.session_id] = self
         self._spawn(self._watchdog(), "watchdog")
+        self._spawn(self.limits.run(), "limits")
 
     # --- signalling socket ---------------------------------------------------------------
 
@@ -260,6 +268,7 @@ class LiveSession(ConversationListener):
             if not self.config.skip_greeting and self.config.greeting:
                 await self.conversation.say(self.config.greeting)
             self._speech_ready.set()
+            self.limits.idle_clock_start()
             early, self._early_talk_chunks = self._early_talk_chunks, []
             for payload in early:
                 await self._on_talk_stream(payload)
@@ -301,6 +310,7 @@ class LiveSession(ConversationListener):
     async def user_typed(self, text: str) -> None:
         """Typed text is treated as if said: user.message, a transcript row, then a reply."""
         assert self.conversation is not None
+        self.limits.user_active()
         # The reply does not wait for the writes: every session's writes share one database
         # thread, busy with the word events of everyone speaking. They are queued there first,
         # so user.message still precedes the reply's events.
@@ -410,10 +420,12 @@ class LiveSession(ConversationListener):
 
     async def on_user_speech_started(self) -> None:
         self._user_action_id = "ua_" + secrets.token_hex(8)
+        self.limits.user_speaking(True)
         self.publish_soon(events.SpeechStarted())
         self.send_data("userSpeechStarted", {"user_action_correlation_id": self._user_action_id})
 
     async def on_user_speech_ended(self) -> None:
+        self.limits.user_speaking(False)
         self.publish_soon(events.SpeechEnded())
         self.send_data("userSpeechEnded", {"user_action_correlation_id": self._user_action_id})
 
@@ -437,6 +449,7 @@ class LiveSession(ConversationListener):
         self.publish_soon(events.TurnContinued())
 
     async def on_bot_speaking(self, *, message_id: str, text: str) -> None:
+        self.limits.persona_speaking(True)
         await self.publish(events.BotSpeaking(message_id=message_id, text=text))
 
     async def on_bot_word(
@@ -458,6 +471,7 @@ class LiveSession(ConversationListener):
     async def on_bot_finished(
         self, *, message_id: str, text: str, spoken: str, index: int, correlation_id: str | None
     ) -> None:
+        self.limits.persona_speaking(False)
         self.send_data(
             "speechText",
             {
@@ -485,6 +499,7 @@ class LiveSession(ConversationListener):
         played_ms: int,
         correlation_id: str | None,
     ) -> None:
+        self.limits.persona_speaking(False)
         words = spoken.split()
         self.send_data(
             "speechText",
@@ -559,17 +574,35 @@ class LiveSession(ConversationListener):
 
     # --- ending -----------------------------------------------------------------------------
 
+    async def _app_answers_idle_warning(self) -> bool:
+        """Whether an app answers this session's idle warning (then the persona says nothing)."""
+        return False  # the agent API (calls/agents/) wires this to the apps answering the persona
+
+    async def _on_idle_warning(self, remaining_seconds: float) -> None:
+        """The user has been silent for the idle timeout less the warning: say so, then check in."""
+        await self.publish(
+            events.SessionIdleWarning(
+                remaining_seconds=round(remaining_seconds, 1),
+                idle_timeout_seconds=self.limits.idle_timeout_seconds,
+            )
+        )
+        line = self.config.idle_check_in.strip()
+        if line and self.conversation is not None and not self.ended:
+            if not await self._app_answers_idle_warning():
+                await self.conversation.say(line)
+
+    async def _on_limit(self, reason: LimitReason) -> None:
+        """A session limit hit: `session.timeout`, then the call ends with that reason."""
+        if self.ended:
+            return
+        await self.publish(events.SessionTimeout(reason=reason))
+        # The reason itself goes to the browser (the Anam SDK's CONNECTION_CLOSED details).
+        await self.end(reason=EndReason.IDLE_TIMEOUT if reason == "idle_timeout" else EndReason.MAX_DURATION)
+
     async def _watchdog(self) -> None:
         while not self._ended.is_set():
             await asyncio.sleep(WATCHDOG_INTERVAL_SECONDS)
             now = time.monotonic()
-            elapsed = now - self._started_at
-            if elapsed > self.config.max_duration_seconds:
-                await self.publish(events.SessionTimeout(reason="max_duration"))
-                await self.end(
-                    reason=EndReason.MAX_DURATION, message="the session reached its maximum duration"
-                )
-                return
             if self._socket_lost_at is not None:
                 # No socket and no microphone for the grace period: the client has gone (a closed
                 # tab). While media still flows the socket may come back, up to the stale time.
