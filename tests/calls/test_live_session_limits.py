@@ -118,6 +118,13 @@ def call_events(session_id: str) -> list[tuple[str, dict[str, Any]]]:
     return list(CallEvent.objects.filter(call_id=session_id).order_by("cursor").values_list("type", "data"))
 
 
+async def idle_warning_stored(session_id: str) -> None:
+    deadline = time.monotonic() + CALL_END_TIMEOUT_SECONDS
+    while "session.idle_warning" not in [name for name, _ in await call_events(session_id)]:
+        assert time.monotonic() < deadline, "no idle warning"
+        await asyncio.sleep(0.05)
+
+
 async def signals_until_endsession(socket: WebsocketCommunicator) -> list[dict[str, Any]]:
     frames: list[dict[str, Any]] = []
     while not frames or frames[-1]["actionType"] != "endsession":
@@ -170,13 +177,8 @@ async def test_a_silent_user_is_warned_checked_in_on_and_the_call_ends_as_idle_t
 async def test_typed_text_resets_the_idle_clock(client_a, short_limits):
     short_limits.idle_check_in = ""  # nothing said at the warning: the persona stays quiet
     await database_sync_to_async(short_limits.save)()
-    live, conversation, socket = await connected_session(client_a)
-    await socket.receive_json_from(timeout=CALL_END_TIMEOUT_SECONDS)  # sessionready
-
-    deadline = time.monotonic() + CALL_END_TIMEOUT_SECONDS
-    while "session.idle_warning" not in [name for name, _ in await call_events(live.session_id)]:
-        assert time.monotonic() < deadline, "no idle warning"
-        await asyncio.sleep(0.05)
+    live, conversation, _socket = await connected_session(client_a)
+    await idle_warning_stored(live.session_id)
     await live.user_typed("Sorry, I was reading the menu.")
 
     assert (await call_ended(live.session_id)).end_reason == "idle_timeout"
@@ -191,6 +193,28 @@ async def test_typed_text_resets_the_idle_clock(client_a, short_limits):
     ]
     assert conversation.said == [short_limits.greeting]  # an empty check-in line says nothing
     assert conversation.typed == ["Sorry, I was reading the menu."]
+
+
+async def test_the_users_speech_resets_the_idle_clock_and_holds_it_while_they_speak(client_a, short_limits):
+    short_limits.idle_check_in = ""
+    await database_sync_to_async(short_limits.save)()
+    live, _conversation, _socket = await connected_session(client_a)
+    await idle_warning_stored(live.session_id)
+
+    await live.on_user_speech_started()  # voice activity, as the pipeline reports it
+    await asyncio.sleep(short_limits.idle_timeout_seconds * 1.5)  # speaking longer than the idle timeout
+    await live.on_user_speech_ended()
+
+    assert (await call_ended(live.session_id)).end_reason == "idle_timeout"
+    types = [name for name, _ in await call_events(live.session_id)]
+    assert types[-6:] == [
+        "session.idle_warning",
+        "speech.started",
+        "speech.ended",
+        "session.idle_warning",
+        "session.timeout",
+        "call.ended",
+    ]
 
 
 async def test_an_app_that_answers_the_idle_warning_keeps_the_persona_quiet(
