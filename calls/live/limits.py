@@ -57,6 +57,7 @@ class SessionLimits:
         # The silence after which the warning comes (None: no warning).
         self._warn_after = idle_timeout_seconds - warned_before if warned_before else None
         self._idle_started = False
+        self._idle_starts_after_persona = False  # starts when the persona's first words end
         self._idle_counted = 0.0  # silence counted before the stretch now running
         self._idle_since: float | None = None  # when the running stretch began; None while paused
         self._paused_by: set[str] = set()
@@ -66,14 +67,21 @@ class SessionLimits:
 
     # --- what the session hears ------------------------------------------------------------
 
-    def idle_clock_start(self) -> None:
-        """The persona can be heard: the user's silence counts from now."""
-        if not self._idle_started:
+    def idle_clock_start(self, *, after_persona_speaks: bool = False) -> None:
+        """The persona can be heard: the user's silence counts from now, or, with a greeting
+        queued, from when it has been said (or the user is heard first). A greeting's voice
+        comes some time after it is queued, and that time is not the user's silence either."""
+        if after_persona_speaks and not self._idle_started:
+            self._idle_starts_after_persona = True
+        elif not self._idle_started:
             self._idle_started = True
+            self._idle_starts_after_persona = False
             self._resume(None)
 
     def user_active(self) -> None:
         """The user was heard (typed text, speech): the silence starts again from zero."""
+        if self._idle_starts_after_persona:
+            self.idle_clock_start()
         self._idle_counted = 0.0
         if self._idle_since is not None:
             self._idle_since = self._clock()
@@ -93,6 +101,8 @@ class SessionLimits:
         if speaking:
             self._pause(PAUSED_BY_PERSONA)
         else:
+            if self._idle_starts_after_persona:
+                self.idle_clock_start()
             self._resume(PAUSED_BY_PERSONA)
 
     def idle_seconds(self) -> float:

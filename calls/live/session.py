@@ -265,10 +265,11 @@ class LiveSession(ConversationListener):
         await self.signal("sessionready", self.session_id)
         if self.conversation is not None:
             self.conversation.peer_ready()
-            if not self.config.skip_greeting and self.config.greeting:
+            greeting = not self.config.skip_greeting and bool(self.config.greeting)
+            if greeting:
                 await self.conversation.say(self.config.greeting)
             self._speech_ready.set()
-            self.limits.idle_clock_start()
+            self.limits.idle_clock_start(after_persona_speaks=greeting)
             early, self._early_talk_chunks = self._early_talk_chunks, []
             for payload in early:
                 await self._on_talk_stream(payload)

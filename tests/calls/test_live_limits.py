@@ -88,6 +88,30 @@ async def test_the_idle_clock_does_not_run_before_the_persona_can_be_heard():
     assert limits.idle_seconds() == 0.0
 
 
+async def test_with_a_greeting_queued_the_idle_clock_starts_once_it_has_been_said():
+    clock = FakeClock()
+    limits, recorder = limits_make(clock)
+    limits.idle_clock_start(after_persona_speaks=True)
+    clock.advance(120.0)  # the greeting's voice is slow to come
+    await limits.check()
+    assert limits.idle_seconds() == 0.0
+    limits.persona_speaking(True)
+    clock.advance(5.0)
+    limits.persona_speaking(False)
+    clock.advance(45.0)
+    await limits.check()
+    assert recorder.told == [("idle_warning", 15.0)]
+
+
+async def test_with_a_greeting_queued_the_user_heard_first_starts_the_idle_clock():
+    clock = FakeClock()
+    limits, _recorder = limits_make(clock)
+    limits.idle_clock_start(after_persona_speaks=True)
+    limits.user_active()  # typed before the greeting played
+    clock.advance(10.0)
+    assert limits.idle_seconds() == pytest.approx(10.0)
+
+
 async def test_the_personas_voice_pauses_the_idle_clock_without_resetting_it():
     clock = FakeClock()
     limits, recorder = limits_make(clock)
