@@ -44,6 +44,7 @@ PAGE = """<!doctype html>
                         "VIDEO_STREAM_STARTED", "AUDIO_STREAM_STARTED", "CONNECTION_CLOSED"]) {
       client.addListener(E[name], (...args) => window.sdkEvents.push(name));
     }
+    client.addListener(E.CONNECTION_CLOSED, (code, details) => { window.sdkClosed = [code, details ?? null]; });
     client.addListener(E.MESSAGE_HISTORY_UPDATED, (messages) => { window.sdkHistory = messages; });
     window.personaEnds = 0;
     client.addListener(E.MESSAGE_STREAM_EVENT_RECEIVED, (event) => {
@@ -138,3 +139,32 @@ def test_the_official_sdk_plays_the_persona_and_gets_its_reply(
     messages = list(Message.objects.filter(call__persona=persona).values_list("role", "text"))
     assert ("user", "hello") in messages
     assert CallEvent.objects.filter(call__persona=persona, type="user.message", data__text="hello").exists()
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_the_official_sdk_is_told_why_the_server_ended_an_idle_session(
+    live_server_url, other_origin, page, make_organization, make_persona
+):
+    """At the idle timeout the server sends `endsession` with the reason; the SDK closes with
+    SERVER_CLOSED_CONNECTION and that reason as the details."""
+    organization = make_organization("Bakery", slug="bakery")
+    make_persona(
+        organization, "mara", greeting="Hi.", idle_timeout_seconds=2, idle_warning_seconds=1, idle_check_in=""
+    )
+    key = api_key_create(organization=organization, name="sdk").raw_key
+    token = httpx.post(
+        f"{live_server_url}/v1/auth/session-token",
+        json={"personaConfig": {"personaId": "mara"}},
+        headers={"Authorization": f"Bearer {key}"},
+    ).json()["sessionToken"]
+
+    page.goto(other_origin)
+    page.evaluate("([token, base]) => { window.startPersona(token, base); }", [token, live_server_url])
+    page.wait_for_function("window.sdkClosed !== undefined", timeout=STEP_TIMEOUT_MS)
+
+    assert page.evaluate("window.sdkClosed") == [
+        "CONNECTION_CLOSED_CODE_SERVER_CLOSED_CONNECTION",
+        "idle_timeout",
+    ]
+    assert "SESSION_READY" in page.evaluate("window.sdkEvents")
