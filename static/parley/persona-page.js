@@ -227,9 +227,16 @@ function describeStartFailure(error) {
   return error?.message || "Could not start the session.";
 }
 
+// The session limits' reasons, as the server sends them in `endsession` (the call's end reason).
+const LIMIT_REASONS = {
+  idle_timeout: "The session ended: nobody spoke for a while.",
+  max_duration: "The session reached its time limit.",
+};
+
 function describeClose(code, details) {
   switch (code) {
     case ConnectionClosedCode.SERVER_CLOSED_CONNECTION:
+      if (LIMIT_REASONS[details]) return LIMIT_REASONS[details];
       return details ? `The session ended: ${details}.` : "The server ended the session.";
     case ConnectionClosedCode.SIGNALLING_CLIENT_CONNECTION_FAILURE:
       return "Lost the connection to the server. Press Start to try again.";

@@ -296,3 +296,26 @@ def test_a_denied_microphone_is_shown_and_typing_still_works(
     )
     page.screenshot(path=str(screenshot_dir / "chat-page-5-mic-denied.png"))
     page.click("#stop-button")
+
+
+def test_a_silent_visitor_hears_the_check_in_and_is_told_why_the_session_ended(
+    live_server_url: str, mara: str, page: Page, step
+):
+    from personas.models import Persona
+
+    Persona.objects.filter(slug=mara).update(
+        idle_timeout_seconds=4, idle_warning_seconds=2, idle_check_in="Are you still there?"
+    )
+    timeout = STEP_TIMEOUT_MILLISECONDS
+    page.goto(f"{live_server_url}/p/{mara}/")
+    page.click("#start-button")
+    step(
+        "the session ends by itself",
+        lambda: expect(page.locator("#state-pill")).to_have_attribute("data-state", "ended", timeout=timeout),
+    )
+    expect(page.locator("#error-text")).to_have_text("The session ended: nobody spoke for a while.")
+    assert history_texts(page, "persona")[-1] == "Are you still there?"
+    deadline = time.monotonic() + CALL_END_TIMEOUT_SECONDS  # the server stores the end after endsession
+    while not Call.objects.get(persona__slug=mara).end_reason and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert Call.objects.get(persona__slug=mara).end_reason == "idle_timeout"
