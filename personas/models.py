@@ -217,6 +217,10 @@ class Persona(models.Model):
             validate_avatar_look(self.avatar_look)
         except ValidationError as error:
             raise ValidationError({"avatar_look": error.messages}) from None
+        if self.idle_timeout_seconds and self.idle_warning_seconds >= self.idle_timeout_seconds:
+            raise ValidationError(
+                {"idle_warning_seconds": "must be shorter than the idle timeout (0 gives no warning)"}
+            )
 
 
 class KnowledgeEntry(models.Model):
