@@ -7,6 +7,7 @@
 - `session`: `LiveSession`, one call's real-time side (signalling, WebRTC, data channel,
   conversation listener, ending).
 - `persona_config`: the persona (and a token's overrides) as a `ConversationConfig`.
+- `limits`: `SessionLimits`, a session's maximum duration and idle clock (warning, timeout).
 
 The names below that tests patch on this package (`ICE_CONSENT_*`, `get_decoder`) are bound
 only here, and the modules read them from here at each use.
