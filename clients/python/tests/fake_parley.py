@@ -29,7 +29,8 @@ class FakeParley:
         self.log: list[tuple[int, str, dict[str, Any]]] = []  # (cursor, event, data)
         self.frames: list[dict[str, Any]] = []  # every frame any client sent, in order
         self.handshakes: list[Request] = []
-        self.live: set[ServerConnection] = set()
+        self.live: set[ServerConnection] = set()  # subscribed: they get events
+        self.open: set[ServerConnection] = set()  # every open connection
         # Behaviour a test can set.
         self.errors: dict[str, tuple[str, str]] = {}  # action -> (code, message) answered
         self.silent: set[str] = set()  # actions never answered
@@ -78,6 +79,10 @@ class FakeParley:
         for connection in list(self.live):
             await connection.send(json.dumps(frame))
 
+    async def close_all(self, code: int, reason: str) -> None:
+        for connection in list(self.open):
+            await connection.close(code, reason)
+
     async def drop(self) -> None:
         """Cut every connection without a close frame, like a crashed server or network."""
         for connection in list(self.live):
@@ -114,6 +119,7 @@ class FakeParley:
             )
             await connection.close(4401, "bad API key")
             return
+        self.open.add(connection)
         try:
             async for message in connection:
                 frame = json.loads(message)
@@ -123,6 +129,7 @@ class FakeParley:
             pass
         finally:
             self.live.discard(connection)
+            self.open.discard(connection)
 
     async def _command(self, connection: ServerConnection, frame: dict[str, Any]) -> None:
         action = frame.get("action")

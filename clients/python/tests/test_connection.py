@@ -198,10 +198,22 @@ async def test_a_refused_key_stops_the_client_instead_of_retrying(fake, make_age
     assert "not retrying" in caplog.text
 
 
+async def test_a_refusing_close_while_the_subscription_waits_is_seen_at_once(fake, make_agent):
+    fake.silent.add("subscribe")
+    task = asyncio.create_task(make_agent(command_timeout=60).run())
+    await wait_until(lambda: fake.actions("subscribe"))
+    await fake.close_all(4403, "persona of another organization")
+    with pytest.raises(AgentError) as raised:
+        await asyncio.wait_for(task, 3)  # not the 60 s of the command timeout
+    assert raised.value.code == "forbidden"
+    assert "another organization" in raised.value.message
+
+
 async def test_a_wrong_key_is_refused_by_the_fake_and_stops_the_client(fake, make_agent):
     with pytest.raises(AgentError) as raised:
         await asyncio.wait_for(make_agent(api_key="pk_wrong").run(), 5)
     assert raised.value.code == "unauthorized"
+    assert "bad key" in raised.value.message  # what Parley said before closing
     assert len(fake.handshakes) == 1
 
 

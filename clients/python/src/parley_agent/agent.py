@@ -9,9 +9,7 @@ import json
 import logging
 import os
 import random
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -19,6 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from parley_agent.call import Call, ReplyStream
 from parley_agent.errors import AgentError
+from parley_agent.requests import PendingRequests
 
 __all__ = ["Agent", "Handler"]
 
@@ -46,13 +45,6 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 FATAL_CLOSE_CODES = {4400: "bad_request", 4401: "unauthorized", 4403: "forbidden"}
 FATAL_HTTP_STATUSES = {401: "unauthorized", 403: "forbidden"}
 REPLY_FRAMES = ("ack", "error")
-
-
-@dataclass
-class _Pending:
-    action: str
-    future: asyncio.Future[dict[str, Any]]
-    timer: asyncio.TimerHandle
 
 
 def agent_socket_url(base_url: str) -> str:
@@ -125,9 +117,10 @@ class Agent:
         self._handlers: dict[str, list[Handler]] = {}
         self._calls: dict[str, Call] = {}
         self._streams: dict[str, ReplyStream] = {}
-        self._pending: dict[str, _Pending] = {}
+        self._pending = PendingRequests(command_timeout)
         self._tasks: set[asyncio.Task[None]] = set()
         self._socket: ClientConnection | None = None
+        self._last_server_error = ""  # said without a requestId, e.g. before a refusing close
         self._running = False
         self._stopping = False
         self._close_task: asyncio.Task[None] | None = None
@@ -218,7 +211,7 @@ class Agent:
         self._running = False
         assert self._ready is not None
         self._ready.clear()
-        self._pending_fail(AgentError("disconnected", "the client stopped"))
+        self._pending.fail_all("disconnected", "the client stopped")
         if self._close_task is not None:
             await asyncio.gather(self._close_task, return_exceptions=True)
         tasks = list(self._tasks)
@@ -247,6 +240,7 @@ class Agent:
                 ) from None
             raise
         self._socket = socket
+        self._last_server_error = ""
         reader = asyncio.create_task(self._read(socket))
         subscribed = False
         try:
@@ -258,13 +252,14 @@ class Agent:
             assert self._ready is not None
             self._ready.clear()
             self._socket = None
-            self._pending_fail(AgentError("disconnected", "the connection to Parley was lost"))
+            self._pending.fail_all("disconnected", "the connection to Parley was lost")
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             await socket.close()
         if code in FATAL_CLOSE_CODES:
+            said = f"; it said {self._last_server_error}" if self._last_server_error else ""
             raise self._fatal(
-                FATAL_CLOSE_CODES[code], f"Parley closed the connection ({code} {reason})".strip()
+                FATAL_CLOSE_CODES[code], f"Parley closed the connection ({code} {reason}){said}"
             )
         if not self._stopping:
             logger.warning("connection to %s closed (%s %s)", self.url, code, reason)
@@ -315,6 +310,10 @@ class Agent:
             try:
                 message = await socket.recv()
             except ConnectionClosed as closed:
+                # At once, not when the session winds up: a subscribe may be waiting on it.
+                assert self._ready is not None
+                self._ready.clear()
+                self._pending.fail_all("disconnected", "the connection to Parley was lost")
                 if closed.rcvd is not None:
                     return closed.rcvd.code, closed.rcvd.reason
                 return None, "no close frame"
@@ -350,18 +349,15 @@ class Agent:
         self._event_receive(name, data)
 
     def _reply_receive(self, frame: dict[str, Any]) -> None:
-        request_id = frame.get("requestId")
-        pending = self._pending.get(request_id) if isinstance(request_id, str) else None
+        if self._pending.answer(frame):
+            return
         if frame["event"] == "error":
-            code = str(frame.get("code") or "error")
-            message = str(frame.get("message") or frame.get("detail") or "")
-            if pending is None:
-                logger.warning("error from Parley: %s %s", code, message)
-                return
-            if not pending.future.done():
-                pending.future.set_exception(AgentError(code, message))
-        elif pending is not None and not pending.future.done():
-            pending.future.set_result(frame)
+            self._last_server_error = (
+                f"{frame.get('code')}: {frame.get('message') or frame.get('detail') or ''}"
+            )
+            logger.warning(
+                "error from Parley: %s %s", frame.get("code"), frame.get("message") or frame.get("detail")
+            )
 
     def _event_receive(self, name: str, data: dict[str, Any]) -> None:
         """Bookkeeping first (so handlers see streams already aborted), then the handlers."""
@@ -430,13 +426,8 @@ class Agent:
     async def _request(
         self, socket: ClientConnection, frame: dict[str, Any]
     ) -> asyncio.Future[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        request_id = f"rq_{uuid.uuid4().hex[:16]}"
         action = str(frame["action"])
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        timer = loop.call_later(self.command_timeout, self._request_expire, request_id)
-        self._pending[request_id] = _Pending(action, future, timer)
-        future.add_done_callback(lambda _: self._pending_drop(request_id))
+        request_id, future = self._pending.open(action)
         try:
             await socket.send(json.dumps({"action": action, "requestId": request_id, **frame}))
         except ConnectionClosed:
@@ -445,23 +436,6 @@ class Agent:
                     AgentError("disconnected", f"the connection closed before {action} was sent")
                 )
         return future
-
-    def _request_expire(self, request_id: str) -> None:
-        pending = self._pending.get(request_id)
-        if pending is not None and not pending.future.done():
-            pending.future.set_exception(
-                AgentError("timeout", f"no answer to {pending.action} within {self.command_timeout:g} s")
-            )
-
-    def _pending_drop(self, request_id: str) -> None:
-        pending = self._pending.pop(request_id, None)
-        if pending is not None:
-            pending.timer.cancel()
-
-    def _pending_fail(self, error: AgentError) -> None:
-        for pending in list(self._pending.values()):
-            if not pending.future.done():
-                pending.future.set_exception(AgentError(error.code, error.message))
 
     # --- Streams ----------------------------------------------------------------------
 
