@@ -11,13 +11,14 @@ WORKERS ?= 1
 # The demo runs with Django's debug mode unless told otherwise (it needs no secret key then).
 export DJANGO_DEBUG ?= 1
 
-.PHONY: run test test-fast lint format migrate seed venv clean help
+.PHONY: run test test-fast test-client lint format migrate seed venv clean help
 
 help:
 	@echo "make run    - install, migrate, seed the demo and serve on http://$(HOST):$(PORT)/"
 	@echo "             (WORKERS=2: two Daphne processes, sessions spread over both)"
 	@echo "make test   - install (incl. Chromium for browser tests) and run the whole test suite"
 	@echo "make lint   - ruff lint and format check"
+	@echo "make test-client - the Python client's tests (clients/python), in a virtualenv of its own"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,14 @@ tests/browser/sdk/node_modules/.installed: tests/browser/sdk/package.json
 test: $(VENV)/.installed-dev tests/browser/sdk/node_modules/.installed
 	bash scripts/ensure-chromium
 	$(BIN)/python -m pytest
+
+# The client must work without Django and Parley's dependencies: it gets its own virtualenv.
+CLIENT_VENV := var/client-venv
+
+test-client:
+	test -x $(CLIENT_VENV)/bin/python || $(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/pip install --quiet './clients/python[test]'
+	cd clients/python && ../../$(CLIENT_VENV)/bin/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
