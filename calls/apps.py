@@ -12,3 +12,7 @@ class CallsConfig(AppConfig):
         from webapp.logging import loguru_forward
 
         loguru_forward(settings.PIPECAT_LOG_LEVEL)
+
+        from calls.agents.hooks import hooks_load
+
+        hooks_load()

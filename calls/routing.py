@@ -6,6 +6,7 @@ from typing import Any
 
 from django.urls import path
 
+from calls.agents.consumers import AgentConsumer
 from calls.consumers import EventStreamSSEConsumer, EventStreamWebsocketConsumer, SignallingConsumer
 
 http_urlpatterns: list[Any] = [
@@ -14,4 +15,5 @@ http_urlpatterns: list[Any] = [
 websocket_urlpatterns: list[Any] = [
     path("ws/events/", EventStreamWebsocketConsumer.as_asgi()),
     path("ws/engine/", SignallingConsumer.as_asgi()),
+    path("ws/agent/", AgentConsumer.as_asgi()),
 ]

@@ -348,6 +348,11 @@ PARLEY_VIDEO_MAX_BITRATE = env_int("PARLEY_VIDEO_MAX_BITRATE", 250_000)
 # How long an LLM tool call waits for its result (the browser's for client tools, the app's
 # for server tools) before the LLM is told it failed; a tool's own timeoutSeconds wins.
 PARLEY_TOOL_TIMEOUT_SECONDS = env_float("PARLEY_TOOL_TIMEOUT_SECONDS", 15.0)
+# In-process agent hooks (`calls.agents.parley_agent`): the modules that define them, imported
+# at start-up (comma-separated dotted names), and how long one handler may run before it is
+# cancelled (seconds).
+PARLEY_AGENT_MODULES = env_list("PARLEY_AGENT_MODULES", [])
+PARLEY_AGENT_HOOK_TIMEOUT_SECONDS = env_float("PARLEY_AGENT_HOOK_TIMEOUT_SECONDS", 30.0)
 
 # Demo data (python manage.py seed_demo).
 PARLEY_DEMO_API_KEY = os.environ.get("PARLEY_DEMO_API_KEY", "")

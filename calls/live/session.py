@@ -28,6 +28,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from calls import events, services
+from calls.agents.control import CallControl
+from calls.agents.hooks import hooks_dispatch, hooks_present
 from calls.live.limits import LimitReason, SessionLimits
 from calls.live.microphone import microphone_decode_inline, microphone_jitter_buffer_shorten
 from calls.live.registry import _LIVE
@@ -100,9 +102,11 @@ class LiveSession(ConversationListener):
             on_idle_warning=self._on_idle_warning,
             on_limit=self._on_limit,
         )
+        self.control = CallControl(self)  # the agent API's side of the call
         _LIVE[self.session_id] = self
         self._spawn(self._watchdog(), "watchdog")
         self._spawn(self.limits.run(), "limits")
+        self._spawn(self.control.watch(), "agents")
 
     # --- signalling socket ---------------------------------------------------------------
 
@@ -180,6 +184,7 @@ class LiveSession(ConversationListener):
             listener=self,
             face=self._video_track.animator,
         )
+        self.conversation.app_answers = lambda: self.control.answering
         self._conversation_started = asyncio.ensure_future(self.conversation.start())
 
         @peer.on("datachannel")
@@ -329,6 +334,7 @@ class LiveSession(ConversationListener):
         event and the row are written in order behind the events before them.
         """
         message_id = new_message_id()
+        self.control.user_message(message_id)
         at = timezone.now()
 
         async def store() -> None:
@@ -405,6 +411,9 @@ class LiveSession(ConversationListener):
             await services.acall_event_publish(call=self.call, event=event, at=at)
         except Exception:  # the conversation goes on even if one event cannot be stored
             logger.exception("session %s: could not publish %s", self.session_id, event.name)
+        if hooks_present(self.config.agent):
+            frame = events.event_frame(event=event, call_id=self.session_id, agent=self.config.agent)
+            hooks_dispatch(call_id=self.session_id, slug=self.config.agent, name=event.name, data=frame)
 
     def _in_order(self, write: Callable[[], Awaitable[None]]) -> asyncio.Future[Any]:
         """Run `write` once every write queued before it has finished."""
@@ -441,13 +450,16 @@ class LiveSession(ConversationListener):
         await self._user_said(text, wait=False)
 
     async def on_eager_turn(self, *, text: str, probability: float) -> None:
+        self.control.turn_eager()
         self.publish_soon(events.EagerTurn(text=text, probability=probability))
 
     async def on_turn_end(self, *, text: str, probability: float) -> None:
         self.publish_soon(events.TurnEnd(text=text, probability=probability))
+        await self.control.turn_end()
 
     async def on_turn_continued(self) -> None:
         self.publish_soon(events.TurnContinued())
+        await self.control.turn_continued()
 
     async def on_bot_speaking(self, *, message_id: str, text: str) -> None:
         self.limits.persona_speaking(True)
@@ -486,6 +498,8 @@ class LiveSession(ConversationListener):
             },
         )
         await self.publish(events.BotFinished(message_id=message_id))
+        if not self.control.owns(message_id):  # an app's messages were confirmed when accepted
+            await self.publish(events.MessageConfirmed(message_id=message_id, text=text or spoken))
         await database_sync_to_async(services.message_record)(
             call=self.call, message_id=message_id, role="persona", text=text or spoken, spoken_text=spoken
         )
@@ -544,6 +558,9 @@ class LiveSession(ConversationListener):
         )
 
     async def on_talk_stream_interrupted(self, *, correlation_id: str) -> None:
+        if self.control.owns(correlation_id):  # an app's reply stream, not the browser's talk stream
+            await self.control.message_interrupted(correlation_id)
+            return
         if correlation_id not in self._interrupted_talk_streams:
             self._interrupted_talk_streams.add(correlation_id)
             await self.signal("talkinputstreaminterrupted", {"correlationId": correlation_id})
@@ -577,7 +594,7 @@ class LiveSession(ConversationListener):
 
     async def _app_answers_idle_warning(self) -> bool:
         """Whether an app answers this session's idle warning (then the persona says nothing)."""
-        return False  # the agent API (calls/agents/) wires this to the apps answering the persona
+        return await self.control.answers_idle_warning()
 
     async def _on_idle_warning(self, remaining_seconds: float) -> None:
         """The user has been silent for the idle timeout less the warning: say so, then check in."""
@@ -627,6 +644,7 @@ class LiveSession(ConversationListener):
         self._ended.set()
         _LIVE.pop(self.session_id, None)
         await self.signal("endsession", message or reason)
+        await self.control.call_ending()
         if self.conversation is not None:
             await self.conversation.stop()
         if self._video_track is not None:
@@ -649,6 +667,15 @@ class LiveSession(ConversationListener):
     @property
     def ended(self) -> bool:
         return self._ended.is_set()
+
+    @property
+    def speech_ready(self) -> bool:
+        """The persona can be heard (its voice is up)."""
+        return self._speech_ready.is_set()
+
+    def end_soon(self, *, reason: str, message: str = "") -> None:
+        """End the call in a task of its own (a command that ends it answers first)."""
+        self._spawn(self.end(reason=reason, message=message), "end")
 
     def _spawn(self, coroutine: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.text.base_text_aggregator import TextType
 
+from calls.pipeline.answer_gate import AppAnswerGate
 from calls.pipeline.brain.config import BrainTool, ToolKind
 from calls.pipeline.frames import (
     SpeechMessageStartFrame,
@@ -171,6 +173,8 @@ class _SpeechPlan:
         # The talk stream being played, if any: its messages carry its correlation id.
         self.talk_correlation_id: str | None = None
         self.message_id: str | None = None
+        # The id the next message takes (an app's own, for its say/reply/stream); None: a new one.
+        self.next_message_id: str | None = None
         self.spoken: list[str] = []
         self.start_samples = 0
         self.started_at = 0.0
@@ -288,10 +292,12 @@ class PlaybackTracker(FrameProcessor):
             # What played before it was another message; this one says its text.
             await self._finish()
             plan.planned[:] = [frame.text]
+            plan.next_message_id = frame.message_id
         elif isinstance(frame, TalkStreamStartFrame) and direction == FrameDirection.DOWNSTREAM:
             # The stream's audio comes next: what played before it was another message.
             await self._finish()
             plan.talk_correlation_id = plan.correlation_id = frame.correlation_id
+            plan.next_message_id = frame.message_id
         elif isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
             plan.talk_correlation_id = None  # the current message keeps its id to its end
         elif isinstance(frame, InterruptionFrame):
@@ -404,7 +410,8 @@ class PlaybackTracker(FrameProcessor):
     async def _start_message(self) -> None:
         plan = self._plan
         plan.started_at = time.monotonic()
-        plan.message_id = "msg_" + secrets.token_hex(12)
+        plan.message_id = plan.next_message_id or "msg_" + secrets.token_hex(12)
+        plan.next_message_id = None
         plan.spoken = []
         plan.start_samples = self._track.samples_played
         await self._listener.on_bot_speaking(message_id=plan.message_id, text=plan.planned_text)
@@ -500,6 +507,11 @@ class Conversation:
         self.stt: Any = None
         self.turn_strategy: ParleyTurnStopStrategy | None = None
         self.voice_guard: VoiceGuard | None = None
+        # Whether an app answers this call's turns now (the agent API); the brain then waits.
+        self.app_answers: Callable[[], bool] = lambda: False
+        self.answer_gate = AppAnswerGate(
+            app_answers=lambda: self.app_answers(), timeout_seconds=config.app_answer_timeout_seconds
+        )
 
     @staticmethod
     def modules_load() -> None:
@@ -545,6 +557,7 @@ class Conversation:
                 self.transport.input(),
                 *listening,
                 aggregators.user(),
+                self.answer_gate,
                 llm,
                 self._collector,
                 tts,
@@ -659,6 +672,15 @@ class Conversation:
     def speaking(self) -> bool:
         return self._tracker.speaking
 
+    @property
+    def current_message_id(self) -> str | None:
+        """The persona message being played, if any."""
+        return self._plan.message_id
+
+    @property
+    def reply_active(self) -> bool:
+        return self._reply_active()
+
     def peer_ready(self) -> None:
         self.transport.output().peer_ready.set()
 
@@ -666,9 +688,9 @@ class Conversation:
         if self._worker is not None:
             await self._worker.queue_frame(frame)
 
-    async def say(self, text: str) -> None:
-        """Speak this text verbatim (greeting, /talk), as a message of its own."""
-        await self._queue(SpeechMessageStartFrame(text=text))
+    async def say(self, text: str, *, message_id: str | None = None) -> None:
+        """Speak this text verbatim (greeting, /talk, an app's say), as a message of its own."""
+        await self._queue(SpeechMessageStartFrame(text=text, message_id=message_id))
         await self._queue(TTSSpeakFrame(text))
 
     async def user_text(self, text: str) -> None:
@@ -699,7 +721,9 @@ class Conversation:
         self.track.flush(hold=True)  # released when the InterruptionFrame passes the output
         await self._talk_stream_interrupted()
 
-    async def talk_stream_chunk(self, *, content: str, end_of_speech: bool, correlation_id: str) -> None:
+    async def talk_stream_chunk(
+        self, *, content: str, end_of_speech: bool, correlation_id: str, message_id: str | None = None
+    ) -> None:
         """Talk-stream text: one reply, each sentence spoken as soon as it is complete.
 
         The stream goes to the speech side as an LLM reply would (start, sentences, end), so
@@ -712,7 +736,9 @@ class Conversation:
             if self._talk_stream_id is not None:
                 await self._talk_stream_end()  # a new stream ends one left open
             self._talk_stream_id = correlation_id
-            await self._collector.queue_frame(TalkStreamStartFrame(correlation_id=correlation_id))
+            await self._collector.queue_frame(
+                TalkStreamStartFrame(correlation_id=correlation_id, message_id=message_id)
+            )
         self._talk_stream_buffer += content
         while (match := _SENTENCE_END.search(self._talk_stream_buffer)) is not None:
             sentence = self._talk_stream_buffer[: match.end()].strip()
@@ -739,6 +765,22 @@ class Conversation:
         self._talk_stream_buffer = ""
         self._interrupted_talk_streams.add(correlation_id)
         await self.listener.on_talk_stream_interrupted(correlation_id=correlation_id)
+
+    async def talk_stream_abort(self, correlation_id: str) -> None:
+        """Stop this stream (an app's reply cut by `turn.continued` or `cancel`): nothing more
+        of it is heard. Its unsent text is dropped, later chunks too, and the voice stops if the
+        persona is saying (or about to say) anything, since that can only be the stream's or
+        older than the reason for the abort."""
+        self._interrupted_talk_streams.add(correlation_id)
+        if self._talk_stream_id == correlation_id:
+            self._talk_stream_id = None
+            self._talk_stream_buffer = ""
+        if self._reply_active():
+            await self.interrupt()
+
+    def app_answered(self) -> None:
+        """An app started answering the user's turn: the brain does not."""
+        self.answer_gate.app_answered()
 
     async def tool_result(
         self, *, tool_call_id: str, result: Any, error: Any, kind: ToolKind | None = None

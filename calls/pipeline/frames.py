@@ -51,6 +51,7 @@ class TalkStreamStartFrame(LLMFullResponseStartFrame):
     """
 
     correlation_id: str = ""
+    message_id: str | None = None  # the message's id in events (an app's own); None: a new one
 
 
 @dataclass
@@ -64,6 +65,7 @@ class SpeechMessageStartFrame(DataFrame):
     """
 
     text: str = ""
+    message_id: str | None = None  # the message's id in events (an app's own); None: a new one
 
 
 @dataclass
