@@ -159,3 +159,142 @@ def test_the_brain_answers_when_the_answering_app_is_silent(live_server_url, bak
     session_id = client.record.session_id
     types = list(CallEvent.objects.filter(call_id=session_id).values_list("type", flat=True))
     assert "bot.speaking" in types
+
+
+ORDER_TOOL = {
+    "type": "server",
+    "name": "check_order",
+    "description": "The status of a customer's order, from the shop's system.",
+    "parameters": {"type": "object", "properties": {"order": {"type": "string"}}, "required": ["order"]},
+}
+
+
+@pytest.fixture
+def order_persona(make_organization, make_persona, fake_openai):
+    organization = make_organization("Bakery", slug="bakery")
+    make_persona(
+        organization,
+        "mara",
+        greeting="",
+        skip_greeting=True,
+        brain_provider="openai",
+        llm_base_url=fake_openai.base_url,
+        llm_model="fake-model",
+        llm_api_key="sk-test-agents",
+        tools=[ORDER_TOOL],
+    )
+    return api_key_create(organization=organization, name="agent e2e").raw_key
+
+
+async def server_tool(base_url: str, key: str) -> tuple[ParleyWebRTCClient, list[dict[str, Any]]]:
+    agent = Agent(ws_url(base_url), api_key=key, agents=["mara"])  # watches and answers tools only
+    calls: list[dict[str, Any]] = []
+
+    @agent.on("llm.tool_call")
+    async def tool(event: dict[str, Any], call: Any) -> None:
+        calls.append(event)
+        results = [{"toolCallId": item["id"], "result": "ready for pickup"} for item in event["toolCalls"]]
+        await call.tool_result(event["msgId"], results)
+
+    async with running(agent):
+        async with ParleyWebRTCClient(base_url=base_url, session_token=mint(base_url, key)) as client:
+            await ready(client)
+            client.ask("Where is my order? Use check_order order=A17")
+            await client.wait_for(lambda: client.record.persona_finished_count() >= 1, "the persona's answer")
+    return client, calls
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_an_app_answers_the_personas_server_tool_and_the_result_is_spoken(live_server_url, order_persona):
+    from calls.live import ice_address_policy_apply
+
+    ice_address_policy_apply()
+    client, calls = asyncio.run(server_tool(live_server_url, order_persona))
+    (call,) = calls
+    assert [item["name"] for item in call["toolCalls"]] == ["check_order"]
+    assert client.record.persona_messages() == ["The check order result is ready for pickup."]
+    assert not client.record.data_of("toolCallFailed")
+
+
+LONG_STREAM = (
+    "Let me tell you the whole story of our bakery. ",
+    "It began sixty years ago in a tiny kitchen behind the church. ",
+    "My grandmother baked rye bread for the neighbours every Saturday. ",
+    "Soon the whole town was queuing at her window, and she bought a second oven. ",
+    "Then my father took over, and he added cakes, pies and the famous cinnamon rolls. ",
+)
+LATE_CHUNK = "This sentence comes after the abort and must never be heard. "
+
+
+async def spoken_and_barged_in(
+    base_url: str, key: str
+) -> tuple[ParleyWebRTCClient, list[dict[str, Any]], list]:
+    from tests.fakes.spoken import ScriptedMicrophone, spoken_pcm
+
+    agent = Agent(ws_url(base_url), api_key=key, agents=["mara"], answer=True)
+    seen: list[dict[str, Any]] = []
+    late: list[Any] = []
+
+    @agent.on("*")
+    async def everything(event: dict[str, Any], call: Any) -> None:
+        seen.append(event)
+
+    @agent.on("turn.end")
+    async def answer(event: dict[str, Any], call: Any) -> None:
+        if late or any(e["event"] == "reply.aborted" for e in seen):  # the question asked over the story
+            await call.reply("We open at seven.")
+            return
+        async with call.reply_stream() as stream:
+            for chunk in LONG_STREAM:
+                await stream.write(chunk)
+            # The user speaks over the story: later text is ignored.
+            for _ in range(100):
+                if stream.aborted:
+                    break
+                await asyncio.sleep(0.1)
+            await stream.write(LATE_CHUNK)
+            late.append((stream.aborted, getattr(stream, "abort_reason", None)))
+
+    microphone = ScriptedMicrophone()
+    async with running(agent):
+        async with ParleyWebRTCClient(
+            base_url=base_url,
+            session_token=mint(base_url, key),
+            microphone=microphone,
+            step_timeout_seconds=60,
+        ) as client:
+            await ready(client)
+            await asyncio.sleep(1.0)
+            microphone.say(await spoken_pcm("Can you tell me the story of your bakery?"))
+            record = client.record
+            await client.wait_for(lambda: record.speech_texts("persona"), "the story to start")
+            await asyncio.sleep(2.5)
+            microphone.say(await spoken_pcm("Sorry, what time do you open tomorrow morning?"))
+            await client.wait_for(lambda: late, "the app to see the abort")
+            await asyncio.sleep(3.0)
+    return client, seen, late
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_a_spoken_question_gets_the_apps_streamed_answer_and_a_barge_in_aborts_it(live_server_url, bakery):
+    from calls.live import ice_address_policy_apply
+
+    ice_address_policy_apply()
+    client, seen, late = asyncio.run(spoken_and_barged_in(live_server_url, bakery))
+    record = client.record
+    names = [event["event"] for event in seen]
+    assert "user.message" in names and "turn.end" in names
+    story_id = next(event["messageId"] for event in seen if event["event"] == "bot.speaking")
+    aborted = [event for event in seen if event["event"] == "reply.aborted"]
+    assert aborted and aborted[0]["messageId"] == story_id
+    assert aborted[0]["reason"] in {"interrupted", "turn.continued"}
+    assert late == [(True, aborted[0]["reason"])]
+    heard = " ".join(
+        chunk["content"] for chunk in record.speech_texts("persona") if chunk["message_id"] == story_id
+    )
+    assert heard.split()[:4] == "Let me tell you".split()
+    assert "abort" not in heard and "Then my father" not in heard, (
+        "words of the stream played after the abort"
+    )
