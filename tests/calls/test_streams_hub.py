@@ -204,12 +204,15 @@ async def test_the_channel_layers_copy_of_a_doorbell_heard_in_process_is_not_del
     import calls.services
 
     copies: list[dict[str, Any]] = []
+    both_sent = asyncio.Event()
     layer_send = calls.services._layer_send
 
     async def keeping_copies(broadcast: Any, message: dict[str, Any]) -> None:
+        await layer_send(broadcast, message)
         if broadcast.call_id == call_a.id:  # not an earlier test's, still on its way
             copies.append(message)
-        await layer_send(broadcast, message)
+            if len(copies) == 2:
+                both_sent.set()
 
     monkeypatch.setattr(calls.services, "_layer_send", keeping_copies)
     stream = await open_stream(headers=bearer(key_a))
@@ -220,6 +223,9 @@ async def test_the_channel_layers_copy_of_a_doorbell_heard_in_process_is_not_del
         ("bot.word", None),
         ("user.message", str(kept.cursor)),
     ]
+    # The stream had them from the local ring. The layer's copies go out after it, behind any
+    # broadcast still queued (an earlier test's, whose loop closed before they were sent).
+    await asyncio.wait_for(both_sent.wait(), RECEIVE_TIMEOUT_SECONDS)
     assert all(copy["origin"] == stream_hubs().origin for copy in copies)
 
     # The same doorbells again from another process (no origin), the kept one first: it is
