@@ -18,8 +18,9 @@ def closing_connections(func: Callable[P, R]) -> Callable[P, R]:
     channels' `database_sync_to_async` closes them around the call, but with channels 4.3.2 and
     asgiref 3.13 a stream's authorisation left its PostgreSQL connection open until the
     consumer's next message (one idle session per process while a stream was open; a test
-    database that could not be dropped). Closing from inside the call closes it. It can go once
-    a test that opens a stream and counts sessions in pg_stat_activity passes without it.
+    database that could not be dropped; with the pool, a connection never handed back). Closing
+    from inside the call closes it (returns it to the pool). It can go once
+    `test_open_streams_hold_no_database_connection` passes without it.
     """
 
     @functools.wraps(func)
