@@ -128,8 +128,9 @@ TEMPLATES = [
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
 # PostgreSQL connections each process keeps open, and may open at most. Without a pool every
-# trip to the database opened a connection (~17 ms here, most of an event's delay on a stream);
-# 4 processes at 10 each leave most of PostgreSQL's default 100 for the rest. 0: no pool.
+# trip to the database opened a connection, half of the 8-10 ms an event took to store
+# (bench/streams.py); 4 processes at 10 each leave most of PostgreSQL's default 100 for the
+# rest. 0: no pool.
 PARLEY_DB_POOL_MIN = env_int("PARLEY_DB_POOL_MIN", 2)
 PARLEY_DB_POOL_MAX = env_int("PARLEY_DB_POOL_MAX", 10)
 # How long a thread waits for a pooled connection when all are in use before its request fails.
