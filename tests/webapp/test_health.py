@@ -12,7 +12,7 @@ import socket
 import pytest
 from asgiref.testing import ApplicationCommunicator
 from channels.testing import WebsocketCommunicator
-from django.db import OperationalError
+from django.db import OperationalError, connection, connections
 from django.test import Client
 
 from webapp.asgi import application
@@ -65,9 +65,30 @@ def test_healthz_is_503_naming_the_database_when_it_does_not_answer(monkeypatch)
         raise OperationalError("connection refused")
 
     monkeypatch.setattr("webapp.health.connection.cursor", refuse)
+    pool = getattr(connection, "pool", None)
+    if pool is not None:  # PostgreSQL with the pool: the check takes its connection from it
+        monkeypatch.setattr(pool, "getconn", refuse)
     response = Client().get("/healthz")
     assert response.status_code == 503
     assert response.json()["checks"]["database"].startswith("down")
+
+
+@pytest.mark.django_db
+def test_healthz_opens_the_database_connection_pool_if_nothing_has_yet(monkeypatch):
+    """A new process's first request may be the load balancer's probe (PostgreSQL's pool only)."""
+    pool = getattr(connection, "pool", None)
+    if pool is None:
+        pytest.skip("no connection pool: SQLite, or PARLEY_DB_POOL_MAX=0")
+    from psycopg_pool import ConnectionPool
+
+    unopened = ConnectionPool(kwargs=pool.kwargs, configure=pool._configure, min_size=1, open=False)
+    monkeypatch.setitem(type(connections["default"])._connection_pools, "default", unopened)
+    try:
+        response = Client().get("/healthz")
+    finally:
+        unopened.close()
+    assert response.status_code == 200
+    assert response.json()["checks"]["database"] == "ok"
 
 
 @pytest.mark.django_db
