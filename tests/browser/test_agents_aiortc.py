@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from bench.webrtc_client import ParleyWebRTCClient
@@ -298,3 +299,56 @@ def test_a_spoken_question_gets_the_apps_streamed_answer_and_a_barge_in_aborts_i
     assert "abort" not in heard and "Then my father" not in heard, (
         "words of the stream played after the abort"
     )
+
+
+async def dropped_and_resumed(base_url: str, key: str) -> tuple[str, list[dict[str, Any]], int]:
+    agent = Agent(ws_url(base_url), api_key=key, agents=["mara"])
+    seen: list[dict[str, Any]] = []
+    subscriptions = 0
+
+    @agent.on("*")
+    async def everything(event: dict[str, Any], call: Any) -> None:
+        seen.append(event)
+
+    async with running(agent):
+        async with ParleyWebRTCClient(base_url=base_url, session_token=mint(base_url, key)) as client:
+            await ready(client)
+            record = client.record
+            for number, line in enumerate(("One loaf, please.", "Two rolls as well.", "And a cake.")):
+                async with httpx.AsyncClient() as http:
+                    response = await http.post(
+                        f"{base_url}/talk?session_id={record.session_id}", json={"content": line}
+                    )
+                assert response.status_code == 200
+                if number == 1:
+                    # The connection drops while the persona speaks: what happens meanwhile is
+                    # missed live and replayed after the reconnection.
+                    assert agent._socket is not None
+                    agent._socket.transport.abort()
+                    subscriptions += 1
+                await client.wait_for(lambda n=number: record.persona_finished_count() >= n + 1, "the line")
+            await asyncio.sleep(1.0)
+    return record.session_id, seen, subscriptions
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_an_app_that_reconnects_resumes_from_its_cursor_losing_and_repeating_nothing(live_server_url, bakery):
+    from calls.live import ice_address_policy_apply
+
+    ice_address_policy_apply()
+    session_id, seen, drops = asyncio.run(dropped_and_resumed(live_server_url, bakery))
+    assert drops == 1
+    stored = list(
+        CallEvent.objects.filter(call_id=session_id)
+        .exclude(type="call.ended")
+        .order_by("cursor")
+        .values_list("cursor", "type")
+    )
+    received = [
+        (event["id"], event["event"])
+        for event in seen
+        if event.get("id") is not None and event.get("callId") == session_id
+    ]
+    assert received == stored[: len(received)] and len(received) >= len(stored) - 1, (received, stored)
+    assert len({cursor for cursor, _ in received}) == len(received), "an event came twice"

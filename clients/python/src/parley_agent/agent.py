@@ -346,6 +346,7 @@ class Agent:
                 )
                 return
             self.last_cursor = cursor
+            data = {**data, "id": cursor}  # handlers see the event's cursor (kept events only)
         self._event_receive(name, data)
 
     def _reply_receive(self, frame: dict[str, Any]) -> None:
