@@ -87,9 +87,11 @@ def test_a_silent_user_hears_the_check_in_then_the_call_ends_as_idle_timeout(liv
         "call.started",
         "bot.speaking",  # the greeting
         "bot.finished",
+        "message.confirmed",  # the persona's own message, committed to the conversation
         "session.idle_warning",
         "bot.speaking",  # the check-in, which pauses the idle clock
         "bot.finished",
+        "message.confirmed",
         "session.timeout",
         "call.ended",
     ], types

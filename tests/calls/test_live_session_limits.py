@@ -159,13 +159,15 @@ async def test_a_silent_user_is_warned_checked_in_on_and_the_call_ends_as_idle_t
         "call.started",
         "bot.speaking",  # the greeting
         "bot.finished",
+        "message.confirmed",  # the persona's own message, committed to the conversation
         "session.idle_warning",
         "bot.speaking",  # the check-in
         "bot.finished",
+        "message.confirmed",
         "session.timeout",
         "call.ended",
     ], types
-    warning = events[3][1]
+    warning = events[4][1]
     assert warning["idleTimeoutSeconds"] == 2
     assert 0 < warning["remainingSeconds"] <= 1
     assert events[4][1]["text"] == "Are you still there?"
