@@ -91,6 +91,14 @@ class InlineSileroVADAnalyzer(SileroVADAnalyzer):
         self._quiet_windows: deque[bytes] = deque(maxlen=VAD_LEAD_IN_WINDOWS)
         self._quiet_run = 0  # windows in a row not given to the model
         self.windows_skipped = self.windows_scored = 0  # counts, for tests and benchmarks
+        # The latest analysed window's voice confidence (0 for one below the volume floor, which
+        # the model did not score), kept for whoever reports it (`audio.metrics`).
+        self.confidence = 0.0
+
+    @property
+    def speaking(self) -> bool:
+        """The user is speaking as the VAD reports it: from `speech.started` to `speech.ended`."""
+        return self._state_seen in (VADState.SPEAKING, VADState.STOPPING)
 
     def voice_confidence(self, buffer: bytes) -> float:
         """Silero's confidence, or 0 without running it when the window is below the volume floor.
@@ -107,6 +115,7 @@ class InlineSileroVADAnalyzer(SileroVADAnalyzer):
             self._quiet_windows.append(buffer)
             self._quiet_run += 1
             self.windows_skipped += 1
+            self.confidence = 0.0
             return 0.0
         if self._quiet_run:
             if self._quiet_run >= VAD_QUIET_RESET_WINDOWS:
@@ -116,7 +125,8 @@ class InlineSileroVADAnalyzer(SileroVADAnalyzer):
             self._quiet_windows.clear()
             self._quiet_run = 0
         self.windows_scored += 1
-        return super().voice_confidence(buffer)
+        self.confidence = super().voice_confidence(buffer)
+        return self.confidence
 
     def _get_smoothed_volume(self, audio: bytes) -> float:
         if self._window_volume is not None and self._window_volume[0] is audio:
