@@ -109,14 +109,10 @@ class AudioLevelMeter:
         self._vad_prob = max(self._vad_prob, vad_prob)
         if self._samples < self.window_samples:
             return None
-        level = audio_level(
-            rms=math.sqrt(self._square_sum / self._samples) / FULL_SCALE,
-            peak=self._peak / FULL_SCALE,
-            is_speech=self._speech,
-            vad_prob=self._vad_prob,
-        )
+        rms = math.sqrt(self._square_sum / self._samples) / FULL_SCALE
+        peak, is_speech, vad_prob = self._peak / FULL_SCALE, self._speech, self._vad_prob
         self._window_reset()
-        return level
+        return audio_level(rms=rms, peak=peak, is_speech=is_speech, vad_prob=float(vad_prob))
 
 
 def audio_level(*, rms: float, peak: float, is_speech: bool, vad_prob: float) -> AudioLevel:

@@ -241,6 +241,7 @@ async def test_the_vad_keeps_its_latest_confidence_and_speaking_state_for_audio_
     seen: list[tuple[float, bool]] = []
     for at in range(0, len(audio) - FRAME_BYTES, FRAME_BYTES):
         await analyzer.analyze_audio(audio[at : at + FRAME_BYTES])
+        assert isinstance(analyzer.confidence, float)
         seen.append((analyzer.confidence, analyzer.speaking))
     lead = int(LEAD_SECONDS * 50) - 5  # frames of the room's quiet before the words
     assert all(confidence == 0.0 and not speaking for confidence, speaking in seen[:lead])
