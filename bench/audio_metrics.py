@@ -11,7 +11,8 @@ Prints three figures:
   scripted microphone ask a question over room noise and answering it, without a peer
   connection (the voice track is pulled in real time as aiortc would; no Opus, no video). The
   process's CPU (all threads) over `--seconds` of talk, per session-second, metrics on and off
-  in alternating rounds (`--rounds`): the difference is what metrics cost a call.
+  in alternating rounds (`--rounds`): the difference is what metrics cost a call. With
+  `--quiet` nobody speaks (room noise only), which leaves less varying work around the metrics.
 
 It sets up its own throwaway SQLite database with the demo data: `python bench/audio_metrics.py`.
 """
@@ -110,7 +111,7 @@ async def path_figure() -> None:
 
     from calls.live import LiveSession, _build_config
     from calls.models import Call, Transport
-    from calls.pipeline.audio_metrics import AudioLevelMeter, BotAudioTap
+    from calls.pipeline.audio_metrics import BotAudioTap, UserAudioTap
     from calls.pipeline.transport import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, PIECE_BYTES
     from personas.models import Persona
 
@@ -134,8 +135,7 @@ async def path_figure() -> None:
         readings += 1
         live.on_audio_metrics(source=source, level=level)
 
-    user_meter = AudioLevelMeter(sample_rate=INPUT_SAMPLE_RATE)
-    vad = Vad()
+    user = UserAudioTap(report=report, vad=Vad())
     bot = BotAudioTap(report=report)
     mic = tone_pcm(1.0, INPUT_SAMPLE_RATE)
     frame_bytes = INPUT_SAMPLE_RATE // 50 * 2
@@ -145,15 +145,15 @@ async def path_figure() -> None:
     started = time.process_time()
     for second in range(SIMULATED_SECONDS):
         speaking = second % 2 == 0  # the persona speaks every other second
-        for frame, piece in zip(frames, pieces, strict=True):
-            # What UserAudioTap does with each microphone frame (the processor hop is in the
-            # real calls' figure).
-            for level in user_meter.add(frame, is_speech=vad.speaking, vad_prob=vad.confidence):
-                report("user", level)
+        for index, (frame, piece) in enumerate(zip(frames, pieces, strict=True)):
+            user.on_audio(frame)
             bot.on_piece(pcm=piece if speaking else bytes(PIECE_BYTES), started_at=0.0, speaking=speaking)
-        await asyncio.sleep(0)  # the broadcasts go out as they would between pieces
-    if live._audio_metrics_sender is not None:  # the last readings go out
-        await live._audio_metrics_sender
+            if index % 5 == 4:
+                await asyncio.sleep(0)  # the readings of this 100 ms go out, as they would
+    from calls import services
+
+    if services._broadcast_sender is not None:  # the last readings go out
+        await services._broadcast_sender
     seconds = time.process_time() - started
     print(
         f"The taps and the broadcast of each event: {readings} readings for {SIMULATED_SECONDS} s of both"
@@ -163,8 +163,11 @@ async def path_figure() -> None:
     live._ended.set()
 
 
-async def real_calls(count: int, seconds: float, metrics: bool, round_index: int) -> tuple[float, int]:
-    """`count` live sessions talking for `seconds`: (CPU ms per session-second, metrics sent)."""
+async def real_calls(
+    count: int, seconds: float, metrics: bool, round_index: int, *, quiet: bool = False
+) -> tuple[float, int]:
+    """`count` live sessions talking for `seconds` (`quiet`: only the room's noise, nobody speaks):
+    (CPU ms per session-second, metrics sent)."""
     from asgiref.sync import sync_to_async
 
     from calls.live import LiveSession, _build_config
@@ -216,9 +219,10 @@ async def real_calls(count: int, seconds: float, metrics: bool, round_index: int
         await live.conversation.start()
         live.conversation.peer_ready()
         sessions.append((live, microphone, asyncio.create_task(speaker(live.audio_track))))
-    question = with_room(await spoken_pcm(QUESTIONS[round_index % len(QUESTIONS)]), lead_seconds=0.5)
-    for _, microphone, _ in sessions:
-        microphone.say(question)
+    if not quiet:
+        question = with_room(await spoken_pcm(QUESTIONS[round_index % len(QUESTIONS)]), lead_seconds=0.5)
+        for _, microphone, _ in sessions:
+            microphone.say(question)
     await asyncio.sleep(SETTLE_SECONDS)
     sent = 0
     cpu_before, wall_before = time.process_time(), time.monotonic()
@@ -232,7 +236,7 @@ async def real_calls(count: int, seconds: float, metrics: bool, round_index: int
     return cpu / wall / count * 1000, metrics_sent
 
 
-async def calls_figures(count: int, seconds: float, rounds: int) -> None:
+async def calls_figures(count: int, seconds: float, rounds: int, quiet: bool) -> None:
     from tests.fakes.spoken import spoken_pcm
 
     for text in QUESTIONS:  # synthesised once, outside the measured windows
@@ -240,13 +244,17 @@ async def calls_figures(count: int, seconds: float, rounds: int) -> None:
     # A whole exchange first: every model is loaded and has run once before the measured rounds.
     await real_calls(count, seconds, True, 0)
     figures: dict[bool, list[float]] = {True: [], False: []}
+    differences: list[float] = []
+    what = "only the room's noise" if quiet else "a question asked and answered"
     print(
-        f"Real calls: {count} listening session(s) at once, {seconds:.0f} s measured per round;"
-        f" CPU ms per session-second (load average now {os.getloadavg()[0]:.2f}):"
+        f"Real calls: {count} listening session(s) at once, {what}, {seconds:.0f} s measured per"
+        f" round; CPU ms per session-second (load average now {os.getloadavg()[0]:.2f}):"
     )
     for index in range(rounds):
+        pair: dict[bool, float] = {}
         for metrics in (index % 2 == 0, index % 2 != 0):  # alternating which goes first
-            per_session_second, sent = await real_calls(count, seconds, metrics, index)
+            per_session_second, sent = await real_calls(count, seconds, metrics, index, quiet=quiet)
+            pair[metrics] = per_session_second
             figures[metrics].append(per_session_second)
             rate = sent / seconds / count
             print(
@@ -254,9 +262,12 @@ async def calls_figures(count: int, seconds: float, rounds: int) -> None:
                 f"   ({rate:.1f} readings/s per session; load {os.getloadavg()[0]:.2f})",
                 flush=True,
             )
+        differences.append(pair[True] - pair[False])
     on, off = statistics.median(figures[True]), statistics.median(figures[False])
     print(
-        f"  median: metrics on {on:.1f}, off {off:.1f}; difference {on - off:+.1f} CPU ms per session-second"
+        f"  median: metrics on {on:.1f}, off {off:.1f}; difference in each round (on - off):"
+        f" {', '.join(f'{difference:+.1f}' for difference in differences)},"
+        f" median {statistics.median(differences):+.1f} CPU ms per session-second"
     )
 
 
@@ -268,13 +279,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per round")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of metrics on and off")
     parser.add_argument("--no-calls", action="store_true", help="only the meter and path figures")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="nobody speaks in the real calls (room noise only): less work around the metrics that"
+        " varies from round to round, so a steadier difference",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as data_dir:
         django_set_up(data_dir)
         meter_figures()
         asyncio.run(path_figure())
         if not args.no_calls:
-            asyncio.run(calls_figures(args.sessions, args.seconds, args.rounds))
+            asyncio.run(calls_figures(args.sessions, args.seconds, args.rounds, args.quiet))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import logging
 import secrets
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -65,9 +64,6 @@ def _now_iso() -> str:
 
 # How long the end of a call waits for its queued events to be stored (seconds).
 PUBLISH_DRAIN_SECONDS = 5.0
-# Audio metrics waiting to be broadcast, at most (2.5 s of both sources): if the channel layer
-# stalls, the oldest readings are dropped; a level meter only cares about the latest.
-MAX_PENDING_AUDIO_METRICS = 50
 
 
 class LiveSession(ConversationListener):
@@ -98,8 +94,6 @@ class LiveSession(ConversationListener):
         self._interrupted_talk_streams: set[str] = set()  # told to the client once each
         self._speech_ready = asyncio.Event()  # the persona can be heard: talk goes through
         self._early_talk_chunks: list[dict[str, Any]] = []
-        self._audio_metrics: deque[events.AudioMetrics] = deque(maxlen=MAX_PENDING_AUDIO_METRICS)
-        self._audio_metrics_sender: asyncio.Future[Any] | None = None
         _LIVE[self.session_id] = self
         self._spawn(self._watchdog(), "watchdog")
 
@@ -416,30 +410,27 @@ class LiveSession(ConversationListener):
         return task
 
     def on_audio_metrics(self, *, source: AudioSource, level: AudioLevel) -> None:
-        """A live level (the persona sends audio metrics): broadcast soon, in order.
+        """A live level (the persona sends audio metrics): broadcast now, without waiting.
 
-        Not through `publish_soon`: ephemeral and 20 a second, these would wait there behind the
-        storing of every kept event before them (tens of milliseconds each), and a level
-        reported late is a level meter lagging the voice. One task sends them as they come.
+        Not through `publish_soon`: these would wait there behind the storing of every kept
+        event before them (tens of milliseconds each), and a level reported late is a level
+        meter lagging the voice; and 20 a second, a task each cost the event loop more than the
+        reading itself (`bench/audio_metrics.py`).
         """
         if self.ended:
             return
-        self._audio_metrics.append(
-            events.AudioMetrics(
-                source=source,
-                energy_db=level.energy_db,
-                rms=level.rms,
-                peak=level.peak,
-                is_speech=level.is_speech,
-                vad_prob=level.vad_prob,
-            )
+        event = events.AudioMetrics(
+            source=source,
+            energy_db=level.energy_db,
+            rms=level.rms,
+            peak=level.peak,
+            is_speech=level.is_speech,
+            vad_prob=level.vad_prob,
         )
-        if self._audio_metrics_sender is None or self._audio_metrics_sender.done():
-            self._audio_metrics_sender = self._spawn(self._audio_metrics_send(), "audio-metrics")
-
-    async def _audio_metrics_send(self) -> None:
-        while self._audio_metrics and not self.ended:
-            await self._publish_now(self._audio_metrics.popleft())
+        try:
+            services.call_event_broadcast_soon(call=self.call, event=event)
+        except Exception:  # the conversation goes on; a reading is soon followed by the next
+            logger.exception("session %s: could not broadcast audio.metrics", self.session_id)
 
     async def on_user_speech_started(self) -> None:
         self._user_action_id = "ua_" + secrets.token_hex(8)
@@ -625,7 +616,6 @@ class LiveSession(ConversationListener):
             return
         self._ended.set()
         _LIVE.pop(self.session_id, None)
-        self._audio_metrics.clear()  # readings not sent yet are dropped: the call is over
         await self.signal("endsession", message or reason)
         if self.conversation is not None:
             await self.conversation.stop()
@@ -650,12 +640,11 @@ class LiveSession(ConversationListener):
     def ended(self) -> bool:
         return self._ended.is_set()
 
-    def _spawn(self, coroutine: Awaitable[Any], name: str) -> asyncio.Future[Any]:
+    def _spawn(self, coroutine: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coroutine)
         task.set_name(f"{self.session_id}:{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
-        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -1,15 +1,15 @@
 """`audio.metrics`: the level of the user's microphone and of the persona's voice, every 100 ms.
 
 `AudioLevelMeter` is the pure part: 16-bit PCM in, one `AudioLevel` per 100 ms of audio out
-(RMS, peak and energy in dBFS, worked out with numpy, never a loop over samples). Two taps feed
-it from audio the call already has; they exist only when the persona sends metrics
-(`ConversationConfig.send_audio_metrics`), so a call without them runs none of this:
+(RMS, peak and energy in dBFS, worked out with numpy once per window, never a loop over
+samples). Two taps feed it from audio the call already has; they exist only when the persona
+sends metrics (`ConversationConfig.send_audio_metrics`), so a call without them runs none of it:
 
-- `UserAudioTap`, a pipecat processor right after the input transport, meters every microphone
-  frame the pipeline sees (16 kHz) and takes the voice-activity fields from the VAD's own work
-  (`InlineSileroVADAnalyzer.confidence` and `.speaking`): Silero is not run again. The VAD sits
-  further down the pipeline, so a frame is metered with its verdict on the audio before it
-  (one 20 ms frame behind, well inside a 100 ms window).
+- `UserAudioTap`, on the input transport (`ParleyInput.audio_tap`), meters every microphone
+  frame as the pipeline receives it (16 kHz) and takes the voice-activity fields from the VAD's
+  own work (`InlineSileroVADAnalyzer.confidence` and `.speaking`): Silero is not run again. The
+  VAD sits further down the pipeline, so a frame is metered with its verdict on the audio
+  before it (one 20 ms frame behind, well inside a 100 ms window).
 - `BotAudioTap`, a `PlaybackListener` of the paced track, meters every 20 ms piece actually
   handed to the browser (48 kHz), silence included. The persona's voice has no VAD: its
   `isSpeech` says some of its voice played in the window, and its `vadProb` is 1.0 then, 0
@@ -17,6 +17,11 @@ it from audio the call already has; they exist only when the persona sends metri
 
 Windows are counted in audio, not on a clock: both streams flow in real time, so a reading comes
 about every 100 ms while audio flows, and none while it does not (no microphone yet).
+
+Hooks, not pipecat processors, and numpy once per window, not per frame: in a running call
+every numpy call and every processor hop meets cold caches, and the first version (a processor
+after the input, numpy on every frame) cost 2.8 CPU ms per session-second for the two taps
+alone (`bench/audio_metrics.py`).
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
-from pipecat.frames.frames import Frame, InputAudioRawFrame
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from calls.pipeline.transport import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, PacedAudioTrack, PlaybackListener
+from calls.pipeline.transport import (
+    INPUT_SAMPLE_RATE,
+    OUTPUT_SAMPLE_RATE,
+    PacedAudioTrack,
+    ParleyInput,
+    PlaybackListener,
+)
 
 # One reading per this much audio (seconds): the agent seed's "about every 100 ms".
 METRICS_WINDOW_SECONDS = 0.1
@@ -56,9 +65,10 @@ class AudioLevel:
 class AudioLevelMeter:
     """Windowed level of 16-bit mono PCM: `add` returns the readings of the windows it completed.
 
-    A window is `window_seconds` of audio (chunks are split exactly at its edge). It is speech if
-    any of its audio was added as speech, and its `vad_prob` is the highest one added in it: a
-    syllable shows even if the window ends in a gap between words.
+    A window is `window_samples` of audio (chunks are split exactly at its edge); its audio is
+    kept until the window is full and measured then, in one go. It is speech if any of its audio
+    was added as speech, and its `vad_prob` is the highest one added in it: a syllable shows
+    even if the window ends in a gap between words.
     """
 
     def __init__(self, *, sample_rate: int, window_seconds: float = METRICS_WINDOW_SECONDS) -> None:
@@ -66,53 +76,51 @@ class AudioLevelMeter:
         self._window_reset()
 
     def _window_reset(self) -> None:
-        self._samples = 0
-        self._square_sum = 0.0
-        self._peak = 0
+        self._audio = bytearray()  # the window's samples so far, except silence added unread
+        self._samples = 0  # including that silence
         self._speech = False
         self._vad_prob = 0.0
 
     def add(self, pcm: bytes, *, is_speech: bool = False, vad_prob: float = 0.0) -> list[AudioLevel]:
-        samples = np.frombuffer(pcm, dtype=np.int16)
-        levels: list[AudioLevel] = []
-        start = 0
-        while start < samples.size:
-            part = samples[start : start + self.window_samples - self._samples]
-            start += part.size
-            wide = part.astype(np.float64)
-            # max/min on int16, turned into Python ints: abs() of -32768 overflows int16.
-            peak = max(int(part.max()), -int(part.min()))
-            level = self._take(part.size, float(np.dot(wide, wide)), peak, is_speech, vad_prob)
-            if level is not None:
-                levels.append(level)
-        return levels
+        return self._add(pcm, len(pcm) // 2, is_speech, vad_prob)
 
     def add_silence(self, count: int, *, is_speech: bool = False, vad_prob: float = 0.0) -> list[AudioLevel]:
         """`count` samples of digital silence, without looking at them."""
+        return self._add(None, count, is_speech, vad_prob)
+
+    def _add(self, pcm: bytes | None, count: int, is_speech: bool, vad_prob: float) -> list[AudioLevel]:
         levels: list[AudioLevel] = []
-        while count > 0:
-            part = min(count, self.window_samples - self._samples)
-            count -= part
-            level = self._take(part, 0.0, 0, is_speech, vad_prob)
-            if level is not None:
-                levels.append(level)
+        taken = 0
+        while taken < count:
+            part = min(count - taken, self.window_samples - self._samples)
+            if pcm is not None:
+                self._audio += pcm if part == count else pcm[taken * 2 : (taken + part) * 2]
+            taken += part
+            self._samples += part
+            self._speech = self._speech or is_speech
+            self._vad_prob = max(self._vad_prob, vad_prob)
+            if self._samples == self.window_samples:
+                levels.append(self._reading())
         return levels
 
-    def _take(
-        self, count: int, square_sum: float, peak: int, is_speech: bool, vad_prob: float
-    ) -> AudioLevel | None:
-        """Add one part that fits in the current window; the window's reading once it is full."""
-        self._samples += count
-        self._square_sum += square_sum
-        self._peak = max(self._peak, peak)
-        self._speech = self._speech or is_speech
-        self._vad_prob = max(self._vad_prob, vad_prob)
-        if self._samples < self.window_samples:
-            return None
-        rms = math.sqrt(self._square_sum / self._samples) / FULL_SCALE
-        peak, is_speech, vad_prob = self._peak / FULL_SCALE, self._speech, self._vad_prob
+    def _reading(self) -> AudioLevel:
+        """The full window's level; the next window starts empty (first, whatever happens)."""
+        audio, samples_in_window = self._audio, self._samples
+        is_speech, vad_prob = self._speech, self._vad_prob
         self._window_reset()
-        return audio_level(rms=rms, peak=peak, is_speech=is_speech, vad_prob=float(vad_prob))
+        square_sum, peak = 0.0, 0
+        if audio:
+            samples = np.frombuffer(audio, dtype=np.int16)
+            wide = samples.astype(np.float64)
+            square_sum = float(np.dot(wide, wide))
+            # max/min on int16, as Python ints: abs() of -32768 overflows int16.
+            peak = max(int(samples.max()), -int(samples.min()))
+        return audio_level(
+            rms=math.sqrt(square_sum / samples_in_window) / FULL_SCALE,
+            peak=peak / FULL_SCALE,
+            is_speech=is_speech,
+            vad_prob=vad_prob,
+        )
 
 
 def audio_level(*, rms: float, peak: float, is_speech: bool, vad_prob: float) -> AudioLevel:
@@ -142,31 +150,29 @@ class VoiceActivity(Protocol):
     def speaking(self) -> bool: ...
 
 
-class UserAudioTap(FrameProcessor):
-    """Right after the input transport: meters the microphone, with the VAD's verdict.
-
-    In direct mode, so the microphone's frames cross it inline, without a queue and a task of
-    its own (each hop costs the event loop; see `ParleyInput.push_audio_frame`).
-    """
+class UserAudioTap:
+    """On the input transport: meters each microphone frame, with the VAD's verdict."""
 
     def __init__(self, *, report: LevelReport, vad: VoiceActivity | None = None) -> None:
-        super().__init__(name="UserAudioTap", enable_direct_mode=True)
         self._report = report
         self._vad = vad  # None when nothing listens: then no frame is speech
         self._meter = AudioLevelMeter(sample_rate=INPUT_SAMPLE_RATE)
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        await self.push_frame(frame, direction)
-        if isinstance(frame, InputAudioRawFrame):
-            vad = self._vad
-            levels = self._meter.add(
-                frame.audio,
-                is_speech=vad is not None and vad.speaking,
-                vad_prob=vad.confidence if vad is not None else 0.0,
-            )
-            for level in levels:
-                self._report("user", level)
+    def on_audio(self, pcm: bytes) -> None:
+        vad = self._vad
+        if vad is None:
+            levels = self._meter.add(pcm)
+        else:
+            levels = self._meter.add(pcm, is_speech=vad.speaking, vad_prob=vad.confidence)
+        for level in levels:
+            self._report("user", level)
+
+    def attach(self, microphone: ParleyInput) -> None:
+        microphone.audio_tap = self.on_audio
+
+    def detach(self, microphone: ParleyInput) -> None:
+        if microphone.audio_tap == self.on_audio:
+            microphone.audio_tap = None
 
 
 class BotAudioTap(PlaybackListener):

@@ -5,8 +5,8 @@ The pipeline is `input → user context → [response text] → brain → speech
 first notes what the persona is about to say, the second sees each word *as it is played*
 (pipecat's output transport releases word frames on the audio clock) and tells the listener,
 which turns that into `bot.*` events, data-channel captions and transcript rows. A persona that
-sends audio metrics also gets a `UserAudioTap` right after the input and a `BotAudioTap` on the
-voice track (`audio_metrics`). No ORM here: configuration comes in as a plain dataclass,
+sends audio metrics also gets a `UserAudioTap` on the input and a `BotAudioTap` on the voice
+track (`audio_metrics`). No ORM here: configuration comes in as a plain dataclass,
 results leave through `ConversationListener`.
 """
 
@@ -509,6 +509,7 @@ class Conversation:
         self.turn_strategy: ParleyTurnStopStrategy | None = None
         self.voice_guard: VoiceGuard | None = None
         self.vad: Any = None  # the listening VAD (InlineSileroVADAnalyzer), once built
+        self._user_audio_tap: UserAudioTap | None = None
         self._bot_audio_tap: BotAudioTap | None = None
 
     @staticmethod
@@ -544,9 +545,6 @@ class Conversation:
             user_params = LLMUserAggregatorParams(
                 user_turn_strategies=ExternalUserTurnStrategies(enable_interruptions=False)
             )
-        metering: list[FrameProcessor] = []
-        if self.config.send_audio_metrics:
-            metering = [UserAudioTap(report=self._audio_metrics_report, vad=self.vad)]
         aggregators = LLMContextAggregatorPair(self.context, user_params=user_params)
         llm = build_llm_service(brain)
         if brain.provider == "openai":
@@ -556,7 +554,6 @@ class Conversation:
         pipeline = Pipeline(
             [
                 self.transport.input(),
-                *metering,
                 *listening,
                 aggregators.user(),
                 llm,
@@ -653,7 +650,9 @@ class Conversation:
         from pipecat.workers.runner import WorkerRunner
 
         self._worker = await asyncio.to_thread(self._build)  # loads models/clients off the loop
-        if self.config.send_audio_metrics:  # here, on the loop whose task reads the track
+        if self.config.send_audio_metrics:  # here, on the loop whose tasks read the audio
+            self._user_audio_tap = UserAudioTap(report=self._audio_metrics_report, vad=self.vad)
+            self._user_audio_tap.attach(self.transport.input())
             self._bot_audio_tap = BotAudioTap(report=self._audio_metrics_report)
             self._bot_audio_tap.attach(self.track)
         runner = WorkerRunner(handle_sigint=False)
@@ -779,6 +778,9 @@ class Conversation:
                 await tts_service_close(self._tts)
 
     async def _stop_pipeline(self) -> None:
+        if self._user_audio_tap is not None:
+            self._user_audio_tap.detach(self.transport.input())
+            self._user_audio_tap = None
         if self._bot_audio_tap is not None:
             self._bot_audio_tap.detach(self.track)
             self._bot_audio_tap = None

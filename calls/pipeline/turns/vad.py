@@ -99,7 +99,8 @@ class InlineSileroVADAnalyzer(SileroVADAnalyzer):
     @property
     def confidence(self) -> float:
         """The voice confidence (0..1) of the latest window analysed, for `audio.metrics`."""
-        return float(np.ravel(self._confidence)[0])  # Silero gives a (1, 1) array
+        confidence = self._confidence  # Silero gives a (1, 1) array
+        return float(confidence.item() if isinstance(confidence, np.ndarray) else confidence)
 
     @property
     def speaking(self) -> bool:

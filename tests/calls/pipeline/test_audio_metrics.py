@@ -6,8 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from pipecat.frames.frames import InputAudioRawFrame
-from pipecat.tests.utils import run_test
 
 from calls import events
 from calls.pipeline.audio_metrics import (
@@ -17,7 +15,7 @@ from calls.pipeline.audio_metrics import (
     BotAudioTap,
     UserAudioTap,
 )
-from calls.pipeline.transport import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, PIECE_BYTES, PIECE_SAMPLES
+from calls.pipeline.transport import OUTPUT_SAMPLE_RATE, PIECE_BYTES, PIECE_SAMPLES
 
 RATE = 16_000
 WINDOW = RATE // 10  # 100 ms
@@ -149,18 +147,26 @@ class FakeVoiceActivity:
         self.speaking = False
 
 
-async def test_the_user_tap_passes_every_frame_on_and_reports_the_vads_verdict():
+def test_the_user_tap_meters_the_microphone_with_the_vads_verdict():
     vad = FakeVoiceActivity()
-    vad.confidence, vad.speaking = 0.85, True
     readings: list[tuple[str, AudioLevel]] = []
     tap = UserAudioTap(report=lambda source, level: readings.append((source, level)), vad=vad)
-    frames = [
-        InputAudioRawFrame(audio=part, sample_rate=INPUT_SAMPLE_RATE, num_channels=1)
-        for part in chunks(sine(0.3, amplitude=0.25), FRAME)
-    ]
-    down, _ = await run_test(tap, frames_to_send=frames, expected_down_frames=[InputAudioRawFrame] * 15)
-    assert [frame.audio for frame in down] == [frame.audio for frame in frames]
+    for index, frame in enumerate(chunks(sine(0.3, amplitude=0.25), FRAME)):
+        vad.confidence, vad.speaking = (0.85, True) if 5 <= index < 7 else (0.1, False)
+        tap.on_audio(frame)
     assert [source for source, _ in readings] == ["user"] * 3
+    assert [(level.is_speech, level.vad_prob) for _, level in readings] == [
+        (False, 0.1),
+        (True, 0.85),
+        (False, 0.1),
+    ]
     for _, level in readings:
-        assert level.is_speech and level.vad_prob == 0.85
         assert level.rms == pytest.approx(0.25 / math.sqrt(2), abs=2e-3)
+
+
+def test_without_a_vad_no_microphone_window_is_speech():
+    readings: list[AudioLevel] = []
+    tap = UserAudioTap(report=lambda source, level: readings.append(level))
+    for frame in chunks(sine(0.2), FRAME):
+        tap.on_audio(frame)
+    assert [(level.is_speech, level.vad_prob) for level in readings] == [(False, 0.0)] * 2
