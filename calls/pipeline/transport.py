@@ -367,7 +367,10 @@ class ParleyInput(BaseInputTransport):
         if self._params.audio_in_enabled and not self._paused:
             await self.push_frame(frame)
             if self.audio_tap is not None:
-                self.audio_tap(frame.audio)
+                try:
+                    self.audio_tap(frame.audio)
+                except Exception:  # a meter must never stop the microphone
+                    logger.exception("microphone audio tap failed")
 
     async def _stop_reader(self) -> None:
         if self._reader is not None:
