@@ -221,6 +221,30 @@ async def acall_event_publish(
     return None
 
 
+# Layer broadcasts waiting to be sent beyond which `call_event_broadcast_soon` sends an event
+# to this process's streams only: a channel layer that stalls (Redis down) must not pile up a
+# live level meter's readings, 20 a second per call, that nobody needs late.
+MAX_PENDING_BROADCASTS_FOR_EPHEMERAL = 1000
+
+
+def call_event_broadcast_soon(*, call: Call, event: events.Event) -> None:
+    """Broadcast an ephemeral event without waiting, from the event loop (`audio.metrics`).
+
+    This process's streams hear it at once; the channel layer's copy goes out behind the
+    broadcasts before it, sent in order by the process's one sender. Nothing waits for it and
+    no task is made per event.
+    """
+    if event.kept:
+        raise ValueError(f"{event.name} is kept: publish it with acall_event_publish")
+    organization_id, persona_id, agent = _call_parts(call)
+    data = events.event_frame(event=event, call_id=call.id, agent=agent)
+    broadcast = Broadcast(event.name, None, data, organization_id, persona_id, call.id)
+    if len(_pending_broadcasts) >= MAX_PENDING_BROADCASTS_FOR_EPHEMERAL:
+        _ring_here(broadcast)
+        return
+    _broadcast_enqueue(broadcast)
+
+
 @dataclass(frozen=True)
 class _PendingPublish:
     call: Call

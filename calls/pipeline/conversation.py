@@ -4,8 +4,10 @@ The pipeline is `input → user context → [response text] → brain → speech
 [playback tracker] → assistant context`. The two bracketed processors are Parley's: the
 first notes what the persona is about to say, the second sees each word *as it is played*
 (pipecat's output transport releases word frames on the audio clock) and tells the listener,
-which turns that into `bot.*` events, data-channel captions and transcript rows. No ORM here:
-configuration comes in as a plain dataclass, results leave through `ConversationListener`.
+which turns that into `bot.*` events, data-channel captions and transcript rows. A persona that
+sends audio metrics also gets a `UserAudioTap` on the input and a `BotAudioTap` on the voice
+track (`audio_metrics`). No ORM here: configuration comes in as a plain dataclass,
+results leave through `ConversationListener`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.text.base_text_aggregator import TextType
 
 from calls.pipeline.answer_gate import AppAnswerGate
+from calls.pipeline.audio_metrics import AudioLevel, AudioSource, BotAudioTap, UserAudioTap
 from calls.pipeline.brain.config import BrainTool, ToolKind
 from calls.pipeline.frames import (
     SpeechMessageStartFrame,
@@ -123,6 +126,7 @@ class ConversationConfig:
     idle_timeout_seconds: float = 60.0
     idle_warning_seconds: float = 15.0
     idle_check_in: str = ""  # said at the idle warning unless an app answers it
+    # Report the microphone's and the voice's level every 100 ms (`audio.metrics`); off: no cost.
     send_audio_metrics: bool = False
     app_answer_timeout_seconds: float = 3.0
     tools: tuple[BrainTool, ...] = ()  # what the LLM may call (the OpenAI brain only)
@@ -162,6 +166,10 @@ class ConversationListener(UserSideListener):
     async def on_tool_call_failed(self, *, call: PendingToolCall, error: str) -> None: ...
 
     async def on_talk_stream_interrupted(self, *, correlation_id: str) -> None: ...
+
+    def on_audio_metrics(self, *, source: AudioSource, level: AudioLevel) -> None:
+        """One 100 ms reading (only with `send_audio_metrics`). Called on the event loop from the
+        audio path, 20 times a second: it must hand the reading on and return at once."""
 
 
 class _SpeechPlan:
@@ -512,6 +520,9 @@ class Conversation:
         self.answer_gate = AppAnswerGate(
             app_answers=lambda: self.app_answers(), timeout_seconds=config.app_answer_timeout_seconds
         )
+        self.vad: Any = None  # the listening VAD (InlineSileroVADAnalyzer), once built
+        self._user_audio_tap: UserAudioTap | None = None
+        self._bot_audio_tap: BotAudioTap | None = None
 
     @staticmethod
     def modules_load() -> None:
@@ -598,7 +609,7 @@ class Conversation:
             settings=settings,
             listener=self.listener,
         )
-        vad = vad_analyzer_build()
+        vad = self.vad = vad_analyzer_build()
         vad.state_listeners.append(self.turn_strategy.vad_state_changed)
         self.stt = build_stt_service(self.config)
         if hasattr(self.stt, "vad_state_changed"):  # the offline recogniser settles in pauses
@@ -652,10 +663,21 @@ class Conversation:
         from pipecat.workers.runner import WorkerRunner
 
         self._worker = await asyncio.to_thread(self._build)  # loads models/clients off the loop
+        if self.config.send_audio_metrics:  # here, on the loop whose tasks read the audio
+            self._user_audio_tap = UserAudioTap(report=self._audio_metrics_report, vad=self.vad)
+            self._user_audio_tap.attach(self.transport.input())
+            self._bot_audio_tap = BotAudioTap(report=self._audio_metrics_report)
+            self._bot_audio_tap.attach(self.track)
         runner = WorkerRunner(handle_sigint=False)
         await runner.add_workers(self._worker)
         self._runner_task = asyncio.create_task(runner.run(), name=f"pipeline:{self.config.agent}")
         self._quiet_watch = asyncio.create_task(self._watch_quiet(), name=f"quiet:{self.config.agent}")
+
+    def _audio_metrics_report(self, source: AudioSource, level: AudioLevel) -> None:
+        try:
+            self.listener.on_audio_metrics(source=source, level=level)
+        except Exception:  # a meter must never stop the microphone or the voice
+            logger.exception("reporting audio metrics failed")
 
     async def _watch_quiet(self) -> None:
         while True:
@@ -798,6 +820,12 @@ class Conversation:
                 await tts_service_close(self._tts)
 
     async def _stop_pipeline(self) -> None:
+        if self._user_audio_tap is not None:
+            self._user_audio_tap.detach(self.transport.input())
+            self._user_audio_tap = None
+        if self._bot_audio_tap is not None:
+            self._bot_audio_tap.detach(self.track)
+            self._bot_audio_tap = None
         if self._quiet_watch is not None:
             self._quiet_watch.cancel()
             self._quiet_watch = None

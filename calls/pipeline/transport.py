@@ -15,6 +15,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -322,6 +323,9 @@ class ParleyInput(BaseInputTransport):
         self._microphone = microphone
         self._reader: asyncio.Task[None] | None = None
         self._resampler: av.AudioResampler | None = None
+        # Called with each frame's 16 kHz PCM after it is pushed on (`audio_metrics.UserAudioTap`,
+        # only when the persona sends audio metrics).
+        self.audio_tap: Callable[[bytes], None] | None = None
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
@@ -362,6 +366,11 @@ class ParleyInput(BaseInputTransport):
         """
         if self._params.audio_in_enabled and not self._paused:
             await self.push_frame(frame)
+            if self.audio_tap is not None:
+                try:
+                    self.audio_tap(frame.audio)
+                except Exception:  # a meter must never stop the microphone
+                    logger.exception("microphone audio tap failed")
 
     async def _stop_reader(self) -> None:
         if self._reader is not None:

@@ -13,6 +13,7 @@ from calls.models import CallEvent
 from calls.services import (
     acall_event_publish,
     call_end,
+    call_event_broadcast_soon,
     call_event_publish,
     call_start,
     group_for_organization,
@@ -274,3 +275,31 @@ async def test_kept_events_published_at_once_are_stored_in_one_trip_in_call_orde
         return [row.data["text"] for row in CallEvent.objects.filter(call=call).order_by("cursor")]
 
     assert await database_sync_to_async(texts_in_the_log)() == [f"at once {i}" for i in range(10) if i != 3]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_ephemeral_event_broadcast_soon_arrives_in_order_and_a_kept_one_is_refused(
+    persona_a, make_call
+):
+    """`audio.metrics` goes out without waiting and without a task each, in the order given."""
+    call = await database_sync_to_async(make_call)(persona_a)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    group = group_for_organization(persona_a.organization_id)
+    await layer.group_add(group, channel)
+    levels = [-60.0, -30.5, -12.25]
+    for energy_db in levels:
+        call_event_broadcast_soon(
+            call=call,
+            event=events.AudioMetrics(
+                source="user", energy_db=energy_db, rms=0.1, peak=0.2, is_speech=False, vad_prob=0.0
+            ),
+        )
+    with pytest.raises(ValueError):
+        call_event_broadcast_soon(call=call, event=events.SpeechStarted())
+    received = [await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT_SECONDS) for _ in levels]
+    assert [message["data"]["energyDb"] for message in received] == levels
+    for message in received:
+        assert message["cursor"] is None
+        events.event_validate("audio.metrics", message["data"])
+    await layer.group_discard(group, channel)

@@ -227,3 +227,24 @@ async def test_quiet_windows_are_not_scored_and_the_vad_hears_the_same_speech() 
         assert abs(gated_start - start) <= 1 and abs(gated_end - end) <= 3  # frames of 20 ms
     # A good part of even this talkative audio is quiet, and a listening call is mostly quiet.
     assert analyzer.windows_skipped >= 0.4 * (analyzer.windows_skipped + analyzer.windows_scored)
+
+
+async def test_the_vad_keeps_its_latest_confidence_and_speaking_state_for_audio_metrics() -> None:
+    """`audio.metrics` reads the VAD's own work: the confidence of the window it just analysed
+    (0 in the room's quiet, which the model does not score) and whether the user is speaking
+    (from speech.started to speech.ended)."""
+    from calls.pipeline.turns import vad_analyzer_build
+
+    audio = at_pipeline_rate(with_room(await spoken_pcm("Are you open on Monday?"), tail_seconds=1.0))
+    analyzer = vad_analyzer_build()
+    analyzer.set_sample_rate(PIPELINE_RATE)
+    seen: list[tuple[float, bool]] = []
+    for at in range(0, len(audio) - FRAME_BYTES, FRAME_BYTES):
+        await analyzer.analyze_audio(audio[at : at + FRAME_BYTES])
+        assert isinstance(analyzer.confidence, float)
+        seen.append((analyzer.confidence, analyzer.speaking))
+    lead = int(LEAD_SECONDS * 50) - 5  # frames of the room's quiet before the words
+    assert all(confidence == 0.0 and not speaking for confidence, speaking in seen[:lead])
+    assert max(confidence for confidence, _ in seen) > 0.9
+    speaking = [index for index, (_, is_speaking) in enumerate(seen) if is_speaking]
+    assert speaking and speaking[0] > lead and speaking[-1] < len(seen) - 10  # it ended, too
