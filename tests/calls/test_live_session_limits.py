@@ -170,9 +170,9 @@ async def test_a_silent_user_is_warned_checked_in_on_and_the_call_ends_as_idle_t
     warning = events[4][1]
     assert warning["idleTimeoutSeconds"] == 2
     assert 0 < warning["remainingSeconds"] <= 1
-    assert events[4][1]["text"] == "Are you still there?"
-    assert events[6][1]["reason"] == "idle_timeout"
-    assert events[7][1]["reason"] == "idle_timeout"
+    assert events[5][1]["text"] == "Are you still there?"
+    assert events[8][1]["reason"] == "idle_timeout"
+    assert events[9][1]["reason"] == "idle_timeout"
     assert live_session_get(live.session_id) is None
 
 
