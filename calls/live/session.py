@@ -315,7 +315,11 @@ class LiveSession(ConversationListener):
         # remote_rtp_stats, director_note_cue and anything unknown are ignored on purpose.
 
     async def user_typed(self, text: str) -> None:
-        """Typed text is treated as if said: user.message, a transcript row, then a reply."""
+        """Typed text is treated as if said: user.message, a transcript row, then a reply.
+
+        A typed message is a whole turn: `turn.end` (probability 1) follows its `user.message`,
+        as after speech, so apps that answer turns answer typed ones too.
+        """
         assert self.conversation is not None
         self.limits.user_active()
         # The reply does not wait for the writes: every session's writes share one database
@@ -323,6 +327,7 @@ class LiveSession(ConversationListener):
         # so user.message still precedes the reply's events.
         self._spawn(self._user_said(text), "user-said")
         await asyncio.sleep(0)  # let it queue its writes
+        await self.on_turn_end(text=text, probability=1.0)
         if self.conversation.speaking:
             # Typing over the persona is a barge-in: its current reply stops where it is.
             await self.conversation.interrupt()
@@ -522,11 +527,12 @@ class LiveSession(ConversationListener):
             },
         )
         await self.publish(events.BotFinished(message_id=message_id))
-        if not self.control.owns(message_id):  # an app's messages were confirmed when accepted
-            await self.publish(events.MessageConfirmed(message_id=message_id, text=text or spoken))
         await database_sync_to_async(services.message_record)(
             call=self.call, message_id=message_id, role="persona", text=text or spoken, spoken_text=spoken
         )
+        if not self.control.owns(message_id):  # an app's messages were confirmed when accepted
+            # The persona's own message, now in the transcript: committed to the conversation.
+            self.publish_soon(events.MessageConfirmed(message_id=message_id, text=text or spoken))
 
     async def on_bot_interrupted(
         self,

@@ -186,9 +186,10 @@ async def test_typed_text_resets_the_idle_clock(client_a, short_limits):
     assert (await call_ended(live.session_id)).end_reason == "idle_timeout"
     types = [name for name, _ in await call_events(live.session_id)]
     # Warned again after the typed text: the clock started over from it.
-    assert types[-5:] == [
+    assert types[-6:] == [
         "session.idle_warning",
         "user.message",
+        "turn.end",  # a typed message is a whole turn
         "session.idle_warning",
         "session.timeout",
         "call.ended",
