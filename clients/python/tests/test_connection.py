@@ -76,6 +76,7 @@ async def test_events_reach_their_handlers_and_the_star_handler_with_the_call(fa
         "text": "Hello",
         "messageId": "msg_u1",
         "event": "user.message",
+        "id": 2,  # its cursor
     }
     calls = {id(call) for _, _, call in seen}
     assert len(calls) == 1, "one Call object per call"
