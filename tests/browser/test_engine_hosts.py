@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from django.conf import settings as django_settings
 
 from bench.webrtc_client import ParleyWebRTCClient
 from calls.models import Call, CallStatus, Message
@@ -98,3 +99,61 @@ def test_sessions_go_to_the_least_busy_process_and_live_there(two_processes, bak
     second = Call.objects.get(pk=answer["sessionId"])
     assert (second.engine_host, second.status) == (front_host, CallStatus.CONNECTING)
     calls_settle()
+
+
+async def app_on_the_front_drives_a_call_on_the_worker(
+    front: LiveServer, worker: LiveServer, key: str
+) -> dict:
+    from parley_agent import Agent, AgentError
+
+    seen: dict = {"said": None, "errors": []}
+    agent = Agent(front.url.replace("http://", "ws://"), api_key=key, agents=["mara"])
+
+    @agent.on("call.started")
+    async def started(event: dict, call) -> None:
+        try:
+            await asyncio.sleep(1.0)  # the call's voice comes up
+            seen["said"] = await call.say(TALK_TEXT)
+            await asyncio.sleep(4.0)
+            await call.hangup()
+        except AgentError as error:
+            seen["errors"].append(error.code)
+
+    runner = asyncio.create_task(agent.run())
+    try:
+        for _ in range(200):
+            if agent.connected:
+                break
+            await asyncio.sleep(0.1)
+        async with ParleyWebRTCClient(base_url=front.url, session_token=mint(front.url, key)) as client:
+            record = client.record
+            await client.wait_for(
+                lambda: any(s["actionType"] == "endsession" for s in record.signals), "the app's hangup"
+            )
+            seen["session_id"] = record.session_id
+            seen["persona"] = record.persona_messages()
+    finally:
+        agent.stop()
+        await asyncio.wait_for(runner, 10)
+    return seen
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    not django_settings.CHANNEL_LAYERS["default"]["BACKEND"].startswith("channels_redis"),
+    reason="processes reach each other's calls through a shared channel layer (REDIS_URL)",
+)
+def test_an_app_connected_to_one_process_drives_a_call_held_by_another(two_processes, bakery):
+    from calls.live import ice_address_policy_apply
+
+    ice_address_policy_apply()
+    front, worker = two_processes
+    seen = asyncio.run(app_on_the_front_drives_a_call_on_the_worker(front, worker, bakery))
+    assert seen["errors"] == []
+    call = Call.objects.get(pk=seen["session_id"])
+    assert call.engine_host == worker.url.removeprefix("http://")
+    assert seen["persona"] == [TALK_TEXT]
+    calls_settle()
+    call.refresh_from_db()
+    assert call.end_reason == "hangup"
