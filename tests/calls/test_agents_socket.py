@@ -203,6 +203,18 @@ def _bad_frames(call_id: str) -> dict[str, tuple[str | bytes, str, str, str | No
             f"frame: must be at most {MAX_FRAME_BYTES} bytes",
             None,
         ),
+        "nul-in-text": (
+            frame(action="say", requestId="r10", callId=call_id, text="a\u0000b"),
+            "invalid_field",
+            "text: must not contain NUL characters",
+            "r10",
+        ),
+        "nul-in-request-id": (
+            frame(action="say", requestId="r\u0000", callId=call_id, text="hi"),
+            "invalid_field",
+            "requestId: must not contain NUL characters",
+            None,
+        ),
         "deep": (DEEP_JSON, "invalid_json", "frame: JSON nested deeper than 32 levels", None),
         "unknown-call": (
             frame(action="say", requestId="r11", callId="CAnowhere", text="hi"),
