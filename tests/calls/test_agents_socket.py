@@ -612,6 +612,22 @@ async def test_a_stream_ended_during_an_eager_turn_is_spoken_whole_at_the_turn_e
     assert mara_call.conversation.chunks == [("msg_eager_end", "Yes, until noon.", True)]
 
 
+async def test_a_stream_ended_during_an_eager_turn_is_dropped_if_the_user_goes_on(app, mara_call):
+    stream = {"callId": mara_call.id, "messageId": "msg_withdrawn"}
+    await mara_call.live.on_eager_turn(text="And on", probability=0.6)
+    await app.command("replyStream", **stream, op="start", text="Sunday? ")
+    await app.command("replyStream", **stream, op="end", text="Yes.")
+
+    await mara_call.live.on_turn_continued()
+    await mara_call.live.on_eager_turn(text="And on Monday", probability=0.9)
+    await mara_call.live.on_turn_end(text="And on Monday?", probability=0.95)
+
+    # Its answer was to words the user went on from: never heard, not at the next turn either.
+    assert mara_call.conversation.app_text("msg_withdrawn") == ""
+    aborted = stored(await call_events(mara_call.id), "reply.aborted")
+    assert [(data["messageId"], data["reason"]) for data in aborted] == [("msg_withdrawn", "turn.continued")]
+
+
 async def test_cancel_aborts_an_open_stream(app, mara_call):
     stream = {"callId": mara_call.id, "messageId": "msg_cancel"}
     await app.command("replyStream", **stream, op="start", text="Let me think. ")
