@@ -69,12 +69,15 @@ async def test_handlers_get_each_event_with_its_name_call_id_and_agent(client_a,
         await eventually(lambda: "user.message" in everything, "the catch-all hook saw it")
     finally:
         await call.close()
+    await eventually(lambda: "call.ended" in everything, "the catch-all hook saw the end")
 
     event = messages[0]
     assert event["event"] == "user.message"
     assert (event["callId"], event["agent"], event["text"]) == (call.id, "mara", "Is the rye ready?")
     assert event["messageId"].startswith("msg_")
     assert event["hook_call"] == (call.id, "mara")
+    assert everything[0] == "call.started"  # hooks see the call from its start to its end
+    assert everything[-1] == "call.ended"
 
 
 async def test_a_hook_that_raises_is_logged_and_the_call_goes_on(mara_call, caplog):
