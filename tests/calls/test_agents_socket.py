@@ -18,6 +18,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from calls import events
+from calls.agents import presence
 from calls.agents.commands import MAX_FRAME_BYTES, MAX_TEXT_CHARS
 from calls.models import Call, CallEvent, CallStatus, EndReason
 from calls.pipeline.tools import PendingToolCall
@@ -722,3 +723,28 @@ async def test_an_answering_app_is_seen_by_the_call_and_forgotten_when_it_leaves
     while mara_call.live.control.answering:
         assert time.monotonic() < deadline, "the call still waits for an app that left"
         await asyncio.sleep(0.05)
+
+
+# --- Presence: which apps answer ------------------------------------------------------------------
+
+
+async def test_apps_entering_and_leaving_at_once_are_all_counted():
+    organization_id = 10**9 + int(time.time() * 1000) % 10**6  # a register no other test touches
+    apps = [f"app_{index}" for index in range(5)]
+
+    await asyncio.gather(
+        *(
+            presence.answerer_enter(organization_id=organization_id, agents=["mara"], app_id=app)
+            for app in apps
+        )
+    )
+    assert await presence.answering_apps(organization_id=organization_id, slug="mara") == 5
+
+    await asyncio.gather(
+        *(
+            presence.answerer_leave(organization_id=organization_id, agents=["mara"], app_id=app)
+            for app in apps[:3]
+        )
+    )
+    assert await presence.answering_apps(organization_id=organization_id, slug="mara") == 2
+    assert await presence.answering_apps(organization_id=organization_id, slug="lena") == 0
