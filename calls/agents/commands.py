@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from webapp.inputs import InputRefused, json_parse, text_check, text_problem
+from webapp.inputs import InputRefused, json_parse, text_check, text_problem, texts_check
 
 # One command is a few sentences or a tool's result, not a book.
 MAX_FRAME_BYTES = 256 * 1024
@@ -73,7 +73,17 @@ def command_parse(raw: str | bytes | None) -> Command:
     content = _frame_load(raw)
     if not isinstance(content, dict):
         raise CommandRefused("invalid_frame", 'frame: must be a JSON object {"action": ...}')
+    return command_check(content)
+
+
+def command_check(content: dict[str, Any]) -> Command:
+    """Check a command given as its parsed JSON object (the socket's, or an in-process hook's:
+    the same rules for both); raise CommandRefused saying what is wrong."""
     request_id = _request_id(content)
+    try:
+        texts_check(content, field="")
+    except InputRefused as refusal:
+        raise CommandRefused("invalid_field", refusal.detail, request_id=request_id) from None
     action = content.get("action")
     if not isinstance(action, str):
         raise CommandRefused("invalid_field", "action: required, a string", request_id=request_id)

@@ -16,6 +16,7 @@ import pytest
 
 from calls.agents import AgentError, parley_agent
 from calls.agents import hooks as hooks_module
+from calls.agents.commands import MAX_TEXT_CHARS
 from calls.agents.hooks import hooks_answer, hooks_clear, hooks_load, hooks_present
 from tests.fakes.live_call import call_events, eventually, live_call_start
 
@@ -261,3 +262,38 @@ async def test_a_handler_must_be_async():
         @agent.on("user.message")
         def blocking(event: dict[str, Any], call: Any) -> None:
             pass
+
+
+async def test_a_hooks_commands_are_checked_as_the_sockets_are(mara_call):
+    agent = parley_agent("mara")
+    refusals: list[tuple[str, str]] = []
+    done = asyncio.Event()
+
+    @agent.on("user.message")
+    async def careless(event: dict[str, Any], call: Any) -> None:
+        attempts = [
+            lambda: call.say("a\u0000b"),
+            lambda: call.say("x" * (MAX_TEXT_CHARS + 1)),
+            lambda: call.reply("Hi.", message_id="not an id"),
+            lambda: call.context("   "),
+            lambda: call.tool_result("msg_1", [{"toolCallId": "call_1", "result": "a\u0000"}]),
+        ]
+        for attempt in attempts:
+            try:
+                await attempt()
+            except AgentError as error:
+                refusals.append((error.code, error.message))
+        done.set()
+
+    await mara_call.live.on_user_message(text="Hello?")
+    await asyncio.wait_for(done.wait(), 20)
+
+    assert refusals == [
+        ("invalid_field", "text: must not contain NUL characters (\\u0000)"),
+        ("invalid_field", f"text: at most {MAX_TEXT_CHARS} characters"),
+        ("invalid_field", "messageId: must be a string matching [A-Za-z0-9_.:-]{1,100}"),
+        ("invalid_field", "text: must not be empty"),
+        ("invalid_field", "results[0].result: must not contain NUL characters (\\u0000)"),
+    ]
+    assert mara_call.conversation.said[1:] == [] and mara_call.conversation.context == []
+    assert mara_call.conversation.tool_results == []
