@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from calls import events
-from calls.agents import presence
-from calls.agents.commands import MAX_FRAME_BYTES, MAX_TEXT_CHARS
+from calls.agents import presence, routing
+from calls.agents.commands import MAX_FRAME_BYTES, MAX_TEXT_CHARS, Command
 from calls.models import Call, CallEvent, CallStatus, EndReason
 from calls.pipeline.tools import PendingToolCall
 from calls.services import call_event_publish
@@ -748,3 +749,53 @@ async def test_apps_entering_and_leaving_at_once_are_all_counted():
     )
     assert await presence.answering_apps(organization_id=organization_id, slug="mara") == 2
     assert await presence.answering_apps(organization_id=organization_id, slug="lena") == 0
+
+
+# --- Routing: a command for a call another process holds ------------------------------------------
+
+
+@pytest.fixture
+async def two_processes(monkeypatch):
+    """This process's mailbox holds calls; a second mailbox stands for another process's. Both
+    share the in-memory channel layer, taken as shared."""
+    monkeypatch.setattr(routing.Mailbox, "shared", property(lambda self: True))
+    holder, sender = routing.Mailbox(), routing.Mailbox()
+    monkeypatch.setattr(routing, "_MAILBOX", holder)
+    yield holder, sender
+    for mailbox in (holder, sender):
+        if mailbox._task is not None:
+            mailbox._task.cancel()
+
+
+@pytest.fixture
+async def held_call(two_processes, client_a, persona_a, quiet_limits):
+    holder, _ = two_processes
+    call = await live_call_start(client_a, "mara")
+    layer = get_channel_layer()
+    await eventually(
+        lambda: holder.channel in getattr(layer, "groups", {}).get(routing.call_group(call.id), {}),
+        "the call's process joined its command group",
+    )
+    yield call
+    await call.close()
+
+
+async def test_a_command_reaches_the_process_holding_the_call_and_its_answer_comes_back(
+    two_processes, held_call
+):
+    _, sender = two_processes
+    command = Command("say", "rq_remote", held_call.id, {"text": "From afar.", "message_id": "msg_remote"})
+
+    answer = await sender.request(command)
+
+    assert answer == {"event": "ack", "requestId": "rq_remote"}
+    assert held_call.conversation.said[-1] == ("From afar.", "msg_remote")
+
+
+async def test_a_call_no_process_holds_is_unreachable(two_processes, monkeypatch):
+    _, sender = two_processes
+    monkeypatch.setattr(routing, "REPLY_TIMEOUT_SECONDS", 0.2)
+
+    answer = await sender.request(Command("hangup", "rq_lost", "CAnobody"))
+
+    assert (answer["code"], answer["requestId"]) == ("call_unreachable", "rq_lost")
