@@ -799,3 +799,25 @@ async def test_a_call_no_process_holds_is_unreachable(two_processes, monkeypatch
     answer = await sender.request(Command("hangup", "rq_lost", "CAnobody"))
 
     assert (answer["code"], answer["requestId"]) == ("call_unreachable", "rq_lost")
+
+
+async def test_a_command_that_fails_in_the_holding_process_is_answered_unavailable(
+    two_processes, held_call, monkeypatch
+):
+    _, sender = two_processes
+
+    async def broken(text: str) -> None:
+        raise RuntimeError("the pipeline is gone")
+
+    monkeypatch.setattr(held_call.conversation, "add_context", broken)
+    # Long: the answer must come from the holder, not from the sender giving up.
+    monkeypatch.setattr(routing, "REPLY_TIMEOUT_SECONDS", 20.0)
+
+    answer = await sender.request(Command("context", "rq_broken", held_call.id, {"text": "Psst."}))
+
+    assert answer == {
+        "event": "error",
+        "requestId": "rq_broken",
+        "code": "unavailable",
+        "message": "the command failed on the server; nothing was done",
+    }
