@@ -359,6 +359,23 @@ async def test_a_socket_without_a_valid_api_key_gets_an_error_then_close_4401(he
     assert mara_call.conversation.said == [("Hello, I'm Mara.", None)]  # the greeting only
 
 
+async def test_a_command_that_fails_on_the_server_is_answered_unavailable_and_the_socket_stays(
+    app, mara_call, monkeypatch
+):
+    async def broken(text: str) -> None:
+        raise RuntimeError("the pipeline is gone")
+
+    monkeypatch.setattr(mara_call.conversation, "add_context", broken)
+
+    error = error_frame(await app.command("context", callId=mara_call.id, text="Psst."))
+
+    assert (error["code"], error["message"]) == (
+        "unavailable",
+        "the command failed on the server; nothing was done",
+    )
+    await still_usable(app, mara_call)
+
+
 # --- subscribe: replay after the cursor, then live ----------------------------------------------
 
 
