@@ -273,9 +273,10 @@ async def test_an_early_app_answer_does_not_count_for_the_next_turn():
 
 
 async def test_a_newer_request_replaces_the_held_one():
-    async with GateRun(timeout_seconds=SOON_SECONDS) as run:
+    async with GateRun() as run:
         first, second = request("Rye?"), request("Rye? Or spelt?")
         await run.send(first)
+        run.gate.timeout_seconds = SOON_SECONDS  # the first's wait (an hour) is running already
         await run.send(second)
 
         await run.requests_to_brain()
