@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from django.db.models import Count, Max, Q, QuerySet
 
@@ -41,6 +42,16 @@ def call_events_after(
     if call_id is not None:
         queryset = queryset.filter(call_id=call_id)
     return list(queryset.order_by("cursor")[:limit])
+
+
+def call_event_data(*, call_id: str, name: str) -> dict[str, Any] | None:
+    """The wire object of a call's stored event of this name (the first, if several)."""
+    return (
+        CallEvent.objects.filter(call_id=call_id, type=name)
+        .order_by("cursor")
+        .values_list("data", flat=True)
+        .first()
+    )
 
 
 def organization_latest_event_cursor(*, organization_id: int) -> int:

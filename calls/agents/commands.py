@@ -7,12 +7,13 @@ and changes nothing. Nothing here touches a call: `calls.agents.control` carries
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from webapp.inputs import InputRefused, json_parse, text_check
+from webapp.inputs import InputRefused, json_parse, text_check, text_problem, texts_check
 
 # One command is a few sentences or a tool's result, not a book.
 MAX_FRAME_BYTES = 256 * 1024
@@ -69,19 +70,20 @@ def command_parse(raw: str | bytes | None) -> Command:
     """Parse one frame of the agent socket; raise CommandRefused saying what is wrong."""
     if raw is None or isinstance(raw, bytes):
         raise CommandRefused("invalid_frame", "frame: must be JSON text, not binary")
-    try:
-        content = json_parse(raw, field="frame", max_bytes=MAX_FRAME_BYTES)
-    except InputRefused as refusal:
-        code = "frame_too_large" if "at most" in refusal.detail else "invalid_json"
-        raise CommandRefused(code, refusal.detail) from None
+    content = _frame_load(raw)
     if not isinstance(content, dict):
         raise CommandRefused("invalid_frame", 'frame: must be a JSON object {"action": ...}')
-    request_id = content.get("requestId")
-    if request_id is not None and not (
-        isinstance(request_id, str | int) and not isinstance(request_id, bool) and len(str(request_id)) <= 100
-    ):
-        raise CommandRefused("invalid_field", "requestId: must be a string of at most 100 characters")
-    request_id = None if request_id is None else str(request_id)
+    return command_check(content)
+
+
+def command_check(content: dict[str, Any]) -> Command:
+    """Check a command given as its parsed JSON object (the socket's, or an in-process hook's:
+    the same rules for both); raise CommandRefused saying what is wrong."""
+    request_id = _request_id(content)
+    try:
+        texts_check(content, field="")
+    except InputRefused as refusal:
+        raise CommandRefused("invalid_field", refusal.detail, request_id=request_id) from None
     action = content.get("action")
     if not isinstance(action, str):
         raise CommandRefused("invalid_field", "action: required, a string", request_id=request_id)
@@ -95,6 +97,47 @@ def command_parse(raw: str | bytes | None) -> Command:
         return _PARSERS[action](content, request_id)
     except InputRefused as refusal:
         raise CommandRefused("invalid_field", refusal.detail, request_id=request_id) from None
+
+
+def _frame_load(raw: str) -> Any:
+    """The frame's JSON; CommandRefused if it is too big, too deep, not JSON, or holds text that
+    cannot be stored (a NUL): that one is valid JSON, so it is refused as its field, with the
+    command's requestId, like any other bad field."""
+    try:
+        return json_parse(raw, field="frame", max_bytes=MAX_FRAME_BYTES)
+    except InputRefused as refusal:
+        if refusal.field == "frame" and not refusal.problem.startswith("a key"):
+            code = "frame_too_large" if refusal.problem.startswith("must be at most") else "invalid_json"
+            raise CommandRefused(code, refusal.detail) from None
+        content = json.loads(raw)  # its size and depth passed: only its text was refused
+        field_name = refusal.field.removeprefix("frame.")
+        request_id = None
+        if isinstance(content, dict):
+            try:
+                request_id = _request_id(content)
+            except CommandRefused:
+                pass  # the requestId itself is at fault
+        raise CommandRefused(
+            "invalid_field", f"{field_name}: {refusal.problem}", request_id=request_id
+        ) from None
+
+
+def _request_id(content: dict[str, Any]) -> str | None:
+    request_id = content.get("requestId")
+    if request_id is None:
+        return None
+    if (
+        not isinstance(request_id, str | int)
+        or isinstance(request_id, bool)
+        or len(str(request_id)) > MAX_REQUEST_ID_CHARS
+    ):
+        raise CommandRefused(
+            "invalid_field", f"requestId: must be a string of at most {MAX_REQUEST_ID_CHARS} characters"
+        )
+    request_id = str(request_id)
+    if text_problem(request_id) is not None:
+        raise CommandRefused("invalid_field", f"requestId: {text_problem(request_id)}")
+    return request_id
 
 
 # --- Field readers (each raises InputRefused naming its field) ----------------------------

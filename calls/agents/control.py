@@ -93,7 +93,9 @@ class CallControl:
     async def turn_continued(self) -> None:
         self._turn_confirmed = True
         for stream in list(self._streams.values()):
-            if stream.open:
+            # A stream that ended while the turn was unconfirmed still holds its text: it
+            # answered words the user went on from, so it is aborted too, not said later.
+            if stream.open or (stream.aborted is None and stream.waiting):
                 await self._stream_abort(stream, "turn.continued")
 
     async def message_interrupted(self, message_id: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from django.conf import settings
 
-from calls.agents.commands import Command, CommandRefused, new_message_id
+from calls.agents.commands import CommandRefused, command_check, new_message_id
 
 logger = logging.getLogger(__name__)
 
@@ -132,21 +132,28 @@ class HookCall:
         self.agent = agent
 
     async def _run(self, action: str, **fields: Any) -> dict[str, Any]:
+        """Check the command as the socket's are (its wire fields), then carry it out."""
         from calls.agents.routing import command_deliver
 
-        frame = await command_deliver(organization_id=None, command=Command(action, None, self.id, fields))
+        content = {"action": action, "callId": self.id}
+        content.update({name: value for name, value in fields.items() if value is not None})
+        try:
+            command = command_check(content)
+        except CommandRefused as refusal:
+            raise AgentError(refusal.code, refusal.message) from None
+        frame = await command_deliver(organization_id=None, command=command)
         if frame.get("event") == "error":
             raise AgentError(frame.get("code", "error"), frame.get("message", ""))
         return frame
 
     async def say(self, text: str, *, message_id: str | None = None) -> str:
         message_id = message_id or new_message_id()
-        await self._run("say", text=_checked(text), message_id=message_id)
+        await self._run("say", text=text, messageId=message_id)
         return message_id
 
     async def reply(self, text: str, *, in_reply_to: str | None = None, message_id: str | None = None) -> str:
         message_id = message_id or new_message_id()
-        await self._run("reply", text=_checked(text), in_reply_to=in_reply_to, message_id=message_id)
+        await self._run("reply", text=text, inReplyTo=in_reply_to, messageId=message_id)
         return message_id
 
     def reply_stream(
@@ -155,26 +162,17 @@ class HookCall:
         return HookReplyStream(self, in_reply_to=in_reply_to, message_id=message_id or new_message_id())
 
     async def tool_result(self, msg_id: str, results: list[dict[str, Any]]) -> None:
-        checked = [
-            {"tool_call_id": item["toolCallId"], "result": item.get("result"), "error": item.get("error")}
-            for item in results
-        ]
-        await self._run("toolResult", msg_id=msg_id, results=checked)
+        """`results`: `[{"toolCallId", "result"}]` (or `"error"`), as on the socket."""
+        await self._run("toolResult", msgId=msg_id, results=results)
 
     async def cancel(self, message_id: str | None = None) -> None:
-        await self._run("cancel", message_id=message_id)
+        await self._run("cancel", messageId=message_id)
 
     async def context(self, text: str) -> None:
-        await self._run("context", text=_checked(text))
+        await self._run("context", text=text)
 
     async def hangup(self) -> None:
         await self._run("hangup")
-
-
-def _checked(text: str) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise AgentError("invalid_field", "text: must be a non-empty string")
-    return text
 
 
 class HookReplyStream:
@@ -191,9 +189,7 @@ class HookReplyStream:
         self.aborted = False
 
     async def __aenter__(self) -> HookReplyStream:
-        await self.call._run(
-            "replyStream", op="start", message_id=self.message_id, text="", in_reply_to=self.in_reply_to
-        )
+        await self.call._run("replyStream", op="start", messageId=self.message_id, inReplyTo=self.in_reply_to)
         return self
 
     async def write(self, text: str) -> None:
@@ -203,7 +199,7 @@ class HookReplyStream:
 
     async def _send(self, op: str, text: str) -> None:
         try:
-            await self.call._run("replyStream", op=op, message_id=self.message_id, text=text)
+            await self.call._run("replyStream", op=op, messageId=self.message_id, text=text)
         except AgentError as error:
             if error.code in {"stream_aborted", "call_ended"}:
                 self.aborted = True

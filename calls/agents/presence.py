@@ -10,8 +10,12 @@ brain answers when the app does not.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from django.core.cache import cache
 
@@ -21,10 +25,34 @@ logger = logging.getLogger(__name__)
 ENTRY_SECONDS = 30.0
 REFRESH_SECONDS = ENTRY_SECONDS / 3
 ALL_PERSONAS = "*"
+# A persona's register is read, changed and written under a lock (`cache.add`, atomic in Redis
+# and in local memory), so two apps entering at once both count. The lock lapses after
+# LOCK_SECONDS (its holder died); a writer that waited LOCK_WAIT_SECONDS for it writes anyway,
+# as the next refresh repairs a lost entry. Both in seconds.
+LOCK_SECONDS = 5
+LOCK_WAIT_SECONDS = 1.0
+LOCK_RETRY_SECONDS = 0.01
 
 
 def _key(organization_id: int, slug: str) -> str:
     return f"parley:agents:answering:{organization_id}:{slug}"
+
+
+@asynccontextmanager
+async def _locked(key: str) -> AsyncIterator[None]:
+    lock, token = f"{key}:lock", secrets.token_hex(8)
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    held = False
+    while not (held := await cache.aadd(lock, token, timeout=LOCK_SECONDS)):
+        if time.monotonic() > deadline:
+            logger.warning("the answering register %s stayed locked; writing without the lock", key)
+            break
+        await asyncio.sleep(LOCK_RETRY_SECONDS)
+    try:
+        yield
+    finally:
+        if held and await cache.aget(lock) == token:
+            await cache.adelete(lock)
 
 
 async def answerer_enter(*, organization_id: int, agents: list[str] | None, app_id: str) -> None:
@@ -32,17 +60,19 @@ async def answerer_enter(*, organization_id: int, agents: list[str] | None, app_
     expires = time.time() + ENTRY_SECONDS
     for slug in agents or [ALL_PERSONAS]:
         key = _key(organization_id, slug)
-        entries = _live_entries(await cache.aget(key))
-        entries[app_id] = expires
-        await cache.aset(key, entries, timeout=int(ENTRY_SECONDS) + 5)
+        async with _locked(key):
+            entries = _live_entries(await cache.aget(key))
+            entries[app_id] = expires
+            await cache.aset(key, entries, timeout=int(ENTRY_SECONDS) + 5)
 
 
 async def answerer_leave(*, organization_id: int, agents: list[str] | None, app_id: str) -> None:
     for slug in agents or [ALL_PERSONAS]:
         key = _key(organization_id, slug)
-        entries = _live_entries(await cache.aget(key))
-        if entries.pop(app_id, None) is not None:
-            await cache.aset(key, entries, timeout=int(ENTRY_SECONDS) + 5)
+        async with _locked(key):
+            entries = _live_entries(await cache.aget(key))
+            if entries.pop(app_id, None) is not None:
+                await cache.aset(key, entries, timeout=int(ENTRY_SECONDS) + 5)
 
 
 async def answering_apps(*, organization_id: int, slug: str) -> int:

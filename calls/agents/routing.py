@@ -81,6 +81,7 @@ class Mailbox:
         self._layer: Any = None
         self._task: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._carrying_out: set[asyncio.Task[None]] = set()
         self._opening: asyncio.Lock | None = None
 
     @property
@@ -161,7 +162,9 @@ class Mailbox:
                 continue
             try:
                 if message.get("type") == "agent.command":
-                    asyncio.get_running_loop().create_task(self._carry_out(message))
+                    task = asyncio.get_running_loop().create_task(self._carry_out(message))
+                    self._carrying_out.add(task)  # referenced until done (a bare task may be collected)
+                    task.add_done_callback(self._carrying_out.discard)
                 elif message.get("type") == "agent.reply":
                     waiting = self._waiting.get(message.get("token", ""))
                     if waiting is not None and not waiting.done():
@@ -176,7 +179,15 @@ class Mailbox:
         live = live_session_get(command.call_id)
         if live is None:
             return  # not (or no longer) ours: the sender times out if nobody holds it
-        frame = await live.control.run(command)
+        try:
+            frame = await live.control.run(command)
+        except Exception:  # answered as a local command's failure is, not left to time out
+            logger.exception("agent command %s failed", command.action)
+            frame = CommandRefused(
+                "unavailable",
+                "the command failed on the server; nothing was done",
+                request_id=command.request_id,
+            ).frame()
         try:
             await self._layer.send(
                 message["reply_to"], {"type": "agent.reply", "token": message["token"], "frame": frame}

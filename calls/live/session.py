@@ -44,6 +44,7 @@ from calls.pipeline.audio_metrics import AudioLevel, AudioSource
 from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
 from calls.pipeline.tools import PendingToolCall
 from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
+from calls.selectors import call_event_data
 from webapp.inputs import InputRefused, json_parse
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ class LiveSession(ConversationListener):
 
     async def _on_connected(self) -> None:
         self.call = await database_sync_to_async(services.call_start)(call=self.call)
+        await self._hooks_tell_stored(events.CallStarted.name)
         if await self._conversation_ready() is None:
             return
         await self.signal("sessionready", self.session_id)
@@ -420,6 +422,19 @@ class LiveSession(ConversationListener):
         if hooks_present(self.config.agent):
             frame = events.event_frame(event=event, call_id=self.session_id, agent=self.config.agent)
             hooks_dispatch(call_id=self.session_id, slug=self.config.agent, name=event.name, data=frame)
+
+    async def _hooks_tell_stored(self, name: str) -> None:
+        """Hand in-process hooks an event `calls.services` published (call.started, call.ended:
+        they change the call's row too), as it was stored."""
+        if not hooks_present(self.config.agent):
+            return
+        try:
+            data = await database_sync_to_async(call_event_data)(call_id=self.session_id, name=name)
+        except Exception:
+            logger.exception("session %s: could not read %s for its hooks", self.session_id, name)
+            return
+        if data is not None:
+            hooks_dispatch(call_id=self.session_id, slug=self.config.agent, name=name, data=data)
 
     def _in_order(self, write: Callable[[], Awaitable[None]]) -> asyncio.Future[Any]:
         """Run `write` once every write queued before it has finished."""
@@ -688,6 +703,8 @@ class LiveSession(ConversationListener):
             self.call = await database_sync_to_async(services.call_end)(call=self.call, reason=reason)
         except Exception:
             logger.exception("session %s: could not record its end", self.session_id)
+        else:
+            await self._hooks_tell_stored(events.CallEnded.name)
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
