@@ -31,7 +31,7 @@ CONNECT_SECONDS = 20.0
 @pytest.fixture
 def bakery(make_organization, make_persona):
     organization = make_organization("Bakery", slug="bakery")
-    make_persona(organization, "mara", greeting="", skip_greeting=True, app_answer_timeout_seconds=1.0)
+    make_persona(organization, "mara", greeting="", skip_greeting=True)  # answer timeout 3 s
     return api_key_create(organization=organization, name="agent e2e").raw_key
 
 
