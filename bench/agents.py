@@ -254,34 +254,39 @@ class AppProcess:
 
 @dataclass
 class Phase:
-    """A stretch of the run, with what the server and the machine did meanwhile."""
+    """A stretch of the run, with what the processes and the machine did meanwhile."""
 
     name: str
     started: float  # time.time()
     ended: float = 0.0
-    server_cpu_seconds: float = 0.0
-    load: float = 0.0
+    load: float = 0.0  # the 1-minute load average at its start
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # by process: server, calls, app
 
 
 class PhaseClock:
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
+    """Marks the phases, and the CPU the server, the calls (this process) and the app used in each."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
         self.phases: list[Phase] = []
-        self._cpu = 0.0
+        self._cpu: dict[str, float] = {}
 
     def begin(self, name: str) -> None:
-        now, cpu = time.time(), cpu_seconds(self.server_pid)
-        if self.phases:
-            self._close(now, cpu)
-        self.phases.append(Phase(name, now, load=os.getloadavg()[0]))
-        self._cpu = cpu
+        self._close()
+        self.phases.append(Phase(name, time.time(), load=os.getloadavg()[0]))
+        self._cpu = self._cpu_now()
 
     def end(self) -> None:
-        self._close(time.time(), cpu_seconds(self.server_pid))
+        self._close()
 
-    def _close(self, now: float, cpu: float) -> None:
-        phase = self.phases[-1]
-        phase.ended, phase.server_cpu_seconds = now, cpu - self._cpu
+    def _cpu_now(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def _close(self) -> None:
+        if self.phases and not self.phases[-1].ended:
+            phase, cpu = self.phases[-1], self._cpu_now()
+            phase.ended = time.time()
+            phase.cpu_seconds = {name: cpu[name] - self._cpu[name] for name in cpu}
 
 
 async def mint(http: httpx.AsyncClient) -> str:
@@ -352,8 +357,8 @@ async def run(
 ) -> tuple[AppRecord, PhaseClock, dict[str, list[float]]]:
     """The calls and the app through both phases; what the app recorded, the phases, and each
     call's loud audio frames (monotonic times) by call id."""
-    clock = PhaseClock(server_pid)
     app = AppProcess(base_url, API_KEY, args.token_ms / 1000)
+    clock = PhaseClock({"server": server_pid, "calls": os.getpid(), "app": app.process.pid})
     clients: list[ParleyWebRTCClient] = []
     try:
         await app.receive("ready", APP_TIMEOUT_SECONDS)
@@ -442,43 +447,79 @@ def stored_events() -> list[tuple[int, str, str, dict[str, Any], float]]:
 
 # --- Figures ------------------------------------------------------------------------------
 
+StoredEvent = tuple[int, str, str, dict[str, Any], float]  # cursor, type, call id, data, created_at
 
-def milliseconds(values: list[float]) -> str:
+
+@dataclass(frozen=True)
+class Delivered:
+    cursor: int
+    name: str
+    published: float  # the server's created_at, time.time()
+    received: float  # the app's handler, time.time()
+
+
+@dataclass
+class Stages:
+    """What `bench/agents_server.py` wrote: each stage's moment by event cursor (or message id)."""
+
+    moments: dict[str, dict[str, float]] = field(default_factory=dict)
+    chunks: dict[str, list[float]] = field(default_factory=dict)  # replyStream chunks at the call
+    speech: list[tuple[float, float, str]] = field(default_factory=list)  # asked, first audio, text
+
+    @classmethod
+    def read(cls, path: Path) -> Stages:
+        stages = cls()
+        for line in path.read_text().splitlines():
+            stage, key, moment, *text = line.split(" ", 3)
+            if stage == "chunk":
+                stages.chunks.setdefault(key, []).append(float(moment))
+            elif stage == "speech":
+                stages.speech.append((float(key), float(moment), text[0] if text else ""))
+            else:
+                stages.moments.setdefault(stage, {}).setdefault(key, float(moment))
+        return stages
+
+
+def percentiles(values: list[float], fractions: tuple[float, ...] = (0.5, 0.99)) -> str:
+    """'p50 … p99 … max … ms' of values in seconds."""
     if not values:
         return "none"
-    return (
-        f"p50 {percentile(values, 0.5) * 1000:6.1f}  p99 {percentile(values, 0.99) * 1000:6.1f}"
-        f"  max {max(values) * 1000:6.1f} ms"
-    )
+    shown = [f"p{round(fraction * 100)} {percentile(values, fraction) * 1000:6.1f}" for fraction in fractions]
+    return "  ".join([*shown, f"max {max(values) * 1000:6.1f} ms"])
 
 
-def delivery(
-    events: list[tuple[int, str, str, dict[str, Any], float]], record: AppRecord
-) -> tuple[list[tuple[float, float, str]], int, int]:
-    """(created_at, delay, type) of each kept event the app received, how many it never did,
-    how many it received twice. Events of one call and type are matched in order (by their
-    messageId too, where they have one): a call's events reach an app in cursor order."""
+def median_p95(values: list[float]) -> str:
+    if not values:
+        return "none"
+    return f"median {statistics.median(values) * 1000:5.0f}  p95 {percentile(values, 0.95) * 1000:5.0f} ms"
+
+
+def delivery(events: list[StoredEvent], record: AppRecord) -> tuple[list[Delivered], int, int]:
+    """Each kept event the app received, how many it never did, how many it received twice.
+
+    Receipts carry no cursor (the client's handlers are not given it): a call's events of one
+    type (and messageId, where they have one) are matched in order, as a call's events reach
+    an app in cursor order.
+    """
     received: dict[tuple[str, str, str], list[float]] = {}
     for call_id, name, message_id, at in record.receipts:
         received.setdefault((call_id, name, message_id), []).append(at)
-    stored: dict[tuple[str, str, str], list[tuple[float, str]]] = {}
-    for _, name, call_id, data, created in events:
-        stored.setdefault((call_id, name, str(data.get("messageId") or "")), []).append((created, name))
-    delays: list[tuple[float, float, str]] = []
+    stored: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    for cursor, name, call_id, data, created in events:
+        stored.setdefault((call_id, name, str(data.get("messageId") or "")), []).append((cursor, created))
+    delivered: list[Delivered] = []
     lost = duplicates = 0
     for key, published in stored.items():
         arrivals = received.get(key, [])
-        for (created, name), arrived in zip(published, arrivals, strict=False):
-            delays.append((created, arrived - created, name))
+        for (cursor, created), arrived in zip(published, arrivals, strict=False):
+            delivered.append(Delivered(cursor, key[1], created, arrived))
         lost += max(0, len(published) - len(arrivals))
         duplicates += max(0, len(arrivals) - len(published))
     duplicates += sum(len(arrivals) for key, arrivals in received.items() if key not in stored)
-    return delays, lost, duplicates
+    return delivered, lost, duplicates
 
 
-def speaking_seconds(
-    events: list[tuple[int, str, str, dict[str, Any], float]], start: float, end: float
-) -> float:
+def speaking_seconds(events: list[StoredEvent], start: float, end: float) -> float:
     """Seconds of persona voice (bot.speaking to bot.finished) within [start, end], all calls."""
     began: dict[str, float] = {}
     total = 0.0
@@ -491,97 +532,159 @@ def speaking_seconds(
     return total
 
 
-def report(
-    args: argparse.Namespace,
-    events: list[tuple[int, str, str, dict[str, Any], float]],
-    record: AppRecord,
-    clock: PhaseClock,
-    audio: dict[str, list[float]],
-) -> None:
-    offset = statistics.median(time.time() - time.monotonic() for _ in range(5))  # wall = mono + offset
-    print("phase                               seconds  speaking at once  server CPU %  load at start")
+def phases_report(clock: PhaseClock, events: list[StoredEvent]) -> None:
+    print("phase                               seconds  speaking   CPU % of one core      load")
+    print("                                              at once   server  calls  app")
     for phase in clock.phases:
         seconds = phase.ended - phase.started
-        speaking = speaking_seconds(events, phase.started, phase.ended) / seconds
+        cpu = {name: used / seconds * 100 for name, used in phase.cpu_seconds.items()}
         print(
-            f"  {phase.name:<33} {seconds:>6.1f}  {speaking:>16.1f}  {phase.server_cpu_seconds / seconds * 100:>12.0f}"
-            f"  {phase.load:>13.2f}"
+            f"  {phase.name:<33} {seconds:>6.1f}  {speaking_seconds(events, phase.started, phase.ended) / seconds:>8.1f}"
+            f"   {cpu['server']:>6.0f} {cpu['calls']:>6.0f} {cpu['app']:>4.0f}  {phase.load:>8.2f}"
         )
 
-    delays, lost, duplicates = delivery(events, record)
+
+# Where a kept event's time goes, stage by stage (with --stages).
+DELIVERY_STAGES = (
+    ("published", "stored_from", "waits for the database thread (the call's earlier events first)"),
+    ("stored_from", "stored", "is stored (insert and commit, with those waiting with it)"),
+    ("stored", "loop", "its doorbell reaches the event loop"),
+    ("loop", "offered", "the stream hub hands it to the app's subscription"),
+    ("offered", "sent", "the agent consumer writes it to the socket"),
+    ("sent", "received", "it reaches the app's handler (Twisted, loopback, the client)"),
+)
+
+
+def delivery_report(
+    clock: PhaseClock, events: list[StoredEvent], record: AppRecord, stages: Stages | None
+) -> bool:
+    """Prints the figures of part 1; whether the aim (p99 <= 20 ms, none lost) was met."""
+    delivered, lost, duplicates = delivery(events, record)
+    delays = [each.received - each.published for each in delivered]
     print(
-        "\n1. Event delivery: from the server publishing a kept event (its created_at, stamped as the"
-        "\n   live call publishes it, before it is stored) to the app's '*' handler starting in Parley's"
-        "\n   Python client (its own process, over /ws/agent/); every kept event of the organisation."
-        "\n   Aim: p99 <= 20 ms, none lost."
+        "\n1. Event delivery, publish to the app: from the moment the server publishes a kept event (its"
+        "\n   created_at, stamped as the live call publishes it, before it is stored) to the app's '*'"
+        "\n   handler starting (Parley's Python client, in its own process, over /ws/agent/); every kept"
+        "\n   event of the organisation. Aim: p99 <= 20 ms, none lost."
     )
-    print(f"   all {len(delays):>5} events  {milliseconds([delay for _, delay, _ in delays])}")
+    print(f"   all                               {len(delays):>5}  {percentiles(delays)}")
     for phase in clock.phases:
-        within = [delay for created, delay, _ in delays if phase.started <= created < phase.ended]
-        print(f"   {phase.name:<33} {len(within):>5}  {milliseconds(within)}")
-    kinds = sorted({name for _, _, name in delays})
-    for name in kinds:
-        of_kind = [delay for _, delay, kind in delays if kind == name]
-        print(f"   {name:<33} {len(of_kind):>5}  {milliseconds(of_kind)}")
-    print(f"   lost {lost} of {len(events)} stored, received twice {duplicates}")
+        within = [
+            each.received - each.published
+            for each in delivered
+            if phase.started <= each.published < phase.ended
+        ]
+        print(f"   {phase.name:<33} {len(within):>5}  {percentiles(within)}")
+    for name in sorted({each.name for each in delivered}):
+        of_kind = [each.received - each.published for each in delivered if each.name == name]
+        print(f"   {name:<33} {len(of_kind):>5}  {percentiles(of_kind)}")
+    print(f"   lost {lost} of {len(events)} stored; received twice {duplicates}")
     expected_words = sum(len(text.split()) for text in record.said.values())
     received_words = sum(record.words.get(message_id, 0) for message_id in record.said)
     print(
         f"   bot.word (ephemeral: not stored, so not timed): {received_words} received of the"
         f" {expected_words} words of the {len(record.said)} lines said"
     )
+    if stages is not None:
+        moments = {stage: dict(values) for stage, values in stages.moments.items()}
+        moments["published"] = {str(each.cursor): each.published for each in delivered}
+        moments["received"] = {str(each.cursor): each.received for each in delivered}
+        names = ["published", *(later for _, later, _ in DELIVERY_STAGES)]
+        complete = [key for key in moments["published"] if all(key in moments[name] for name in names)]
+        print(
+            f"   where the time goes ({len(complete)} events that passed every stage; the stamps cost a"
+            " little too): p50 / p90 / p99"
+        )
+        for earlier, later, what in DELIVERY_STAGES:
+            spans = [moments[later][key] - moments[earlier][key] for key in complete]
+            print(f"     {what:<62} {percentiles(spans, (0.5, 0.9, 0.99))}")
+    return bool(delays) and percentile(delays, 0.99) <= 0.020 and lost == 0
 
+
+def reply_report(
+    args: argparse.Namespace,
+    events: list[StoredEvent],
+    record: AppRecord,
+    audio: dict[str, list[float]],
+    stages: Stages | None,
+) -> bool:
+    """Prints the figures of part 2; whether the aim (median <= 150 ms) was met."""
+    offset = statistics.median(time.time() - time.monotonic() for _ in range(5))  # wall = monotonic + offset
     speaking_at = {
-        data["messageId"]: created - offset for _, name, _, data, created in events if name == "bot.speaking"
+        data["messageId"]: created for _, name, _, data, created in events if name == "bot.speaking"
     }
-    from_first, from_sentence, parts = [], [], {"wait": [], "server": [], "client": []}
-    missing = 0
+    from_first: list[float] = []
+    from_sentence: list[float] = []
+    parts: dict[str, list[float]] = {"wait": [], "server": [], "client": [], "to call": [], "at call": []}
+    unheard = 0
+    completing = SENTENCE_END_TOKEN + 1  # the token after the sentence's end: Parley sees it ended
     for reply in record.replies:
         sent = reply["sent"]
-        loud = [at for at in audio.get(reply["callId"], []) if at > sent[0]] if sent else []
-        if len(sent) <= SENTENCE_END_TOKEN + 1 or not loud:
-            missing += 1
+        loud = [at for at in audio.get(reply["callId"], []) if sent and at > sent[0]]
+        if len(sent) <= completing or not loud:
+            unheard += 1
             continue
         heard = loud[0]
         from_first.append(heard - sent[0])
         from_sentence.append(heard - sent[SENTENCE_END_TOKEN])
         speaking = speaking_at.get(reply.get("messageId", ""))
-        if speaking is not None:
-            parts["wait"].append(sent[SENTENCE_END_TOKEN + 1] - sent[SENTENCE_END_TOKEN])
-            parts["server"].append(speaking - sent[SENTENCE_END_TOKEN + 1])
-            parts["client"].append(heard - speaking)
+        if speaking is None:
+            continue
+        speaking -= offset  # to monotonic, as the app's and the client's times
+        parts["wait"].append(sent[completing] - sent[SENTENCE_END_TOKEN])
+        parts["server"].append(speaking - sent[completing])
+        parts["client"].append(heard - speaking)
+        chunks = stages.chunks.get(reply["messageId"], []) if stages is not None else []
+        if len(chunks) > completing:
+            parts["to call"].append(chunks[completing] - offset - sent[completing])
+            parts["at call"].append(speaking - (chunks[completing] - offset))
 
-    def median_p95(values: list[float]) -> str:
-        if not values:
-            return "none"
-        return (
-            f"median {statistics.median(values) * 1000:5.0f}  p95 {percentile(values, 0.95) * 1000:5.0f} ms"
-        )
+    def median_ms(name: str) -> str:
+        return f"{statistics.median(parts[name]) * 1000:.0f} ms"
 
     print(
         "\n2. Streamed reply to the ear: the app answers each typed question with replyStream (start,"
-        f"\n   then {len(ANSWER_TOKENS)} tokens {args.token_ms:g} ms apart, an LLM's pace); from the app sending a token to the"
-        "\n   first loud audio frame (peak > 500) of the reply at the aiortc client (after its 2-packet"
-        "\n   playout buffer). Aim: median <= 150 ms from the token that completes the first sentence."
+        f"\n   then {len(ANSWER_TOKENS)} tokens {args.token_ms:g} ms apart, as an LLM streams); from the app sending"
+        " a token to the\n   first loud audio frame (peak > 500 of 32767) of the reply at the aiortc client,"
+        " after its\n   2-packet playout buffer. Aim: median <= 150 ms from the token that completes the"
+        " first sentence."
     )
     print(
-        f"   from the sentence-ending token ('.')    {median_p95(from_sentence)}  ({len(from_sentence)} replies)"
+        f"   from the token that ends the first sentence ('.')  {median_p95(from_sentence)}  ({len(from_sentence)} replies)"
     )
-    print(f"   from the first token                    {median_p95(from_first)}")
+    print(f"   from the first token                               {median_p95(from_first)}")
     if parts["server"]:
+        print("   the parts, medians:")
         print(
-            "   the median's parts: Parley waits for the next token (a sentence ends at punctuation"
-            f"\n   followed by whitespace) {statistics.median(parts['wait']) * 1000:.0f} ms; that token sent to bot.speaking (the"
-            "\n   command delivered, the sentence synthesised, its voice at the output)"
-            f" {statistics.median(parts['server']) * 1000:.0f} ms; bot.speaking to the first loud"
-            f"\n   frame at the client (pacing, RTP, jitter buffer, the voice's quiet onset) {statistics.median(parts['client']) * 1000:.0f} ms"
+            f"     Parley waits for the next token (a sentence ends at punctuation and whitespace)  {median_ms('wait')}"
         )
-    if missing:
-        print(f"   {missing} replies were not heard or not sent whole")
+        print(
+            f"     that token sent to bot.speaking (the voice starts out at the server)           {median_ms('server')}"
+        )
+        if parts["at call"]:
+            print(
+                f"       of which the token reaching the call (websocket, consumer)                  {median_ms('to call')}"
+            )
+            print(
+                f"       and the call starting to speak it (sentence, synthesis, pipeline, output)   {median_ms('at call')}"
+            )
+        print(
+            f"     bot.speaking to the first loud frame (pacing, RTP, jitter buffer, the onset)     {median_ms('client')}"
+        )
+    if stages is not None:
+        first_sentence = "".join(ANSWER_TOKENS[:completing]).strip()
+        synthesis = [first - asked for asked, first, text in stages.speech if text == first_sentence]
+        print(
+            f"   espeak's first audio for the first sentence, from being asked for it ({len(synthesis)}"
+            f" times): {median_p95(synthesis)}"
+        )
+    if unheard:
+        print(f"   {unheard} replies were not heard or not sent whole")
     for error in record.errors[:5]:
         print(f"   app error: {error}")
     if len(record.errors) > 5:
         print(f"   ... {len(record.errors) - 5} more app errors")
+    return bool(from_sentence) and statistics.median(from_sentence) <= 0.150
 
 
 def main() -> None:
@@ -602,6 +705,12 @@ def main() -> None:
         default=4.0,
         help="each call's persona says a line this often (default 4 s)",
     )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="also show where the time goes: the server (bench/agents_server.py) stamps each event's"
+        " stages, each streamed chunk's arrival and espeak's first audio (the stamps cost a little)",
+    )
     args = parser.parse_args()
     video_decoding_disable()
     with tempfile.TemporaryDirectory(prefix="parley-bench-agents-") as data_dir:
@@ -621,21 +730,38 @@ def main() -> None:
         call_command("migrate", verbosity=0)
         organization_create()
         connections.close_all()
-        processes, base_url = start_server(data_dir, environment=SERVER_ENVIRONMENT)
+        stages_path = Path(data_dir) / "stages.txt"
+        if args.stages:
+            processes, base_url = start_server(
+                data_dir,
+                application="bench.agents_server:application",
+                environment={**SERVER_ENVIRONMENT, "PARLEY_BENCH_STAGES": str(stages_path)},
+            )
+        else:
+            processes, base_url = start_server(data_dir, environment=SERVER_ENVIRONMENT)
         (server,) = processes
         try:
             print(
-                f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; one Daphne process"
-                f" (SQLite, in-memory channel layer); {args.calls} live calls (aiortc, this process),"
-                f" one app (Parley's Python client, its own process); {args.questions} typed questions a call,"
-                f" then each persona says a line every {args.say_every:g} s for {args.seconds:g} s",
+                f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}. One Daphne process (SQLite,"
+                f" in-memory channel layer); {args.calls} live calls held by aiortc clients in this process;"
+                " one app, Parley's Python client in a process of its own, answering the persona's turns."
+                f" Each call types {args.questions} question(s), answered by the app; then each persona"
+                f" says a line every {args.say_every:g} s for {args.seconds:g} s.\n",
                 flush=True,
             )
             try:
                 record, clock, audio = asyncio.run(run(base_url, server.pid, args))
             except (AssertionError, TimeoutError) as failure:
                 raise SystemExit(f"FAILED: {failure}\nserver log:\n{server_log_tail(data_dir)}") from None
-            report(args, stored_events(), record, clock, audio)
+            events = stored_events()
+            stages = Stages.read(stages_path) if args.stages else None
+            phases_report(clock, events)
+            delivered = delivery_report(clock, events, record, stages)
+            heard = reply_report(args, events, record, audio, stages)
+            print(
+                f"\naims: event delivery {'met' if delivered else 'NOT met'};"
+                f" streamed reply {'met' if heard else 'NOT met'}"
+            )
         finally:
             server.terminate()
             try:
