@@ -21,15 +21,21 @@ It prints:
    (and from its first token) to the first loud audio frame of the reply at the aiortc client,
    median and p95 over the replies, with the median's breakdown at the server's `bot.speaking`
    (the voice starts out).
-Each phase is described by its length, the personas speaking at once on average, the server's
-CPU and the 1-minute load average. The client holds the voice in a 2-packet (40 ms) playout
-buffer, about what a browser's adaptive buffer holds on loopback.
+Each phase is described by its length, the personas speaking at once on average, the CPU of the
+server, of the calls (this process) and of the app, and the 1-minute load average. The client
+holds the voice in a 2-packet (40 ms) playout buffer, about what a browser's adaptive buffer
+holds on loopback.
+
+`--stages` shows where the time goes: the server (`bench/agents_server.py`) stamps each kept
+event as it is stored, rung on the loop, handed to the app's subscription and written to its
+socket, each streamed chunk as it reaches its call, and espeak's first audio of each sentence.
 
 It sets up everything itself (a throwaway SQLite database, an organisation, a persona with the
 built-in brain and no greeting, an API key, its Daphne process) and removes it afterwards:
 
     python bench/agents.py              # 20 calls
     python bench/agents.py --calls 4    # a quick check
+    python bench/agents.py --stages     # and where the time goes
 """
 
 from __future__ import annotations
