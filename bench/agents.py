@@ -22,7 +22,8 @@ It prints:
    median and p95 over the replies, with the median's breakdown at the server's `bot.speaking`
    (the voice starts out).
 Each phase is described by its length, the personas speaking at once on average, the CPU of the
-server, of the calls (this process) and of the app, and the 1-minute load average. The client
+server, of the calls (this process), of the app and of the rest of the machine (on a shared
+machine, other people's work disturbs the figures), and the 1-minute load average. The client
 holds the voice in a 2-packet (40 ms) playout buffer, about what a browser's adaptive buffer
 holds on loopback.
 
@@ -269,6 +270,14 @@ class Phase:
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # by process: server, calls, app
 
 
+def machine_cpu_seconds() -> float:
+    """CPU seconds every core of the machine has been busy (everyone's processes, the kernel)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 class PhaseClock:
     """Marks the phases, and the CPU the server, the calls (this process) and the app used in each."""
 
@@ -286,7 +295,9 @@ class PhaseClock:
         self._close()
 
     def _cpu_now(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return {"machine": machine_cpu_seconds()} | {
+            name: cpu_seconds(pid) for name, pid in self.pids.items()
+        }
 
     def _close(self) -> None:
         if self.phases and not self.phases[-1].ended:
@@ -539,15 +550,22 @@ def speaking_seconds(events: list[StoredEvent], start: float, end: float) -> flo
 
 
 def phases_report(clock: PhaseClock, events: list[StoredEvent]) -> None:
-    print("phase                               seconds  speaking   CPU % of one core      load")
-    print("                                              at once   server  calls  app")
+    print(
+        "phase                               seconds  speaking   CPU % of one core             load"
+        "\n                                              at once   server  calls  app  others"
+    )
     for phase in clock.phases:
         seconds = phase.ended - phase.started
         cpu = {name: used / seconds * 100 for name, used in phase.cpu_seconds.items()}
+        others = cpu["machine"] - cpu["server"] - cpu["calls"] - cpu["app"]
         print(
             f"  {phase.name:<33} {seconds:>6.1f}  {speaking_seconds(events, phase.started, phase.ended) / seconds:>8.1f}"
-            f"   {cpu['server']:>6.0f} {cpu['calls']:>6.0f} {cpu['app']:>4.0f}  {phase.load:>8.2f}"
+            f"   {cpu['server']:>6.0f} {cpu['calls']:>6.0f} {cpu['app']:>4.0f} {others:>7.0f}  {phase.load:>7.2f}"
         )
+    print(
+        "  (others: the rest of the machine, the server's worker processes and other people's work"
+        f" included; {os.cpu_count()} cores are {os.cpu_count() * 100} %)"
+    )
 
 
 # Where a kept event's time goes, stage by stage (with --stages).
@@ -749,9 +767,9 @@ def main() -> None:
         try:
             print(
                 f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}. One Daphne process (SQLite,"
-                f" in-memory channel layer); {args.calls} live calls held by aiortc clients in this process;"
-                " one app, Parley's Python client in a process of its own, answering the persona's turns."
-                f" Each call types {args.questions} question(s), answered by the app; then each persona"
+                f" in-memory channel layer);\n{args.calls} live calls held by aiortc clients in this process;"
+                " one app, Parley's Python client in a process\nof its own, answering the persona's turns."
+                f" Each call types {args.questions} question(s), answered by the app;\nthen each persona"
                 f" says a line every {args.say_every:g} s for {args.seconds:g} s.\n",
                 flush=True,
             )
