@@ -557,14 +557,15 @@ def phases_report(clock: PhaseClock, events: list[StoredEvent]) -> None:
     for phase in clock.phases:
         seconds = phase.ended - phase.started
         cpu = {name: used / seconds * 100 for name, used in phase.cpu_seconds.items()}
-        others = cpu["machine"] - cpu["server"] - cpu["calls"] - cpu["app"]
+        # The kernel counts processes and the machine apart: they differ by a few percent.
+        others = max(0.0, cpu["machine"] - cpu["server"] - cpu["calls"] - cpu["app"])
         print(
             f"  {phase.name:<33} {seconds:>6.1f}  {speaking_seconds(events, phase.started, phase.ended) / seconds:>8.1f}"
             f"   {cpu['server']:>6.0f} {cpu['calls']:>6.0f} {cpu['app']:>4.0f} {others:>7.0f}  {phase.load:>7.2f}"
         )
     print(
-        "  (others: the rest of the machine, the server's worker processes and other people's work"
-        f" included; {os.cpu_count()} cores are {os.cpu_count() * 100} %)"
+        "  (others: about what the rest of the machine used, the server's worker processes and other"
+        f" people's work included; {os.cpu_count()} cores are {os.cpu_count() * 100} %)"
     )
 
 
