@@ -83,6 +83,7 @@ class Mailbox:
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._carrying_out: set[asyncio.Task[None]] = set()
         self._opening: asyncio.Lock | None = None
+        self.held: set[str] = set()  # the calls whose command group this mailbox has joined
 
     @property
     def shared(self) -> bool:
@@ -109,8 +110,11 @@ class Mailbox:
             await self._layer.group_add(call_group(call_id), self.channel)
         except Exception:  # the layer is down: apps elsewhere cannot drive it; the call goes on
             logger.warning("call %s: could not join its command group", call_id, exc_info=True)
+        else:
+            self.held.add(call_id)
 
     async def call_leave(self, call_id: str) -> None:
+        self.held.discard(call_id)
         if not self.shared or self.channel is None:
             return
         try:
