@@ -49,9 +49,9 @@ def _stamp(stage: str, keys: list[Any], at: float, text: str = "") -> None:
 _publish_each = services._publish_each
 
 
-def _publish_each_stamped(pending: list[Any]) -> list[Any]:
+def _publish_each_stamped(pending: list[Any], rung: Any) -> list[Any]:
     started = time.time()
-    outcomes = _publish_each(pending)
+    outcomes = _publish_each(pending, rung)
     ended = time.time()
     cursors = [outcome.cursor for outcome in outcomes if getattr(outcome, "cursor", None) is not None]
     _stamp("stored_from", cursors, started)

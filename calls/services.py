@@ -15,10 +15,11 @@ the gap back from the database.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -257,9 +258,15 @@ _pending_publishes: deque[_PendingPublish] = deque()
 _publisher: asyncio.Task[None] | None = None
 
 
-def _publish_each(pending: list[_PendingPublish]) -> list[CallEvent | Exception | None]:
+def _publish_each(
+    pending: list[_PendingPublish], rung: Callable[[], None]
+) -> list[CallEvent | Exception | None]:
     """Store the events in one transaction (one commit, one flush of the database's log for
-    all), each in a savepoint of its own, so one that fails leaves the others stored."""
+    all), each in a savepoint of its own, so one that fails leaves the others stored.
+
+    `rung` is called once the commit has handed their doorbells to the loop, before the thread
+    tidies its connection: the hub need not hold a burst for that.
+    """
     outcomes: list[CallEvent | Exception | None] = []
     try:
         with transaction.atomic():
@@ -270,6 +277,8 @@ def _publish_each(pending: list[_PendingPublish]) -> list[CallEvent | Exception 
                     outcomes.append(error)
     except Exception as error:  # the commit failed: none of them is stored
         return [error] * len(pending)
+    finally:
+        rung()
     return outcomes
 
 
@@ -281,22 +290,33 @@ async def _publishes_store() -> None:
     at each): ten events published at once took 45 ms (SQLite) to 75 ms (PostgreSQL) to
     store, one after the other (bench/streams.py).
     """
+    loop = asyncio.get_running_loop()
     while _pending_publishes:
         pending = list(_pending_publishes)
         _pending_publishes.clear()
+        expected = [len(pending)]  # what this trip still counts in `rings_expected`
+        settle_expected = functools.partial(_rings_expected_settle, expected)
+        # Called on the database thread: the loop runs it after the trip's doorbells.
+        rung = functools.partial(loop.call_soon_threadsafe, settle_expected)
         try:
             # database_sync_to_async also closes connections that went stale in a long call.
             outcomes: list[CallEvent | BaseException | None] = list(
-                await database_sync_to_async(closing_connections(_publish_each))(pending)
+                await database_sync_to_async(closing_connections(_publish_each))(pending, rung)
             )
         except BaseException as error:  # no caller may wait forever
             for each in pending:
                 _publish_settle(each.future, error)
             raise
         finally:
-            rings_expected_change(-len(pending))
+            settle_expected()  # the trip failed before its commit (or the loop is late): now
         for each, outcome in zip(pending, outcomes, strict=True):
             _publish_settle(each.future, outcome)
+
+
+def _rings_expected_settle(expected: list[int]) -> None:
+    """On the loop: a trip's events no longer count as on their way (once, whoever comes first)."""
+    rings_expected_change(-expected[0])
+    expected[0] = 0
 
 
 def _publish_settle(

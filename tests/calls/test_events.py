@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from channels.db import database_sync_to_async
@@ -250,9 +251,9 @@ async def test_kept_events_published_at_once_are_stored_in_one_trip_in_call_orde
     trips: list[int] = []
     publish_each = calls.services._publish_each
 
-    def counting_trips(pending):
+    def counting_trips(pending, rung):
         trips.append(len(pending))
-        return publish_each(pending)
+        return publish_each(pending, rung)
 
     monkeypatch.setattr(calls.services, "_publish_each", counting_trips)
     outcomes = await asyncio.gather(
@@ -275,6 +276,39 @@ async def test_kept_events_published_at_once_are_stored_in_one_trip_in_call_orde
         return [row.data["text"] for row in CallEvent.objects.filter(call=call).order_by("cursor")]
 
     assert await database_sync_to_async(texts_in_the_log)() == [f"at once {i}" for i in range(10) if i != 3]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_stored_events_stop_counting_as_on_their_way_before_the_thread_tidies_its_connection(
+    persona_a, make_call, monkeypatch
+):
+    """The stream hub holds a burst while events are on their way; once stored and rung they
+    are not, even if the database thread is still closing its connection."""
+    import webapp.database
+    from calls.doorbells import rings_expected
+    from tests.fakes.live_call import eventually
+
+    call = await database_sync_to_async(make_call)(persona_a)
+    tidying, release = threading.Event(), threading.Event()
+    close = webapp.database.close_old_connections
+
+    def slow_close() -> None:
+        tidying.set()
+        release.wait(RECEIVE_TIMEOUT_SECONDS)
+        close()
+
+    monkeypatch.setattr(webapp.database, "close_old_connections", slow_close)
+    publish = asyncio.create_task(
+        acall_event_publish(call=call, event=events.UserMessage(text="Hello", message_id="msg_1"))
+    )
+    try:
+        assert await asyncio.to_thread(tidying.wait, RECEIVE_TIMEOUT_SECONDS)
+        await eventually(lambda: rings_expected() == 0, "the stored event no longer counts as on its way")
+        assert not publish.done()  # the thread is still tidying
+    finally:
+        release.set()
+    assert (await publish).data["text"] == "Hello"
+    assert rings_expected() == 0
 
 
 @pytest.mark.django_db(transaction=True)
