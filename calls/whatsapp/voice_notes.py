@@ -2,7 +2,8 @@
 
 `voice_note_transcribe(config, data)` takes the persona's conversation config (the one a call
 gets, `calls.live.persona_conversation_config(persona)`, or anything with its `stt_*`,
-`language`, `name`, `knowledge` and `stt_phrases` attributes) and the voice note's bytes: OGG/Opus
+`language`, `name`, `knowledge` and `stt_phrases` attributes; or the `Persona` itself) and the
+voice note's bytes: OGG/Opus
 as WhatsApp sends it, or any audio container PyAV decodes (AAC, MP3, AMR, WAV...). The audio is
 decoded to 16 kHz mono 16-bit on a thread (`voice_note_decode`), then recognised as the persona's
 calls are (`listening.providers.provider_of`):
@@ -134,9 +135,17 @@ def _resampled(resampler: Any, frame: Any, pieces: list[bytes]) -> int:
 async def voice_note_transcribe(config: Any, data: bytes) -> str:
     """What the voice note says, heard by the persona's recogniser ("" when it says nothing).
 
-    Raises `VoiceNoteError` for audio that cannot be heard, `VoiceNoteRecogniserUnsupported`
-    when the persona's recogniser has no whole-recording path (Deepgram).
+    `config` is the persona's conversation config, or a `Persona` (its config is then read
+    from the database on a thread, as a call's is). Raises `VoiceNoteError` for audio that
+    cannot be heard, `VoiceNoteRecogniserUnsupported` when the persona's recogniser has no
+    whole-recording path (Deepgram).
     """
+    if _is_persona_model(config):
+        from asgiref.sync import sync_to_async
+
+        from calls.live import persona_conversation_config
+
+        config = await sync_to_async(persona_conversation_config)(config)
     provider = provider_of(config)
     if provider == "deepgram":
         raise VoiceNoteRecogniserUnsupported(
@@ -157,6 +166,12 @@ async def voice_note_transcribe(config: Any, data: bytes) -> str:
     if provider == "pocketsphinx":
         return await _sphinx_transcribe(config, audio)
     return await _whisper_transcribe(config, audio)
+
+
+def _is_persona_model(value: Any) -> bool:
+    """A `personas.models.Persona` (a Django model), not a config; imported only if Django is."""
+    meta = getattr(value, "_meta", None)
+    return meta is not None and getattr(meta, "label", "") == "personas.Persona"
 
 
 async def _whisper_transcribe(config: Any, audio: VoiceNoteAudio) -> str:

@@ -14,7 +14,8 @@ It answers as Meta does (`../shared/research/whatsapp.md` §3, §4), under `/{ve
   Meta's error shape (131047 outside the window, 130429 throughput, 131000, 190, ...).
 
 Every request is kept in `requests` (method, path, query, headers, JSON body) for assertions.
-By hand: `python tests/fakes/graph_api.py --port 8091` prints its base URL and logs each send.
+By hand: `python tests/fakes/graph_api.py --port 8091` prints its base URL and logs each send
+and read; `--media ID=PATH` serves a file (a voice note) as media `ID`, `--token` sets the token.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import hashlib
 import itertools
 import json
 import logging
+import mimetypes
 import sys
 from collections import deque
 from dataclasses import dataclass, field
@@ -261,12 +263,14 @@ class FakeGraphAPI:
             if not body.get("message_id"):
                 return _invalid("(#100) The parameter message_id is required.")
             self.reads.append(body)
+            typing = " (typing...)" if body.get("typing_indicator") else ""
+            logger.info("read %s%s", body["message_id"], typing)
             return web.json_response({"success": True})
         to = str(body.get("to") or "")
         if not to:
             return _invalid("(#100) The parameter to is required.")
+        text = (body.get("text") or {}).get("body")
         if body.get("type", "text") == "text":
-            text = (body.get("text") or {}).get("body")
             if not isinstance(text, str) or not text:
                 return _invalid("(#100) The parameter text['body'] is required.")
             if len(text) > TEXT_MAX_CHARACTERS:
@@ -275,9 +279,11 @@ class FakeGraphAPI:
                 )
         wamid = "wamid." + base64.b64encode(f"fake-{next(self._serial):06d}".encode()).decode()
         self.sent.append(SentMessage(wamid=wamid, body=body))
-        logger.info(
-            "send %s to %s: %s", wamid, to, json.dumps(body.get(body.get("type", "text")), ensure_ascii=False)
-        )
+        kind = str(body.get("type", "text"))
+        shown = text if kind == "text" else json.dumps(body.get(kind), ensure_ascii=False)
+        context = body.get("context")
+        reply = f" (replying to {context.get('message_id')})" if isinstance(context, dict) else ""
+        logger.info("send %s to %s%s: %s", wamid, to, reply, shown)
         return web.json_response(
             {
                 "messaging_product": "whatsapp",
@@ -361,8 +367,11 @@ def _invalid(message: str) -> web.Response:
     return _error(code=100, http_status=400, message=message, details=message)
 
 
-async def _serve(port: int, access_token: str) -> None:
+async def _serve(port: int, access_token: str, media: dict[str, tuple[bytes, str]]) -> None:
     async with FakeGraphAPI(port=port, access_token=access_token) as graph:
+        for media_id, (data, mime_type) in media.items():
+            graph.media_add(media_id, data, mime_type)
+            print(f"media {media_id}: {len(data)} bytes of {mime_type}", flush=True)
         print(f"fake Graph API at {graph.base_url} (access token {access_token!r})", flush=True)
         await asyncio.Event().wait()
 
@@ -373,10 +382,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--port", type=int, default=8091, help="the port on 127.0.0.1 (0: any free one)")
     parser.add_argument("--token", default=DEFAULT_ACCESS_TOKEN, help="the access token it accepts")
+    parser.add_argument(
+        "--media",
+        action="append",
+        default=[],
+        metavar="ID=PATH",
+        help="serve the file at PATH as media ID (a voice note to send in a webhook); repeatable",
+    )
     arguments = parser.parse_args(argv)
+    media = {}
+    for item in arguments.media:
+        media_id, _, path = item.partition("=")
+        with open(path, "rb") as file:
+            media[media_id] = (file.read(), mimetypes.guess_type(path)[0] or "audio/ogg")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     try:
-        asyncio.run(_serve(arguments.port, arguments.token))
+        asyncio.run(_serve(arguments.port, arguments.token, media))
     except KeyboardInterrupt:
         pass
 

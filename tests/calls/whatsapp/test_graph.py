@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +29,7 @@ from tests.fakes.graph_api import DEFAULT_ACCESS_TOKEN, FakeGraphAPI
 
 PHONE_NUMBER_ID = "106540352242922"
 CUSTOMER = "+16505551234"
+FAKE_SCRIPT = str(Path(__file__).resolve().parents[2] / "fakes" / "graph_api.py")
 
 
 @pytest.fixture
@@ -384,3 +388,40 @@ async def test_a_media_url_expired_twice_is_an_error(graph, client):
     with pytest.raises(GraphError) as caught:
         await client.media_download("m", max_bytes=100)
     assert caught.value.http_status == 404
+
+
+# The fake by hand ------------------------------------------------------------------------------
+
+
+async def test_the_fake_run_by_hand_prints_its_address_and_logs_each_send(tmp_path):
+    """`python tests/fakes/graph_api.py --port N`, as `make run` uses it: replies show in its log."""
+    voice = tmp_path / "note.ogg"
+    voice.write_bytes(b"OggS fake")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        FAKE_SCRIPT,
+        "--port",
+        "0",
+        "--media",
+        f"55={voice}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+
+        async def line() -> str:
+            return (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+
+        media, started = await line(), await line()
+        assert media.startswith("media 55: 9 bytes of audio/ogg"), media
+        base_url = started.split()[4]
+        assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v25.0"), started
+        async with GraphClient(base_url, PHONE_NUMBER_ID, DEFAULT_ACCESS_TOKEN) as client:
+            await client.send_text(CUSTOMER, "Fresh bread at eight.")
+            assert (await client.media_download("55", max_bytes=100)).data == b"OggS fake"
+        logged = await line()
+        assert f"to {CUSTOMER}: Fresh bread at eight." in logged, logged
+    finally:
+        process.terminate()
+        await process.wait()

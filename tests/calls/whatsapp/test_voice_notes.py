@@ -211,3 +211,27 @@ async def test_a_persona_on_pocketsphinx_hears_a_voice_note_with_its_own_model(o
     errors, words = word_errors(ORDER, text)
     print(f"pocketsphinx WER {errors / words:.1%}: {text!r}")
     assert errors / words <= 0.5, text  # pocketsphinx is the lighter, less accurate choice
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_persona_from_the_database_is_heard_with_its_own_recogniser_settings(
+    order_speech, make_organization, make_persona
+):
+    from asgiref.sync import sync_to_async
+
+    async with FakeOpenAIServer() as server:
+        server.script_transcripts(GERMAN_ORDER)
+        organization = await sync_to_async(make_organization)("Bakery", slug="bakery")
+        greta = await sync_to_async(make_persona)(
+            organization,
+            "greta",
+            language_code="de-DE",
+            stt_provider="openai",
+            stt_base_url=server.base_url,
+            stt_api_key="sk-greta",
+        )
+        text = await voice_note_transcribe(greta, ogg_opus(order_speech))
+
+    assert text == GERMAN_ORDER
+    [sent] = server.transcriptions
+    assert sent.fields["language"] == "de" and sent.headers["Authorization"] == "Bearer sk-greta"
