@@ -46,8 +46,11 @@ REDACTED = "[access token]"
 
 # Meta's error codes (research/whatsapp.md §3, the table of codes, and §6).
 OUTSIDE_WINDOW_CODE = 131047  # re-engagement: more than 24 h since the customer's last message
+# The pair rate limit (one business number to one user): Meta says retry after 4**X seconds,
+# X counting the failures from 0 (research §6).
+PAIR_RATE_LIMIT_CODE = 131056
 # Throttling that passes: app (4), WABA (80007), throughput (130429), pair rate limit (131056).
-RATE_LIMIT_RETRYABLE_CODES = frozenset({4, 80007, 130429, 131056})
+RATE_LIMIT_RETRYABLE_CODES = frozenset({4, 80007, 130429, PAIR_RATE_LIMIT_CODE})
 # Spam rate limit (131048): "stop bulk, check quality"; retrying makes it worse.
 RATE_LIMIT_PERMANENT_CODES = frozenset({131048})
 # Something went wrong (131000), service unavailable (131016), API unknown (1), API service (2),
@@ -438,10 +441,15 @@ async def retrying(
 ) -> T:
     """`await call()`, again after a retryable `GraphError`, at most `attempts` times in all.
 
-    The n-th wait is `base_delay * 2**n` capped at `max_delay`, half of it random (jitter, so
-    retries of many senders do not arrive together), and at least the error's Retry-After. A
-    Retry-After longer than `max_delay` is not waited for: the error is raised, with
-    `retry_after` set, for the caller to try later. Other errors are raised at once.
+    The n-th wait (n from 0) is `base_delay * 2**n` capped at `max_delay`, half of it random
+    (jitter, so retries of many senders do not arrive together), at least `4**n` seconds after
+    the pair rate limit (131056, as Meta asks; within `max_delay`), and at least the error's
+    Retry-After. A Retry-After longer than `max_delay` is not waited for: the error is raised,
+    with `retry_after` set, for the caller to try later. Other errors are raised at once.
+
+    A send that timed out or lost its connection may have reached Meta, and the Cloud API takes
+    no idempotency key: retrying it can deliver the message twice. Pass `attempts=1` where a
+    duplicate is worse than a lost message.
     """
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
@@ -454,7 +462,10 @@ async def retrying(
             if error.retry_after is not None and error.retry_after > max_delay:
                 raise
             backoff = min(max_delay, base_delay * 2**attempt)
-            delay = max(backoff / 2 + random.uniform(0, backoff / 2), error.retry_after or 0.0)
+            delay = backoff / 2 + random.uniform(0, backoff / 2)
+            if error.code == PAIR_RATE_LIMIT_CODE:
+                delay = max(delay, min(max_delay, 4.0**attempt))
+            delay = max(delay, error.retry_after or 0.0)
             logger.warning("Graph API: %s; try %d of %d in %.1f s", error, attempt + 2, attempts, delay)
             await sleep(delay)
     raise AssertionError("unreachable")  # the last attempt returns or raises

@@ -244,6 +244,16 @@ async def test_a_rate_limit_then_success_is_retried_with_growing_waits(graph, cl
     assert 1.0 <= sleeps.delays[1] <= 2.0
 
 
+async def test_the_pair_rate_limit_is_retried_after_4_to_the_x_seconds(graph, client):
+    """Meta: "retry same user after 4^X s" (research §3, §6)."""
+    graph.fail_next(3, code=131056)
+    sleeps = Sleeps()
+    await retrying(
+        lambda: client.send_text(CUSTOMER, "Hi."), attempts=4, base_delay=0.1, max_delay=10, sleep=sleeps
+    )
+    assert sleeps.delays == [1.0, 4.0, 10.0]  # the last 16 s within the caller's maximum
+
+
 async def test_retry_after_is_honoured(graph, client):
     graph.fail_next(code=130429, retry_after=5)
     sleeps = Sleeps()
