@@ -1,0 +1,1 @@
+"""WhatsApp: the webhook, the Graph API client and the session logic."""
