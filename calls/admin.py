@@ -1,4 +1,7 @@
-"""Admin for calls (transcript and event log on one page) and WhatsApp threads; history is read-only."""
+"""Admin for calls (transcript and event log on one page) and WhatsApp threads; history is read-only.
+
+WhatsApp channels and webhook deliveries: `calls.whatsapp.admin`.
+"""
 
 from __future__ import annotations
 
@@ -223,6 +226,7 @@ class WhatsAppSessionAdmin(admin.ModelAdmin):
         "human_takeover",
         "started_at",
         "last_inbound_at",
+        "ended_at",
     )
     list_filter = ("human_takeover", "persona", "phone_number_id", "started_at")
     search_fields = ("contact_phone", "contact_name", "phone_number_id", "messages__text")
@@ -238,6 +242,7 @@ class WhatsAppSessionAdmin(admin.ModelAdmin):
         "human_takeover",
         "started_at",
         "last_inbound_at",
+        "ended_at",
     )
     readonly_fields = (
         "organization",
@@ -248,6 +253,7 @@ class WhatsAppSessionAdmin(admin.ModelAdmin):
         "contact_name",
         "started_at",
         "last_inbound_at",
+        "ended_at",
     )
     inlines = (WhatsAppMessageInline,)
 
@@ -268,12 +274,19 @@ class WhatsAppMessageAdmin(HistoryAdmin):
         "type",
         "text",
         "media_id",
+        "mime_type",
+        "metadata",
+        "sent_by_contact_at",
         "status",
         "error",
+        "error_code",
+        "error_title",
+        "delivery",
         "created_at",
         "sent_at",
         "delivered_at",
         "read_at",
+        "played_at",
         "failed_at",
     )
     fields = readonly_fields
@@ -284,3 +297,7 @@ class WhatsAppMessageAdmin(HistoryAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+# The channel and webhook deliveries live with the rest of WhatsApp.
+import calls.whatsapp.admin  # noqa: E402, F401

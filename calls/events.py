@@ -250,7 +250,19 @@ class WhatsAppMessageReceived(Event):
     session_id: str
     from_address: str = Field(alias="from")
     name_: str = Field(default="", alias="name")
-    type: Literal["text", "audio", "image", "video", "document"]
+    # The seed's five, and the other kinds Parley records (text: a caption, emoji or place).
+    type: Literal[
+        "text",
+        "audio",
+        "image",
+        "video",
+        "document",
+        "sticker",
+        "reaction",
+        "location",
+        "contacts",
+        "unsupported",
+    ]
     text: str = ""
     message_id: str
 
@@ -264,7 +276,7 @@ class WhatsAppResponse(Event):
 
 class WhatsAppStatus(Event):
     name: ClassVar[str] = "whatsapp.status"
-    status: Literal["sent", "delivered", "read", "failed"]
+    status: Literal["sent", "delivered", "read", "played", "failed"]
     recipient: str
     message_id: str
 

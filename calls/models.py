@@ -160,12 +160,18 @@ class WhatsAppSession(models.Model):
     last_inbound_at = models.DateTimeField(
         null=True, blank=True, help_text="Free-form replies are allowed for 24 hours after this."
     )
+    ended_at = models.DateTimeField(
+        null=True, blank=True, help_text="The window closed; the contact's next message starts a new session."
+    )
 
     class Meta:
         ordering = ["-started_at"]
         constraints = [
+            # One open session per contact and number; ended ones stay as history.
             models.UniqueConstraint(
-                fields=["phone_number_id", "contact_phone"], name="unique_whatsapp_contact_per_number"
+                fields=["phone_number_id", "contact_phone"],
+                condition=models.Q(ended_at__isnull=True),
+                name="unique_open_whatsapp_session_per_contact",
             )
         ]
         verbose_name = "WhatsApp session"
@@ -175,12 +181,20 @@ class WhatsAppSession(models.Model):
 
 
 class WhatsAppMessage(models.Model):
+    """One message of a thread, either way; statuses only ever move it forward."""
+
     class Kind(models.TextChoices):
+        # Interactive and template-button replies are recorded as text (their title).
         TEXT = "text", "Text"
         AUDIO = "audio", "Audio"
         IMAGE = "image", "Image"
         VIDEO = "video", "Video"
         DOCUMENT = "document", "Document"
+        STICKER = "sticker", "Sticker"
+        REACTION = "reaction", "Reaction"
+        LOCATION = "location", "Location"
+        CONTACTS = "contacts", "Contacts"
+        UNSUPPORTED = "unsupported", "Unsupported"
 
     class Status(models.TextChoices):
         RECEIVED = "received", "Received"
@@ -188,20 +202,36 @@ class WhatsAppMessage(models.Model):
         SENT = "sent", "Sent"
         DELIVERED = "delivered", "Delivered"
         READ = "read", "Read"
+        PLAYED = "played", "Played"
         FAILED = "failed", "Failed"
 
     session = models.ForeignKey(WhatsAppSession, on_delete=models.CASCADE, related_name="messages")
     meta_message_id = models.CharField(max_length=128, unique=True, help_text="Meta's wamid.")
     direction = models.CharField(max_length=10, choices=Direction.choices)
-    type = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TEXT)
-    text = models.TextField(blank=True, help_text="The text, or a voice note's transcript.")
+    type = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TEXT)
+    text = models.TextField(
+        blank=True, help_text="The text, a voice note's transcript, a caption, an emoji, a place."
+    )
     media_id = models.CharField(max_length=128, blank=True)
+    mime_type = models.CharField(max_length=100, blank=True)
+    metadata = models.JSONField(
+        default=dict, blank=True, help_text="What Meta sent about it: the type's object, context, errors."
+    )
+    sent_by_contact_at = models.DateTimeField(
+        null=True, blank=True, help_text="Inbound: when the contact sent it (Meta's timestamp)."
+    )
     status = models.CharField(max_length=10, choices=Status.choices)
     error = models.TextField(blank=True)
+    error_code = models.IntegerField(null=True, blank=True, help_text="Meta's error code of a failed send.")
+    error_title = models.CharField(max_length=300, blank=True)
+    delivery = models.ForeignKey(
+        "calls.WhatsAppDelivery", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
+    played_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -210,3 +240,7 @@ class WhatsAppMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.direction} {self.type}: {self.text[:60]}"
+
+
+# Models of this app kept with their capability (registered when this module loads).
+from calls.whatsapp.models import WhatsAppChannel, WhatsAppDelivery  # noqa: E402, F401

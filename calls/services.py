@@ -164,6 +164,16 @@ def _lock_event_log() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK_KEY])
 
 
+def call_events_lock() -> None:
+    """Inside a transaction: take the event log's lock now, before any row lock.
+
+    For a transaction that publishes several events and also waits on rows other writers hold
+    (WhatsApp processing): taking the log's lock only at its first event, while holding rows
+    another such transaction waits for, is a deadlock on PostgreSQL.
+    """
+    _lock_event_log()
+
+
 def _call_parts(call: Call) -> tuple[int, int, str]:
     # persona.slug is needed for the envelope; callers pass calls with persona loaded.
     return call.organization_id, call.persona_id, call.persona.slug

@@ -373,6 +373,30 @@ PARLEY_AGENT_HOOK_TIMEOUT_SECONDS = env_float("PARLEY_AGENT_HOOK_TIMEOUT_SECONDS
 
 # Demo data (python manage.py seed_demo).
 PARLEY_DEMO_API_KEY = os.environ.get("PARLEY_DEMO_API_KEY", "")
+# The demo persona's WhatsApp channel, configured by seed_demo when the first four are set.
+PARLEY_DEMO_WHATSAPP_PHONE_NUMBER_ID = os.environ.get("PARLEY_DEMO_WHATSAPP_PHONE_NUMBER_ID", "").strip()
+PARLEY_DEMO_WHATSAPP_ACCESS_TOKEN = os.environ.get("PARLEY_DEMO_WHATSAPP_ACCESS_TOKEN", "").strip()
+PARLEY_DEMO_WHATSAPP_APP_SECRET = os.environ.get("PARLEY_DEMO_WHATSAPP_APP_SECRET", "").strip()
+PARLEY_DEMO_WHATSAPP_VERIFY_TOKEN = os.environ.get("PARLEY_DEMO_WHATSAPP_VERIFY_TOKEN", "").strip()
+PARLEY_DEMO_WHATSAPP_DISPLAY_PHONE_NUMBER = os.environ.get(
+    "PARLEY_DEMO_WHATSAPP_DISPLAY_PHONE_NUMBER", ""
+).strip()
+
+# --- WhatsApp (PROTOCOL §3) ---------------------------------------------------------------
+
+# The Graph API's base URL and version in one (tests point it at a local fake).
+PARLEY_WHATSAPP_GRAPH_URL = os.environ.get(
+    "PARLEY_WHATSAPP_GRAPH_URL", "https://graph.facebook.com/v25.0"
+).rstrip("/")
+# Key material for secrets stored encrypted (WhatsApp tokens and app secrets); by default the
+# secret key, so rotating DJANGO_SECRET_KEY means entering those secrets again.
+PARLEY_SECRETS_KEY = os.environ.get("PARLEY_SECRETS_KEY", "")
+# How long a process's claim on a stored webhook delivery lasts: a process killed while
+# processing one leaves it to another after this (processing one takes milliseconds).
+PARLEY_WHATSAPP_LEASE_SECONDS = env_float("PARLEY_WHATSAPP_LEASE_SECONDS", 60.0)
+# How often each process looks for deliveries it was not woken for (another process's, or
+# a lease that expired) and for sessions whose 24-hour window has closed.
+PARLEY_WHATSAPP_POLL_SECONDS = env_float("PARLEY_WHATSAPP_POLL_SECONDS", 5.0)
 
 # --- Logging: secrets never reach a log line --------------------------------------------
 

@@ -59,6 +59,17 @@ def install_under_daphne() -> None:
     from twisted.internet import reactor
 
     reactor.callWhenRunning(_server_started)
+    reactor.callWhenRunning(_whatsapp_processor_start)
+
+
+def _whatsapp_processor_start() -> None:
+    # Also under a test harness that keeps signals to itself: deliveries are processed anyway.
+    from calls.whatsapp import processing
+
+    try:
+        processing.processor_start()
+    except Exception:  # Twisted would swallow it
+        logger.exception("the WhatsApp processor did not start")
 
 
 def _server_started() -> None:
@@ -130,6 +141,9 @@ async def _drain() -> None:
     except Exception:
         logger.exception("draining failed")
     housekeeper.housekeeper_stop()
+    from calls.whatsapp import processing
+
+    processing.processor_stop()
     logger.info(
         "drained in %.1f s%s; stopping",
         time.monotonic() - started,

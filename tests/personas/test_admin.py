@@ -17,7 +17,16 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework import status
 
-from calls.models import CallEvent, CallStatus, EndReason, Message, WhatsAppMessage, WhatsAppSession
+from calls.models import (
+    CallEvent,
+    CallStatus,
+    EndReason,
+    Message,
+    WhatsAppChannel,
+    WhatsAppDelivery,
+    WhatsAppMessage,
+    WhatsAppSession,
+)
 from personas.models import ApiKey, SessionToken
 from personas.services import api_key_authenticate, api_key_create, api_key_hash, session_token_issue
 
@@ -85,6 +94,14 @@ def one_of_everything(org_a, persona_a, call_with_history):
         text="Do you deliver?",
         status=WhatsAppMessage.Status.RECEIVED,
     )
+    WhatsAppChannel.objects.create(
+        persona=persona_a,
+        phone_number_id="1234567890",
+        access_token="token",
+        app_secret="secret",
+        verify_token="verify",
+    )
+    WhatsAppDelivery.objects.create(body=b'{"object": "whatsapp_business_account"}', signature="sha256=00")
 
 
 @pytest.mark.parametrize("model", PARLEY_MODELS, ids=lambda model: model._meta.label)
@@ -128,6 +145,8 @@ def test_every_parley_model_is_registered():
         "calls.CallEvent",
         "calls.WhatsAppSession",
         "calls.WhatsAppMessage",
+        "calls.WhatsAppChannel",
+        "calls.WhatsAppDelivery",
     }
 
 

@@ -1,4 +1,7 @@
-"""`manage.py seed_demo`: the demo organization, persona Mara, an API key and an admin login (idempotent)."""
+"""`manage.py seed_demo`: the demo organization, persona Mara, an API key and an admin login (idempotent).
+
+With `PARLEY_DEMO_WHATSAPP_*` set, also Mara's WhatsApp channel.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ DEMO_API_KEY_NAME = "Demo key (seed_demo)"
 API_KEY_FILE_NAME = "demo-api-key"
 ADMIN_PASSWORD_FILE_NAME = "admin-password"
 DEFAULT_ADMIN_USERNAME = "admin"
+# The channel's fields that seed_demo sets from PARLEY_DEMO_WHATSAPP_<NAME>.
+WHATSAPP_SETTINGS = ("phone_number_id", "access_token", "app_secret", "verify_token")
 
 BUSINESS = "Linden Street Bakery & Café"
 
@@ -174,6 +179,7 @@ class Command(BaseCommand):
             self.seed_knowledge(persona, result)
             self.seed_api_key(organization, data_dir, result)
             self.seed_admin(data_dir, result)
+            self.seed_whatsapp(persona, result)
         if not options["quiet"]:
             self.print_summary(persona, result)
 
@@ -297,6 +303,43 @@ class Command(BaseCommand):
         if changed:
             user.save(update_fields=sorted(set(changed)))
             result.notes.append(f"admin user '{username}': updated {', '.join(sorted(set(changed)))}")
+
+    def seed_whatsapp(self, persona: Persona, result: SeedResult) -> None:
+        """The demo persona's WhatsApp channel, from the PARLEY_DEMO_WHATSAPP_* settings (all four)."""
+        from calls.models import WhatsAppChannel
+
+        values = {
+            name: getattr(settings, f"PARLEY_DEMO_WHATSAPP_{name.upper()}", "") for name in WHATSAPP_SETTINGS
+        }
+        if not any(values.values()):
+            return
+        missing = [f"PARLEY_DEMO_WHATSAPP_{name.upper()}" for name, value in values.items() if not value]
+        if missing:
+            result.notes.append(f"WhatsApp channel not configured: {', '.join(missing)} not set")
+            return
+        taken = WhatsAppChannel.objects.filter(phone_number_id=values["phone_number_id"]).exclude(
+            persona=persona
+        )
+        if taken.exists():
+            raise CommandError(
+                "PARLEY_DEMO_WHATSAPP_PHONE_NUMBER_ID is already another persona's WhatsApp channel"
+            )
+        display = settings.PARLEY_DEMO_WHATSAPP_DISPLAY_PHONE_NUMBER
+        channel = WhatsAppChannel.objects.filter(persona=persona).first() or WhatsAppChannel(persona=persona)
+        created = channel.pk is None
+        if not created and all(getattr(channel, name) == value for name, value in values.items()):
+            if not display or channel.display_phone_number == display:
+                return
+        for name, value in values.items():
+            setattr(channel, name, value)
+        if display:
+            channel.display_phone_number = display
+        channel.enabled = True
+        channel.save()
+        if created:
+            result.created.append("WhatsApp channel")
+        else:
+            result.notes.append("WhatsApp channel: updated from PARLEY_DEMO_WHATSAPP_*")
 
     # --- output -----------------------------------------------------------------------------
 

@@ -1,0 +1,121 @@
+"""Processing stored webhook deliveries after the webhook has answered, in every server process.
+
+Choice (issue "WhatsApp: the persona answers on WhatsApp"): the durable raw-delivery table is
+the queue, with claims that expire, rather than a task library. Checked in December 2026:
+- django-tasks' database backend (django-tasks-db 0.13.0) marks a claimed task RUNNING and
+  nothing ever returns it: a worker killed with SIGKILL leaves it there for good (upstream
+  issue RealOrangeOne/django-tasks#46, open; its worker-ping PR #133 was closed unmerged). Its
+  worker is also a separate `db_worker` process, not something the server runs embedded.
+- Procrastinate needs PostgreSQL (no embedded SQLite); Celery needs a broker.
+Here a claim is a lease (`PARLEY_WHATSAPP_LEASE_SECONDS`): a process killed mid-delivery
+leaves its claim to expire and another process (or itself, restarted) takes it. Processing a
+delivery commits its effects and its "processed" mark together, so it happens once
+(`calls.whatsapp.services`). It runs embedded on SQLite (one process, no other service) and
+with several Daphne workers on PostgreSQL (claims with `select_for_update(skip_locked=True)`).
+
+Each server process runs one processor task on its event loop (started with the housekeeper,
+`calls.lifecycle.drain`); its database work runs on a thread of its own, so a large batch does
+not hold up the database thread live calls publish on. The webhook wakes this process's
+processor when it stores a delivery; every processor also polls, for deliveries stored by
+other processes and for claims that expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from asgiref.sync import SyncToAsync
+from django.conf import settings
+from django.db import DatabaseError
+
+from calls.whatsapp import services
+from webapp.database import closing_connections
+
+logger = logging.getLogger(__name__)
+
+# This process's name on its claims.
+WORKER_ID = f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+_task: asyncio.Task[None] | None = None
+_wake: asyncio.Event | None = None
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def whatsapp_processing_round(*, worker: str = WORKER_ID) -> int:
+    """End the sessions whose window closed, then claim and process deliveries until none is
+    left; how many were processed. Sync: tests and management code call it directly."""
+    try:
+        services.whatsapp_sessions_expire()
+    except Exception:
+        logger.exception("whatsapp: ending sessions whose window closed failed")
+    lease = timedelta(seconds=settings.PARLEY_WHATSAPP_LEASE_SECONDS)
+    processed = 0
+    while claimed := services.whatsapp_deliveries_claim(worker=worker, lease=lease):
+        for delivery_id in claimed:
+            try:
+                processed += services.whatsapp_delivery_process(delivery_id=delivery_id, worker=worker)
+            except DatabaseError as error:
+                services.whatsapp_delivery_release(
+                    delivery_id=delivery_id, worker=worker, error=f"{type(error).__name__}: {error}"
+                )
+            except Exception as error:  # a bug: reported on the row, tried again, then given up
+                logger.exception("whatsapp delivery %s: processing failed", delivery_id)
+                services.whatsapp_delivery_release(
+                    delivery_id=delivery_id, worker=worker, error=f"{type(error).__name__}: {error}"
+                )
+    return processed
+
+
+async def _run() -> None:
+    assert _wake is not None
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-whatsapp")
+    # SyncToAsync (not a bare executor) so the thread knows the loop: the events it publishes
+    # are broadcast on it as any other's (`calls.services._broadcast_sync`).
+    round_async = SyncToAsync(
+        closing_connections(whatsapp_processing_round), thread_sensitive=False, executor=executor
+    )
+    try:
+        while True:
+            _wake.clear()
+            try:
+                await round_async()
+            except Exception:
+                logger.exception("whatsapp: a processing round failed")
+            try:
+                await asyncio.wait_for(_wake.wait(), timeout=settings.PARLEY_WHATSAPP_POLL_SECONDS)
+            except TimeoutError:
+                pass
+    finally:
+        executor.shutdown(wait=False)
+
+
+def processor_start() -> None:
+    """Start this process's processor on the running loop (once)."""
+    global _task, _wake, _loop
+    if _task is None or _task.done():
+        _loop = asyncio.get_event_loop()
+        _wake = asyncio.Event()
+        _task = _loop.create_task(_run(), name="parley-whatsapp-processor")
+
+
+def processor_stop() -> None:
+    """Stop taking deliveries; one being processed finishes on its thread, or its lease expires."""
+    if _task is not None:
+        _task.cancel()
+
+
+def processor_wake() -> None:
+    """From any thread: process stored deliveries now (no-op where no processor runs)."""
+    loop, wake = _loop, _wake
+    if loop is None or wake is None or loop.is_closed():
+        return
+    try:
+        loop.call_soon_threadsafe(wake.set)
+    except RuntimeError:  # the loop closed meanwhile
+        pass

@@ -1,0 +1,66 @@
+"""Reads for WhatsApp: channels by their number, their verify token, or a delivery's signature."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from calls.models import WhatsAppChannel, WhatsAppSession
+
+SIGNATURE_PREFIX = "sha256="
+
+
+def signature_valid(*, body: bytes, signature: str, app_secret: str) -> bool:
+    """`signature` is `sha256=` + the HMAC-SHA256 (hex) of the raw body under `app_secret`."""
+    if not app_secret or not signature.startswith(SIGNATURE_PREFIX):
+        return False
+    expected = hmac.new(app_secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    # Meta sends lowercase hex; compare_digest takes constant time for equal lengths.
+    return hmac.compare_digest(expected, signature[len(SIGNATURE_PREFIX) :].lower())
+
+
+def whatsapp_channels_enabled() -> list[WhatsAppChannel]:
+    return list(WhatsAppChannel.objects.filter(enabled=True).select_related("persona"))
+
+
+def whatsapp_channel_for_signature(*, body: bytes, signature: str) -> WhatsAppChannel | None:
+    """The first enabled channel whose app secret signed this body, or None.
+
+    Every channel is checked (no early exit) so the time taken does not say which matched.
+    """
+    found = None
+    for channel in whatsapp_channels_enabled():
+        if signature_valid(body=body, signature=signature, app_secret=channel.app_secret) and found is None:
+            found = channel
+    return found
+
+
+def whatsapp_channel_for_verify_token(*, token: str) -> WhatsAppChannel | None:
+    found = None
+    for channel in whatsapp_channels_enabled():
+        expected = channel.verify_token
+        if (
+            expected
+            and hmac.compare_digest(expected.encode("utf-8"), token.encode("utf-8"))
+            and found is None
+        ):
+            found = channel
+    return found
+
+
+def whatsapp_channel_by_phone_number_id(*, phone_number_id: str) -> WhatsAppChannel | None:
+    return (
+        WhatsAppChannel.objects.filter(phone_number_id=phone_number_id, enabled=True)
+        .select_related("persona", "persona__organization")
+        .first()
+    )
+
+
+def whatsapp_session_open(*, phone_number_id: str, contact: str) -> WhatsAppSession | None:
+    return (
+        WhatsAppSession.objects.filter(
+            phone_number_id=phone_number_id, contact_phone=contact, ended_at__isnull=True
+        )
+        .select_related("call", "call__persona", "persona")
+        .first()
+    )
