@@ -268,10 +268,14 @@ class WhatsAppMessageReceived(Event):
 
 
 class WhatsAppResponse(Event):
+    """A message Parley sent on the thread (Meta accepted it); `author` says who wrote it."""
+
     name: ClassVar[str] = "whatsapp.response"
     session_id: str
     to_address: str = Field(alias="to")
     text: str
+    message_id: str = ""
+    author: Literal["persona", "human", "app"] = "persona"
 
 
 class WhatsAppStatus(Event):

@@ -163,6 +163,10 @@ class WhatsAppSession(models.Model):
     ended_at = models.DateTimeField(
         null=True, blank=True, help_text="The window closed; the contact's next message starts a new session."
     )
+    # The claim of the process answering this thread now (`calls.whatsapp.answering`): a lease,
+    # taken by another process once it expires (its holder was killed).
+    answer_owner = models.CharField(max_length=120, blank=True)
+    answer_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
@@ -196,6 +200,12 @@ class WhatsAppMessage(models.Model):
         CONTACTS = "contacts", "Contacts"
         UNSUPPORTED = "unsupported", "Unsupported"
 
+    class Author(models.TextChoices):
+        # Who wrote an outbound message; inbound ones are the contact's (blank).
+        PERSONA = "persona", "Persona"
+        HUMAN = "human", "Human (staff)"
+        APP = "app", "App"
+
     class Status(models.TextChoices):
         RECEIVED = "received", "Received"
         PENDING = "pending", "Pending"
@@ -227,6 +237,20 @@ class WhatsAppMessage(models.Model):
     delivery = models.ForeignKey(
         "calls.WhatsAppDelivery", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    author = models.CharField(max_length=10, choices=Author.choices, blank=True)
+    # Inbound: work still owed to it. A voice note waits for its transcript (even while a human
+    # has taken over), a message for the persona's answer; both survive a killed process.
+    needs_transcript = models.BooleanField(default=False)
+    needs_answer = models.BooleanField(default=False)
+    # Outbound: the newest inbound message it answers (quoted in the reply), and its sending:
+    # `pending` until Meta accepted it; a send once started is never started again (no
+    # duplicate), and `next_attempt_at` holds a send Meta refused for now (rate limit, outage).
+    reply_to = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="replies"
+    )
+    send_started_at = models.DateTimeField(null=True, blank=True)
+    send_attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
@@ -237,6 +261,18 @@ class WhatsAppMessage(models.Model):
     class Meta:
         ordering = ["session", "created_at", "id"]
         verbose_name = "WhatsApp message"
+        indexes = [
+            models.Index(
+                fields=["session"],
+                condition=models.Q(needs_transcript=True) | models.Q(needs_answer=True),
+                name="whatsapp_message_owed",
+            ),
+            models.Index(
+                fields=["session"],
+                condition=models.Q(status="pending"),
+                name="whatsapp_message_unsent",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.direction} {self.type}: {self.text[:60]}"

@@ -397,6 +397,9 @@ PARLEY_WHATSAPP_LEASE_SECONDS = env_float("PARLEY_WHATSAPP_LEASE_SECONDS", 60.0)
 # How often each process looks for deliveries it was not woken for (another process's, or
 # a lease that expired) and for sessions whose 24-hour window has closed.
 PARLEY_WHATSAPP_POLL_SECONDS = env_float("PARLEY_WHATSAPP_POLL_SECONDS", 5.0)
+# The largest media file (a voice note) downloaded from a contact, in bytes: Meta's own cap
+# for audio is 16 MB.
+PARLEY_WHATSAPP_MEDIA_MAX_BYTES = int(env_float("PARLEY_WHATSAPP_MEDIA_MAX_BYTES", 16 * 1024 * 1024))
 
 # --- Logging: secrets never reach a log line --------------------------------------------
 

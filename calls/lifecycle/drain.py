@@ -64,10 +64,11 @@ def install_under_daphne() -> None:
 
 def _whatsapp_processor_start() -> None:
     # Also under a test harness that keeps signals to itself: deliveries are processed anyway.
-    from calls.whatsapp import processing
+    from calls.whatsapp import answering, processing
 
     try:
         processing.processor_start()
+        answering.answerer_start()
     except Exception:  # Twisted would swallow it
         logger.exception("the WhatsApp processor did not start")
 
@@ -144,6 +145,9 @@ async def _drain() -> None:
     from calls.whatsapp import processing
 
     processing.processor_stop()
+    from calls.whatsapp import answering
+
+    answering.answerer_stop()
     logger.info(
         "drained in %.1f s%s; stopping",
         time.monotonic() - started,

@@ -87,6 +87,7 @@ class GraphError(Exception):
         retryable: bool | None = None,
         retry_after: float | None = None,
         fbtrace_id: str = "",
+        uncertain: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -98,6 +99,9 @@ class GraphError(Exception):
         self.retryable = self.retryable_by_default if retryable is None else retryable
         self.retry_after = retry_after
         self.fbtrace_id = fbtrace_id
+        # The request may have reached Meta (it timed out or lost its connection after it was
+        # sent): a send that fails so may still be delivered; sending it again may duplicate it.
+        self.uncertain = uncertain
 
     def __str__(self) -> str:
         parts = [self.message]
@@ -248,10 +252,13 @@ class GraphClient:
 
     # --- messages --------------------------------------------------------------------------
 
-    async def send_text(self, to: str, text: str, *, reply_to: str | None = None) -> str:
+    async def send_text(
+        self, to: str, text: str, *, reply_to: str | None = None, callback_data: str = ""
+    ) -> str:
         """Send `text` to `to` (a phone number with its country code); the sent message's wamid.
 
-        `reply_to` (an inbound wamid) shows the reply quoting that message.
+        `reply_to` (an inbound wamid) shows the reply quoting that message; `callback_data`
+        (at most 512 characters) comes back in the message's status webhooks.
         """
         if not text.strip():
             raise ValueError("a WhatsApp text message cannot be empty")
@@ -269,6 +276,8 @@ class GraphClient:
         }
         if reply_to:
             body["context"] = {"message_id": reply_to}
+        if callback_data:
+            body["biz_opaque_callback_data"] = callback_data[:512]
         answer = await self._request("POST", self._messages_url, json=body)
         try:
             return str(answer["messages"][0]["id"])
@@ -404,7 +413,12 @@ class GraphClient:
         except RuntimeError:  # an error raised before a request existed
             pass
         detail = self._redacted(str(error) or type(error).__name__)
-        return GraphUnavailableError(f"the request to the Graph API {kind}{where}: {detail}")
+        # Connecting failed (or no connection was free): nothing was sent. Anything later may
+        # have reached Meta.
+        unsent = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+        return GraphUnavailableError(
+            f"the request to the Graph API {kind}{where}: {detail}", uncertain=not unsent
+        )
 
     def _redacted(self, text: str) -> str:
         return text.replace(self._access_token, REDACTED)

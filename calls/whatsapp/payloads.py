@@ -50,6 +50,8 @@ class StatusUpdate:
     error_code: int | None = None
     error_title: str = ""
     error_message: str = ""
+    # What the sender put in `biz_opaque_callback_data`: Parley's placeholder id of the message.
+    callback_data: str = ""
 
 
 @dataclass
@@ -233,4 +235,5 @@ def _status_read(status: dict[str, Any], phone_number_id: str) -> StatusUpdate:
         error_code=error_code,
         error_title=error_title,
         error_message=error_message,
+        callback_data=_text(status.get("biz_opaque_callback_data"), limit=512),
     )

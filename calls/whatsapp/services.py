@@ -32,6 +32,7 @@ from calls.models import (
     WhatsAppSession,
 )
 from calls.services import call_end, call_event_publish, call_events_lock, call_start, message_record
+from calls.whatsapp.outbox import whatsapp_outbound_by_callback
 from calls.whatsapp.payloads import InboundMessage, PayloadProblem, StatusUpdate, delivery_parse
 from calls.whatsapp.selectors import (
     signature_valid,
@@ -49,6 +50,9 @@ CUSTOMER_SERVICE_WINDOW = timedelta(hours=24)
 MAX_PROCESSING_ATTEMPTS = 5
 # Seconds before a delivery that failed that way is tried again, times its attempts so far.
 RETRY_BACKOFF_SECONDS = 2.0
+
+# Kinds a person would not answer: a reaction to a message, a sticker on its own.
+NO_REPLY_KINDS = frozenset({WhatsAppMessage.Kind.REACTION, WhatsAppMessage.Kind.STICKER})
 
 # Statuses only move forward in this order (Meta's arrive out of order: `read` may come
 # before `delivered`); `failed` follows `sent` but never undoes a delivery.
@@ -312,10 +316,10 @@ def transcript_message_id(meta_message_id: str) -> str:
     return "wa_" + hashlib.sha256(meta_message_id.encode("utf-8")).hexdigest()[:32]
 
 
-def _transcript_text(message: InboundMessage) -> str:
-    if message.kind == WhatsAppMessage.Kind.TEXT:
-        return message.text
-    return f"[{message.kind}] {message.text}".strip()
+def transcript_line(kind: str, text: str) -> str:
+    if kind in (WhatsAppMessage.Kind.TEXT, WhatsAppMessage.Kind.AUDIO):
+        return text or ("[voice note]" if kind == WhatsAppMessage.Kind.AUDIO else "")
+    return f"[{kind}] {text}".strip()
 
 
 def _inbound_apply(run: _Processing, message: InboundMessage) -> None:
@@ -343,6 +347,9 @@ def _inbound_apply(run: _Processing, message: InboundMessage) -> None:
             session.contact_name, changed = message.contact_name[:200], [*changed, "contact_name"]
         if changed:
             session.save(update_fields=changed)
+    # A voice note is told (`whatsapp.message`, the transcript line) once transcribed: its
+    # `text` is the transcript (`calls.whatsapp.answering`).
+    transcribe = message.kind == WhatsAppMessage.Kind.AUDIO and bool(message.media_id)
     recorded = WhatsAppMessage.objects.create(
         session=session,
         meta_message_id=message.message_id,
@@ -355,14 +362,25 @@ def _inbound_apply(run: _Processing, message: InboundMessage) -> None:
         sent_by_contact_at=message.sent_at,
         status=WhatsAppMessage.Status.RECEIVED,
         delivery=run.delivery,
+        needs_transcript=transcribe,
+        needs_answer=not session.human_takeover and message.kind not in NO_REPLY_KINDS,
     )
+    if not transcribe:
+        whatsapp_message_tell(message=recorded, session=session)
+    run.counts["messages"] += 1
+    run.received.append(recorded)
+
+
+def whatsapp_message_tell(*, message: WhatsAppMessage, session: WhatsAppSession) -> None:
+    """An inbound message's transcript line and `whatsapp.message` event."""
     call = session.call
     assert call is not None  # every session made here has one
+    at = message.sent_by_contact_at or timezone.now()
     message_record(
         call=call,
-        message_id=transcript_message_id(message.message_id),
+        message_id=transcript_message_id(message.meta_message_id),
         role="user",
-        text=_transcript_text(message),
+        text=transcript_line(message.type, message.text),
         started_at=at,
         ended_at=at,
     )
@@ -370,16 +388,14 @@ def _inbound_apply(run: _Processing, message: InboundMessage) -> None:
         call=call,
         event=events.WhatsAppMessageReceived(
             session_id=str(session.pk),
-            from_address=message.contact,
+            from_address=session.contact_phone,
             name_=session.contact_name,
-            type=message.kind,
+            type=message.type,
             text=message.text,
-            message_id=message.message_id,
+            message_id=message.meta_message_id,
         ),
         at=at,
     )
-    run.counts["messages"] += 1
-    run.received.append(recorded)
 
 
 def _status_apply(run: _Processing, status: StatusUpdate) -> None:
@@ -389,6 +405,17 @@ def _status_apply(run: _Processing, status: StatusUpdate) -> None:
         .filter(meta_message_id=status.message_id)
         .first()
     )
+    if message is None and status.callback_data:
+        # A send whose answer was lost (timed out, or its process stopped): Meta's statuses
+        # still carry the placeholder id, so the message is recognised and takes its wamid.
+        message = whatsapp_outbound_by_callback(callback_data=status.callback_data)
+        if message is not None:
+            logger.info("whatsapp message %s: a send thought lost reached Meta", message.pk)
+            message.meta_message_id = status.message_id
+            message.status = WhatsAppMessage.Status.SENT
+            message.error = ""
+            message.failed_at = None
+            message.save(update_fields=["meta_message_id", "status", "error", "failed_at"])
     if message is None:
         # Not a message Parley recorded (sent by another system on the number, or the send's
         # row is not committed yet); the raw delivery keeps it.
@@ -427,13 +454,12 @@ def _status_apply(run: _Processing, status: StatusUpdate) -> None:
 
 
 def whatsapp_message_received(*, message: WhatsAppMessage) -> None:
-    """A contact's message was recorded (once per message id): the persona's answer starts here.
+    """A contact's message was recorded (once per message id), after its delivery committed.
 
-    Called after the processing transaction committed, on the processing thread, with the
-    message's session (and its call) loaded. Answering — downloading and transcribing media,
-    the persona's reply through the Graph API (`calls.whatsapp.graph`), `whatsapp.response` —
-    hooks in here; it should hand long work off rather than hold the processing thread. A
-    process killed between the commit and this call leaves the message recorded with status
-    `received` and unanswered: answering that must survive this looks for such messages.
+    The answerer (`calls.whatsapp.answering`) owes it its transcript and answer; the work is
+    in the message's row (`needs_transcript`, `needs_answer`), so a process killed before it
+    is done leaves it to another.
     """
-    logger.debug("whatsapp message %s recorded (%s)", message.meta_message_id, message.type)
+    from calls.whatsapp.answering import answerer_wake
+
+    answerer_wake()

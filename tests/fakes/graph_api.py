@@ -97,6 +97,7 @@ class _Failure:
     details: str
     subcode: int | None
     retry_after: str | None
+    only: str | None = None  # "send", "read" or "media": fails the next request of that kind
 
 
 @dataclass
@@ -167,12 +168,16 @@ class FakeGraphAPI:
         details: str | None = None,
         subcode: int | None = None,
         retry_after: str | float | None = None,
+        only: str | None = None,
     ) -> None:
-        """The next `count` requests (of any kind) fail with Meta's error shape for `code`.
+        """The next `count` requests (of any kind, or only sends, reads or media requests with
+        `only="send"`, `"read"`, `"media"`) fail with Meta's error shape for `code`.
 
         `http_status` defaults as Meta answers: 401 for 190, 429 for 130429, 500 for 131000 and
         131016, 400 otherwise. `retry_after` adds a Retry-After header.
         """
+        if only not in (None, "send", "read", "media"):
+            raise ValueError("only: 'send', 'read', 'media' or None")
         status = http_status or {190: 401, 130429: 429, 131000: 500, 131016: 503}.get(code, 400)
         title = ERROR_TITLES.get(code, "The request was refused")
         failure = _Failure(
@@ -182,6 +187,7 @@ class FakeGraphAPI:
             details=details if details is not None else ERROR_DETAILS.get(code, title),
             subcode=subcode,
             retry_after=None if retry_after is None else str(retry_after),
+            only=only,
         )
         self._failures.extend([failure] * count)
 
@@ -235,8 +241,12 @@ class FakeGraphAPI:
                 details="",
                 subcode=None,
             )
-        if self._failures:
-            failure = self._failures.popleft()
+        kind = (
+            "media" if request.method == "GET" else "read" if (body or {}).get("status") == "read" else "send"
+        )
+        failure = next((f for f in self._failures if f.only in (None, kind)), None)
+        if failure is not None:
+            self._failures.remove(failure)
             headers = {"Retry-After": failure.retry_after} if failure.retry_after is not None else None
             return recorded, _error(
                 code=failure.code,

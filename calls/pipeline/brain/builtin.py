@@ -110,9 +110,10 @@ class BuiltinBrain:
         # Shielded: a cancelled waiter must not cancel the build every later reply needs.
         await asyncio.shield(self._index_future)
 
-    async def reply(self, *, user_text: str | None) -> str:
-        """The reply to `user_text`; None means the conversation is opening."""
-        self._turn += 1
+    async def reply(self, *, user_text: str | None, turn: int | None = None) -> str:
+        """The reply to `user_text`; None means the conversation is opening. `turn`: how many
+        replies came before, when the conversation is kept elsewhere (a WhatsApp thread)."""
+        self._turn = self._turn + 1 if turn is None else turn + 1
         if user_text is None:
             return opening_reply(profile=self.profile)
         turn = classify(text=user_text)
