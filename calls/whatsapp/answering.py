@@ -237,6 +237,7 @@ class _Thread:
     def __init__(self, session_id: int) -> None:
         self.session_id = session_id
         self.client: GraphClient | None = None
+        self.read: set[str] = set()  # messages marked read (with typing) by this claim
 
     async def run(self) -> None:
         renewing = asyncio.create_task(self._renew())
@@ -277,6 +278,9 @@ class _Thread:
                 settings.PARLEY_WHATSAPP_GRAPH_URL, work.phone_number_id, work.access_token
             )
         if work.to_transcribe:
+            if not work.session.human_takeover:
+                # Read, with the typing indicator, while the voice note is heard.
+                await self._mark_read(work.to_transcribe[-1].meta_message_id)
             for message in work.to_transcribe:
                 await self._transcribe(work, message)
             return True
@@ -352,9 +356,12 @@ class _Thread:
         if queued is None:
             logger.info("whatsapp session %s: answered meanwhile by someone else", self.session_id)
 
-    async def _mark_read(self, message_id: str) -> None:
+    async def _mark_read(self, message_id: str, *, again: bool = False) -> None:
         """Mark the newest message read, with the typing indicator (it lasts until the reply)."""
         assert self.client is not None
+        if message_id in self.read and not again:
+            return
+        self.read.add(message_id)
         try:
             await self.client.mark_read(message_id, typing=True)
         except GraphError as error:  # a courtesy: the answer goes on without it
@@ -364,7 +371,7 @@ class _Thread:
         """Show the typing indicator again while the brain works (it fades after 25 s)."""
         while True:
             await asyncio.sleep(TYPING_REFRESH_SECONDS)
-            await self._mark_read(message_id)
+            await self._mark_read(message_id, again=True)
 
     async def _send(self, work: ThreadWork, message: WhatsAppMessage) -> None:
         assert self.client is not None

@@ -155,6 +155,14 @@ async def test_a_voice_note_is_transcribed_told_with_its_transcript_and_answered
     assert told.data["type"] == "audio"
     assert len(graph.sent) == 1
     assert graph.sent[0].body["context"] == {"message_id": "wamid.V1"}
+    # Read (with typing) while it is heard, once; then the download; the reply last.
+    assert [request.path.split("/")[-1] for request in graph.requests] == [
+        "messages",
+        "MEDIA42",
+        "MEDIA42",
+        "messages",
+    ]
+    assert len(graph.reads) == 1
 
 
 async def test_a_voice_note_over_the_size_limit_is_not_downloaded_and_gets_a_helpful_answer(
