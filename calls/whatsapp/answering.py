@@ -43,6 +43,7 @@ from calls.whatsapp import outbox
 from calls.whatsapp.brain import ThreadLine, thread_answer
 from calls.whatsapp.graph import GraphClient, GraphError, MediaTooLargeError, retrying
 from calls.whatsapp.processing import WORKER_ID
+from calls.whatsapp.tools import AskedCall, tool_calls_wait, whatsapp_tool_calls_announce
 from webapp.database import closing_connections
 
 logger = logging.getLogger(__name__)
@@ -338,11 +339,13 @@ class _Thread:
             if fixed_answer is not None:
                 answer = fixed_answer
             else:
+                config = brain_config(work.conversation)
                 answer = await thread_answer(
-                    brain_config(work.conversation),
+                    config,
                     history=work.history,
                     text=text,
                     persona_turns=work.persona_turns,
+                    on_tool_calls=lambda asked: self._tools_run(work, config, asked),
                 )
         finally:
             typing.cancel()
@@ -355,6 +358,21 @@ class _Thread:
         )
         if queued is None:
             logger.info("whatsapp session %s: answered meanwhile by someone else", self.session_id)
+
+    async def _tools_run(self, work: ThreadWork, config: Any, asked: list[AskedCall]) -> dict[str, Any]:
+        """The LLM's tool calls, answered by an app (`toolResult` on the thread's call)."""
+        call_id = str(work.session.call_id)
+
+        async def announce(msg_id: str, calls: list[AskedCall]) -> None:
+            await _db(whatsapp_tool_calls_announce)(call_id=call_id, msg_id=msg_id, asked=calls)
+
+        return await tool_calls_wait(
+            call_id=call_id,
+            tools=config.tools,
+            asked=asked,
+            default_timeout_seconds=work.conversation.tool_timeout_seconds,
+            announce=announce,
+        )
 
     async def _mark_read(self, message_id: str, *, again: bool = False) -> None:
         """Mark the newest message read, with the typing indicator (it lasts until the reply)."""

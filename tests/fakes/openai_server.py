@@ -1,6 +1,7 @@
 """A local OpenAI-compatible chat server for tests: streamed replies, recorded requests.
 
-`POST /v1/chat/completions` answers as server-sent events in the real OpenAI chunk format.
+`POST /v1/chat/completions` answers as server-sent events in the real OpenAI chunk format
+(`stream: true`), or as one completion object (`stream` false or absent).
 A scripted reply (`script(TextReply | ToolCallReply)`) is used first. With an empty script
 the reply follows from the request, the way a model given tools would behave:
 
@@ -167,7 +168,7 @@ class FakeOpenAIServer:
         self.requests.append(RecordedRequest(headers=dict(request.headers), body=body))
         reply = self._script.popleft() if self._script else reply_for_request(body, serial=len(self.requests))
         if not body.get("stream"):
-            return web.json_response({"error": {"message": "the fake serves stream=true only"}}, status=400)
+            return web.json_response(self._whole(body, reply))
 
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -178,6 +179,31 @@ class FakeOpenAIServer:
         except ConnectionResetError:
             pass  # the client gave up on the reply (an interrupted turn): as a real server, stop
         return response
+
+    def _whole(self, body: dict[str, Any], reply: TextReply | ToolCallReply) -> dict[str, Any]:
+        """A non-streamed completion (`stream` false), as OpenAI answers it."""
+        message: dict[str, Any] = {"role": "assistant", "content": None}
+        if isinstance(reply, TextReply):
+            message["content"] = "".join(reply.pieces)
+            finish_reason = "stop"
+        else:
+            message["tool_calls"] = [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": "".join(call.argument_pieces)},
+                }
+                for call in reply.calls
+            ]
+            finish_reason = "tool_calls"
+        return {
+            "id": f"chatcmpl-fake{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", MODEL_LISTED),
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
 
     async def _stream(
         self,

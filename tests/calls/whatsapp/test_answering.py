@@ -353,3 +353,105 @@ async def test_when_the_answering_app_is_silent_the_brain_answers_after_its_time
     assert time.monotonic() - started >= 0.5
     assert len(graph.sent) == 1
     assert (await sync_to_async(outbound)())[0].author == "persona"
+
+
+# --- The persona's LLM on WhatsApp: the thread as history, tools answered by an app ------------
+
+ORDER_TOOL = {
+    "type": "server",
+    "name": "check_order",
+    "description": "The status of a customer's order, from the shop's system.",
+    "parameters": {"type": "object", "properties": {"order": {"type": "string"}}, "required": ["order"]},
+}
+
+
+@pytest.fixture
+async def llm_persona(persona_a):
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    async with FakeOpenAIServer() as llm:
+        await sync_to_async(type(persona_a).objects.filter(pk=persona_a.pk).update)(
+            brain_provider="openai",
+            llm_base_url=llm.base_url,
+            llm_model="fake-model",
+            llm_api_key="sk-test-whatsapp",
+            tools=[ORDER_TOOL],
+        )
+        yield llm
+
+
+async def test_the_llm_answers_in_writing_with_the_thread_as_history(graph, post_delivery, llm_persona):
+    await deliver(post_delivery, envelope(messages=[text_message("wamid.M1", "Hello there")]))
+    await answer_all()
+    await deliver(post_delivery, envelope(messages=[text_message("wamid.M2", "And tomorrow?")]))
+    await answer_all()
+    assert [sent.text for sent in graph.sent] == ["OK.", "OK."]
+    second = llm_persona.requests[-1].messages
+    assert second[0]["role"] == "system"
+    assert "WhatsApp" in second[0]["content"]
+    assert [(line["role"], line["content"]) for line in second[1:]] == [
+        ("user", "Hello there"),
+        ("assistant", "OK."),
+        ("user", "And tomorrow?"),
+    ]
+    assert llm_persona.requests[-1].body["tools"][0]["function"]["name"] == "check_order"
+
+
+async def test_a_server_tool_is_answered_by_an_app_and_the_llm_goes_on(graph, post_delivery, llm_persona):
+    from calls.whatsapp.tools import whatsapp_tool_result
+
+    await deliver(post_delivery, envelope(messages=[text_message("wamid.T1", "check_order order=42")]))
+    answering_task = asyncio.ensure_future(answer_all())
+    session = await sync_to_async(thread)()
+    announced = None
+    for _ in range(100):
+        announced = await sync_to_async(
+            CallEvent.objects.filter(call=session.call, type="llm.tool_call").first
+        )()
+        if announced is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert announced is not None
+    asked = announced.data["toolCalls"][0]
+    assert asked["name"] == "check_order"
+    assert '"42"' in asked["arguments"]
+    await whatsapp_tool_result(
+        call_id=str(session.call_id),
+        msg_id=announced.data["msgId"],
+        results=[{"tool_call_id": asked["id"], "result": "baked, out for delivery", "error": None}],
+    )
+    await asyncio.wait_for(answering_task, 10)
+    assert len(graph.sent) == 1
+    assert "baked, out for delivery" in graph.sent[0].text
+    # A second result for the same call is refused: it is not waiting any more.
+    from calls.whatsapp.tools import ToolResultRefused
+
+    with pytest.raises(ToolResultRefused):
+        await whatsapp_tool_result(
+            call_id=str(session.call_id),
+            msg_id=announced.data["msgId"],
+            results=[{"tool_call_id": asked["id"], "result": "again", "error": None}],
+        )
+
+
+async def test_a_server_tool_nobody_answers_times_out_and_the_contact_still_gets_an_answer(
+    graph, post_delivery, llm_persona, settings
+):
+    settings.PARLEY_TOOL_TIMEOUT_SECONDS = 0.3
+    await deliver(post_delivery, envelope(messages=[text_message("wamid.T2", "check_order order=7")]))
+    await answer_all()
+    assert len(graph.sent) == 1
+    assert "failed" in graph.sent[0].text  # the fake LLM's sentence for an {"error": ...} result
+    tool_message = llm_persona.requests[-1].messages[-1]
+    assert tool_message["role"] == "tool"
+    assert "no handler" in tool_message["content"]
+
+
+async def test_when_the_llm_is_down_the_built_in_brain_answers(graph, post_delivery, persona_a):
+    await sync_to_async(type(persona_a).objects.filter(pk=persona_a.pk).update)(
+        brain_provider="openai", llm_base_url="http://127.0.0.1:9/v1", llm_api_key="sk-x"
+    )
+    await deliver(post_delivery, envelope(messages=[text_message("wamid.D1", "What do you do?")]))
+    await answer_all()
+    assert len(graph.sent) == 1
+    assert graph.sent[0].text
