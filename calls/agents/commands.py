@@ -34,8 +34,13 @@ ACTIONS = (
     "cancel",
     "context",
     "hangup",
+    "whatsappPause",
+    "whatsappResume",
+    "whatsappSend",
 )
-CALL_ACTIONS = ACTIONS[1:]
+# Actions on a WhatsApp thread, named by its session or contact (`calls.whatsapp.commands`).
+THREAD_ACTIONS = ("whatsappPause", "whatsappResume", "whatsappSend")
+CALL_ACTIONS = tuple(action for action in ACTIONS[1:] if action not in THREAD_ACTIONS)
 STREAM_OPS = ("start", "chunk", "end")
 
 
@@ -93,6 +98,14 @@ def command_check(content: dict[str, Any]) -> Command:
             f"action: {action[:40]!r} is not one of {', '.join(ACTIONS)}",
             request_id=request_id,
         )
+    if action in THREAD_ACTIONS:
+        from calls.whatsapp.commands import whatsapp_command_check
+
+        try:
+            return whatsapp_command_check(content, request_id)
+        except CommandRefused as refusal:
+            refusal.request_id = request_id
+            raise
     try:
         return _PARSERS[action](content, request_id)
     except InputRefused as refusal:

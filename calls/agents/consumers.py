@@ -18,10 +18,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from calls.agents import presence
-from calls.agents.commands import Command, CommandRefused, command_parse
+from calls.agents.commands import THREAD_ACTIONS, Command, CommandRefused, command_parse
 from calls.agents.routing import command_deliver
 from calls.streams import EventFeed, StreamEvent, StreamRequest
 from calls.streams.authorisation import scope_headers
+from calls.whatsapp.commands import whatsapp_command_run
 from webapp.database import closing_connections
 from webapp.errors import outage_detail
 
@@ -109,6 +110,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         try:
             if command.action == "subscribe":
                 frame = await self._subscribe(command)
+            elif command.action in THREAD_ACTIONS:
+                frame = await whatsapp_command_run(organization_id=self.organization_id, command=command)
             else:
                 frame = await command_deliver(organization_id=self.organization_id, command=command)
         except CommandRefused as refusal:

@@ -34,16 +34,20 @@ def call_group(call_id: str) -> str:
 
 
 def _call_state(*, organization_id: int | None, call_id: str) -> str | None:
-    """'live' (held by some process), 'ended', or None (no such call in this organization)."""
-    from calls.models import Call, CallStatus
+    """'live' (held by some process), 'whatsapp' (a WhatsApp thread's open call), 'ended', or
+    None (no such call in this organization)."""
+    from calls.models import Call, CallStatus, Transport
 
     calls = Call.objects.filter(pk=call_id)
     if organization_id is not None:
         calls = calls.filter(organization_id=organization_id)
-    status = calls.values_list("status", flat=True).first()
-    if status is None:
+    found = calls.values_list("status", "transport").first()
+    if found is None:
         return None
-    return "live" if status in (CallStatus.CONNECTING, CallStatus.IN_PROGRESS) else "ended"
+    status, transport = found
+    if status not in (CallStatus.CONNECTING, CallStatus.IN_PROGRESS):
+        return "ended"
+    return "whatsapp" if transport == Transport.WHATSAPP else "live"
 
 
 async def command_deliver(*, organization_id: int | None, command: Command) -> dict[str, Any]:
@@ -70,6 +74,14 @@ async def command_deliver(*, organization_id: int | None, command: Command) -> d
         return CommandRefused(
             "call_ended", f"callId: the call {command.call_id} has ended", request_id=command.request_id
         ).frame()
+    if state == "whatsapp":
+        from calls.whatsapp.commands import whatsapp_call_command
+
+        try:
+            return await whatsapp_call_command(command=command)
+        except CommandRefused as refusal:
+            refusal.request_id = command.request_id
+            return refusal.frame()
     return await mailbox().request(command)
 
 

@@ -317,12 +317,15 @@ class _Thread:
         await _db(whatsapp_transcript_record)(message_id=message.pk, text=text, error=error)
 
     async def _answer(self, work: ThreadWork) -> None:
+        from calls.agents.hooks import hooks_answer
         from calls.agents.presence import answering_apps
         from calls.pipeline.conversation import brain_config
 
         owed_ids = [message.pk for message in work.owed]
         persona = work.session.persona
-        if await answering_apps(organization_id=persona.organization_id, slug=persona.slug):
+        if hooks_answer(persona.slug) or await answering_apps(
+            organization_id=persona.organization_id, slug=persona.slug
+        ):
             # An app answers this persona: it has its time to reply (`reply` on the call).
             waited = 0.0
             while waited < work.conversation.app_answer_timeout_seconds:

@@ -212,7 +212,7 @@ def _response_publish(message: WhatsAppMessage) -> None:
     message_record(
         call=call,
         message_id=transcript_message_id(message.meta_message_id),
-        role="assistant",
+        role="persona",
         text=message.text,
         started_at=now,
         ended_at=now,

@@ -101,7 +101,7 @@ async def test_a_text_is_marked_read_with_typing_then_answered_once_by_the_brain
     lines = await sync_to_async(list)(
         Message.objects.filter(call=session.call).order_by("id").values_list("role", "text")
     )
-    assert lines == [("user", "Do you deliver?"), ("assistant", reply.text)]
+    assert lines == [("user", "Do you deliver?"), ("persona", reply.text)]
 
     # Nothing more is owed: another round sends nothing, and Meta's statuses move it on.
     await answer_all()
