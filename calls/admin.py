@@ -1,6 +1,7 @@
-"""Admin for calls (transcript and event log on one page) and WhatsApp threads; history is read-only.
+"""Admin for calls (transcript and event log on one page); history is read-only.
 
-WhatsApp channels and webhook deliveries: `calls.whatsapp.admin`.
+WhatsApp channels and webhook deliveries: `calls.whatsapp.admin`; threads and takeover:
+`calls.whatsapp.thread_admin`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from calls.models import Call, CallEvent, Message, WhatsAppMessage, WhatsAppSession
+from calls.models import Call, CallEvent, Message
 
 
 class HistoryAdmin(admin.ModelAdmin):
@@ -195,109 +196,6 @@ class CallEventAdmin(HistoryAdmin):
         return False
 
 
-# --- WhatsApp ---------------------------------------------------------------------------
-
-
-class WhatsAppMessageInline(HistoryInline):
-    model = WhatsAppMessage
-    fields = (
-        "created_at",
-        "direction",
-        "type",
-        "text",
-        "status",
-        "sent_at",
-        "delivered_at",
-        "read_at",
-        "error",
-    )
-    readonly_fields = fields
-    ordering = ("created_at", "id")
-    show_change_link = True
-
-
-@admin.register(WhatsAppSession)
-class WhatsAppSessionAdmin(admin.ModelAdmin):
-    list_display = (
-        "contact_phone",
-        "contact_name",
-        "persona",
-        "phone_number_id",
-        "human_takeover",
-        "started_at",
-        "last_inbound_at",
-        "ended_at",
-    )
-    list_filter = ("human_takeover", "persona", "phone_number_id", "started_at")
-    search_fields = ("contact_phone", "contact_name", "phone_number_id", "messages__text")
-    list_select_related = ("persona",)
-    # Staff may take a thread over; everything else is what Meta told us.
-    fields = (
-        "organization",
-        "persona",
-        "call",
-        "phone_number_id",
-        "contact_phone",
-        "contact_name",
-        "human_takeover",
-        "started_at",
-        "last_inbound_at",
-        "ended_at",
-    )
-    readonly_fields = (
-        "organization",
-        "persona",
-        "call",
-        "phone_number_id",
-        "contact_phone",
-        "contact_name",
-        "started_at",
-        "last_inbound_at",
-        "ended_at",
-    )
-    inlines = (WhatsAppMessageInline,)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-
-@admin.register(WhatsAppMessage)
-class WhatsAppMessageAdmin(HistoryAdmin):
-    list_display = ("short_text", "direction", "type", "status", "session", "created_at", "failed_at")
-    list_filter = ("status", "direction", "type", "created_at")
-    search_fields = ("text", "meta_message_id", "session__contact_phone", "session__contact_name")
-    list_select_related = ("session", "session__persona")
-    readonly_fields = (
-        "session",
-        "meta_message_id",
-        "direction",
-        "type",
-        "text",
-        "media_id",
-        "mime_type",
-        "metadata",
-        "sent_by_contact_at",
-        "status",
-        "error",
-        "error_code",
-        "error_title",
-        "delivery",
-        "created_at",
-        "sent_at",
-        "delivered_at",
-        "read_at",
-        "played_at",
-        "failed_at",
-    )
-    fields = readonly_fields
-
-    @admin.display(description="text")
-    def short_text(self, message: WhatsAppMessage) -> str:
-        return message.text if len(message.text) <= 80 else f"{message.text[:79]}…"
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-# The channel and webhook deliveries live with the rest of WhatsApp.
-import calls.whatsapp.admin  # noqa: E402, F401
+# The WhatsApp channel, webhook deliveries and threads live with the rest of WhatsApp.
+import calls.whatsapp.admin  # noqa: E402
+import calls.whatsapp.thread_admin  # noqa: E402, F401

@@ -72,6 +72,7 @@ def whatsapp_reply_queue(
     author: str,
     answering: list[int] | None = None,
     only_if_owed: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> WhatsAppMessage | None:
     """Queue `text` to the session's contact, answering the inbound messages `answering`
     (None: every one still owed an answer). Sent after the commit, by the answerer.
@@ -113,6 +114,7 @@ def whatsapp_reply_queue(
             text=text,
             status=WhatsAppMessage.Status.PENDING,
             reply_to=newest if owed_ids else None,
+            metadata=metadata or {},
         )
         if owed_ids:
             WhatsAppMessage.objects.filter(pk__in=owed_ids).update(needs_answer=False)
@@ -121,16 +123,19 @@ def whatsapp_reply_queue(
 
 
 def whatsapp_human_send(
-    *, session: WhatsAppSession, text: str, author: str = WhatsAppMessage.Author.HUMAN
+    *, session: WhatsAppSession, text: str, author: str = WhatsAppMessage.Author.HUMAN, sent_by: str = ""
 ) -> WhatsAppMessage:
-    """A person (staff in the admin, or an app) writes on the thread; it answers whatever was owed."""
+    """A person (staff in the admin, or an app) writes on the thread; it answers whatever was
+    owed. `sent_by`: who (a staff user's name), kept in the message's metadata."""
     if session.ended_at is not None:
         raise OutboxRefused(
             "sessionId",
             "sessionId: this WhatsApp session has ended (the contact has not written for 24 hours); "
             "only a template message may be sent now",
         )
-    reply = whatsapp_reply_queue(session=session, text=text, author=author)
+    reply = whatsapp_reply_queue(
+        session=session, text=text, author=author, metadata={"sentBy": sent_by} if sent_by else None
+    )
     assert reply is not None
     return reply
 
