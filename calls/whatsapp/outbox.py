@@ -100,11 +100,8 @@ def whatsapp_reply_queue(
         owed_ids = list(owed.values_list("pk", flat=True))
         if only_if_owed and (not owed_ids or (answering is not None and len(owed_ids) < len(answering))):
             return None
-        newest = (
-            WhatsAppMessage.objects.filter(session=session, direction=Direction.INBOUND)
-            .order_by("-id")
-            .first()
-        )
+        # Quoted: the newest message it answers (not one that came after it was written).
+        newest = WhatsAppMessage.objects.filter(pk=max(owed_ids)).first() if owed_ids else None
         reply = WhatsAppMessage.objects.create(
             session=session,
             meta_message_id=placeholder_id(),
@@ -113,7 +110,7 @@ def whatsapp_reply_queue(
             type=WhatsAppMessage.Kind.TEXT,
             text=text,
             status=WhatsAppMessage.Status.PENDING,
-            reply_to=newest if owed_ids else None,
+            reply_to=newest,
             metadata=metadata or {},
         )
         if owed_ids:

@@ -29,6 +29,7 @@ import json
 import logging
 import mimetypes
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,7 @@ class SentMessage:
 
     wamid: str
     body: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)  # when the fake accepted it
 
     @property
     def to(self) -> str:

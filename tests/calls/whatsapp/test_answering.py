@@ -455,3 +455,22 @@ async def test_when_the_llm_is_down_the_built_in_brain_answers(graph, post_deliv
     await answer_all()
     assert len(graph.sent) == 1
     assert graph.sent[0].text
+
+
+async def test_a_reply_quotes_the_newest_message_it_answers_not_one_that_came_after(graph, post_delivery):
+    await deliver(post_delivery, envelope(messages=[text_message("wamid.Q1", "Do you deliver?")]))
+    first = await sync_to_async(WhatsAppMessage.objects.get)(meta_message_id="wamid.Q1")
+    # The contact writes again while the persona's answer to the first is being written.
+    await deliver(post_delivery, envelope(messages=[text_message("wamid.Q2", "On Sundays too?")]))
+    session = await sync_to_async(thread)()
+    queued = await sync_to_async(outbox.whatsapp_reply_queue)(
+        session=session,
+        text="Yes, Tuesday to Saturday.",
+        author="persona",
+        answering=[first.pk],
+        only_if_owed=True,
+    )
+    assert queued is not None
+    assert await sync_to_async(lambda: queued.reply_to.meta_message_id)() == "wamid.Q1"
+    await answer_all()
+    assert [sent.body["context"]["message_id"] for sent in graph.sent] == ["wamid.Q1", "wamid.Q2"]
