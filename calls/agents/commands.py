@@ -21,6 +21,8 @@ MAX_TEXT_CHARS = 4000
 MAX_REQUEST_ID_CHARS = 100
 # An app's own message id: short, printable, no spaces.
 MESSAGE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+# The user message a reply answers: an id of ours (`msg_…`) or a WhatsApp wamid (base64).
+IN_REPLY_TO = re.compile(r"[A-Za-z0-9_.:=+/-]{1,128}")
 CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_AGENTS = 100
 MAX_TOOL_RESULTS = 32
@@ -194,7 +196,7 @@ def _message_id(content: dict[str, Any], *, required: bool = False) -> str | Non
 
 
 def _in_reply_to(content: dict[str, Any]) -> str | None:
-    return _identifier(content, "inReplyTo", MESSAGE_ID, required=False)
+    return _identifier(content, "inReplyTo", IN_REPLY_TO, required=False)
 
 
 # --- One parser per action ----------------------------------------------------------------

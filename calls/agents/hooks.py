@@ -15,6 +15,8 @@ that raises is logged, one that runs past `PARLEY_AGENT_HOOK_TIMEOUT_SECONDS` is
 and neither touches the call or delays its voice. `call` has the verbs of the Python client
 (`say`, `reply`, `reply_stream`, `tool_result`, `cancel`, `context`, `hangup`), carried out
 by the same code as the agent websocket's commands; a refused one raises `AgentError`.
+The agent itself has the WhatsApp thread verbs (`whatsapp_pause`, `whatsapp_resume`,
+`whatsapp_send`), for the persona's own threads.
 """
 
 from __future__ import annotations
@@ -64,6 +66,37 @@ class HookAgent:
             return handler
 
         return register
+
+    # --- WhatsApp threads of this persona (PROTOCOL §4: whatsappPause/Resume/Send) ---------
+
+    async def whatsapp_pause(self, *, session_id: str | int | None = None, contact: str | None = None) -> str:
+        """Stop the persona's automatic answers on a thread (a human takes over); its session id."""
+        return await self._whatsapp("whatsappPause", sessionId=session_id, contact=contact)
+
+    async def whatsapp_resume(
+        self, *, session_id: str | int | None = None, contact: str | None = None
+    ) -> str:
+        """Let the persona answer the thread again; its session id."""
+        return await self._whatsapp("whatsappResume", sessionId=session_id, contact=contact)
+
+    async def whatsapp_send(
+        self, text: str, *, session_id: str | int | None = None, contact: str | None = None
+    ) -> str:
+        """Write on the thread as a human (`whatsapp.response` author human); its session id."""
+        return await self._whatsapp("whatsappSend", sessionId=session_id, contact=contact, text=text)
+
+    async def _whatsapp(self, action: str, **fields: Any) -> str:
+        from calls.whatsapp.commands import whatsapp_command_run
+
+        content = {"action": action, **{name: value for name, value in fields.items() if value is not None}}
+        if "sessionId" in content:
+            content["sessionId"] = str(content["sessionId"])
+        try:
+            command = command_check(content)
+            frame = await whatsapp_command_run(organization_id=None, command=command, persona_slug=self.slug)
+        except CommandRefused as refusal:
+            raise AgentError(refusal.code, refusal.message) from None
+        return frame["sessionId"]
 
 
 def parley_agent(slug: str, *, answer: bool = False) -> HookAgent:

@@ -44,12 +44,21 @@ def _db(function: Any) -> Any:
 
 
 def whatsapp_session_for_app(
-    *, organization_id: int | None, session_id: str | None = None, contact: str | None = None
+    *,
+    organization_id: int | None,
+    session_id: str | None = None,
+    contact: str | None = None,
+    persona_slug: str | None = None,
 ) -> WhatsAppSession:
-    """The session an app names, by id or by its contact's open thread; CommandRefused if none."""
+    """The session an app names, by id or by its contact's open thread; CommandRefused if none.
+
+    `organization_id` None: a trusted in-process caller; `persona_slug`: only that persona's
+    threads (an in-process hook's)."""
     sessions = WhatsAppSession.objects.select_related("call", "persona")
     if organization_id is not None:
         sessions = sessions.filter(organization_id=organization_id)
+    if persona_slug is not None:
+        sessions = sessions.filter(persona__slug=persona_slug)
     if session_id is not None:
         session = sessions.filter(pk=int(session_id)).first()
         if session is None:
@@ -105,11 +114,16 @@ def whatsapp_command_check(content: dict[str, Any], request_id: str | None) -> C
     return Command(action, request_id, fields=fields)
 
 
-async def whatsapp_command_run(*, organization_id: int | None, command: Command) -> dict[str, Any]:
+async def whatsapp_command_run(
+    *, organization_id: int | None, command: Command, persona_slug: str | None = None
+) -> dict[str, Any]:
     """Carry out a takeover action; the ack frame (CommandRefused otherwise)."""
     fields = command.fields
     session = await _db(whatsapp_session_for_app)(
-        organization_id=organization_id, session_id=fields["session_id"], contact=fields["contact"]
+        organization_id=organization_id,
+        session_id=fields["session_id"],
+        contact=fields["contact"],
+        persona_slug=persona_slug,
     )
     ack: dict[str, Any] = {"event": "ack", "requestId": command.request_id, "sessionId": str(session.pk)}
     if command.action in ("whatsappPause", "whatsappResume"):

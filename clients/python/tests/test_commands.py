@@ -234,3 +234,23 @@ async def test_a_refused_chunk_is_kept_on_the_stream_and_end_reports_the_refusal
         assert stream.error.code == "bad_request"
         with pytest.raises(AgentError):
             await stream.end()
+
+
+async def test_the_whatsapp_thread_verbs_send_their_frames_and_a_refusal_raises(fake, make_agent):
+    agent = make_agent()
+    async with running(agent):
+        await agent.whatsapp_pause(session_id=12)
+        await agent.whatsapp_send("Ana here.", contact="+16505551234")
+        await agent.whatsapp_resume(contact="16505551234")
+        fake.errors["whatsappSend"] = ("invalid_field", "text: must not be empty")
+        with pytest.raises(AgentError) as refused:
+            await agent.whatsapp_send("", session_id="12")
+
+    frames = [without_request_id(frame) for frame in fake.frames if frame["action"] != "subscribe"]
+    assert frames == [
+        {"action": "whatsappPause", "sessionId": "12"},
+        {"action": "whatsappSend", "contact": "+16505551234", "text": "Ana here."},
+        {"action": "whatsappResume", "contact": "16505551234"},
+        {"action": "whatsappSend", "sessionId": "12", "text": ""},
+    ]
+    assert (refused.value.code, refused.value.message) == ("invalid_field", "text: must not be empty")

@@ -152,3 +152,35 @@ async def test_a_streamed_reply_is_sent_whole_and_hangup_ends_the_thread(graph, 
     assert session.ended_at is not None
     assert session.call.end_reason == "hangup"
     assert (await app.command("reply", callId=call_id, text="hello?"))["code"] == "call_ended"
+
+
+async def test_a_reply_may_name_a_real_wamid_which_is_base64(graph, post_delivery, app):  # noqa: F811
+    wamid = "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTdCNTg5RjY1MEMyRjlGMjRGNgA="
+    session = await open_thread(post_delivery, wamid=wamid, text="Do you deliver?")
+    ack = await app.command("reply", callId=str(session.call_id), text="We do!", inReplyTo=wamid)
+    assert ack["event"] == "ack", ack
+    await answer_all()
+    assert graph.sent[0].body["context"] == {"message_id": wamid}
+
+
+async def test_hooks_take_over_their_own_personas_threads_only(graph, post_delivery, make_persona, org_a):  # noqa: F811
+    from calls.agents.hooks import AgentError, hooks_clear, parley_agent
+
+    session = await open_thread(post_delivery)
+    await sync_to_async(make_persona)(org_a, "otto")
+    try:
+        mara, otto = parley_agent("mara"), parley_agent("otto")
+        assert await mara.whatsapp_pause(contact=CONTACT) == str(session.pk)
+        assert await mara.whatsapp_send("Ana here.", session_id=session.pk) == str(session.pk)
+        with pytest.raises(AgentError) as refused:
+            await otto.whatsapp_resume(session_id=session.pk)
+        assert refused.value.code == "unknown_session"
+        with pytest.raises(AgentError) as refused:
+            await mara.whatsapp_send("", session_id=session.pk)
+        assert refused.value.code == "invalid_field"
+    finally:
+        hooks_clear()
+    await answer_all()
+    assert graph.sent[-1].text == "Ana here."
+    session = await sync_to_async(WhatsAppSession.objects.get)(pk=session.pk)
+    assert session.human_takeover is True

@@ -398,6 +398,26 @@ class Agent:
                 "handler %s for %s (call %s) raised", getattr(handler, "__qualname__", handler), name, call.id
             )
 
+    # --- WhatsApp threads (not calls: named by session id or contact) -----------------
+
+    async def whatsapp_pause(
+        self, *, session_id: str | int | None = None, contact: str | None = None
+    ) -> dict[str, Any]:
+        """Stop the persona's automatic answers on a WhatsApp thread (a human takes over)."""
+        return await self._command(_whatsapp_frame("whatsappPause", session_id, contact))
+
+    async def whatsapp_resume(
+        self, *, session_id: str | int | None = None, contact: str | None = None
+    ) -> dict[str, Any]:
+        """Let the persona answer the thread again."""
+        return await self._command(_whatsapp_frame("whatsappResume", session_id, contact))
+
+    async def whatsapp_send(
+        self, text: str, *, session_id: str | int | None = None, contact: str | None = None
+    ) -> dict[str, Any]:
+        """Write on the thread as a human (recorded as `whatsapp.response` author `human`)."""
+        return await self._command({**_whatsapp_frame("whatsappSend", session_id, contact), "text": text})
+
     # --- Commands ---------------------------------------------------------------------
 
     async def _command(self, frame: dict[str, Any]) -> dict[str, Any]:
@@ -446,3 +466,13 @@ class Agent:
     def _stream_forget(self, stream: ReplyStream) -> None:
         if self._streams.get(stream.message_id) is stream:
             del self._streams[stream.message_id]
+
+
+def _whatsapp_frame(action: str, session_id: str | int | None, contact: str | None) -> dict[str, Any]:
+    """A thread command's frame: `sessionId` (as the whatsapp.* events spell it) or `contact`."""
+    frame: dict[str, Any] = {"action": action}
+    if session_id is not None:
+        frame["sessionId"] = str(session_id)
+    if contact is not None:
+        frame["contact"] = contact
+    return frame
