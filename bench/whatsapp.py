@@ -249,15 +249,16 @@ def main() -> None:
                     "REDIS_URL": args.redis_url,
                     "PARLEY_REDIS_PREFIX": f"parley-bench-{uuid.uuid4().hex[:8]}",
                 }
-            # This process reads the server's database to check nothing was lost.
-            os.environ.update({**server_environment(data_dir), **environment})
+            processes, _ = await asyncio.to_thread(
+                start_server, data_dir, args.workers, environment=environment
+            )
+            # This process reads the server's database to check nothing was lost; without a
+            # pool, so no connection of its own outlives the check (the database is dropped).
+            os.environ.update({**server_environment(data_dir), **environment, "PARLEY_DB_POOL_MAX": "0"})
             os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
             import django
 
             django.setup()
-            processes, _ = await asyncio.to_thread(
-                start_server, data_dir, args.workers, environment=environment
-            )
             urls = [f"http://127.0.0.1:{process.args[process.args.index('-p') + 1]}" for process in processes]
             backends = "PostgreSQL + Redis" if args.postgres_redis else "SQLite + in-memory channel layer"
             print(
@@ -275,9 +276,6 @@ def main() -> None:
                 for process in processes:
                     process.wait(10)
                 if args.postgres_redis:
-                    from django.db import connections
-
-                    connections.close_all()
                     postgres_database(args.database_url, create=False)
 
     with tempfile.TemporaryDirectory(prefix="parley-bench-whatsapp-") as data_dir:
