@@ -1,4 +1,7 @@
-"""Call-review fixtures: a voice call as the pipeline records one (turns, a cut-off, a tool call, a typed line)."""
+"""Call-review fixtures: a voice call as the pipeline records one (turns, a cut-off, a tool call, a typed line).
+
+`reviewed_call_create` is also what the browser test opens.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import pytest
 from django.utils import timezone
 
 from calls.models import Call, CallEvent, CallStatus, EndReason, Message, Transport
+from personas.models import Persona
 
 GREETING = "Hi, I'm Mara at Linden Street Bakery. What can I do for you?"
 SPOKEN_QUESTION = "Do you have any sourdough left today?"
@@ -19,28 +23,25 @@ TYPED_LINE = "Please hold the sourdough for Ingrid"
 HELD_REPLY = "Done, it's on hold for Ingrid until six."
 
 
-@pytest.fixture
-def record_event() -> Callable[..., CallEvent]:
-    def record(call: Call, at: datetime, name: str, **data: Any) -> CallEvent:
-        return CallEvent.objects.create(
-            organization=call.organization,
-            persona=call.persona,
-            call=call,
-            type=name,
-            data={"callId": call.id, **data, "agent": call.persona.slug},
-            created_at=at,
-        )
-
-    return record
+def record_event(call: Call, at: datetime, name: str, **data: Any) -> CallEvent:
+    """Store an event of the call as the publish path would (envelope and payload, its time)."""
+    return CallEvent.objects.create(
+        organization=call.organization,
+        persona=call.persona,
+        call=call,
+        type=name,
+        data={"callId": call.id, **data, "agent": call.persona.slug},
+        created_at=at,
+    )
 
 
-@pytest.fixture
-def reviewed_call(make_call, persona_a, record_event) -> Call:
+def reviewed_call_create(persona: Persona) -> Call:
     """A 41-second voice call: greeting, a spoken question, an answer cut off, a tool call, a
     typed line and the answer to it, then a hang-up."""
     started = timezone.now() - timedelta(minutes=5)
-    call = make_call(
-        persona_a,
+    call = Call.objects.create(
+        organization=persona.organization,
+        persona=persona,
         transport=Transport.WEBRTC,
         status=CallStatus.ENDED,
         started_at=started,
@@ -98,3 +99,13 @@ def reviewed_call(make_call, persona_a, record_event) -> Call:
         duration=41.0,
     )
     return call
+
+
+@pytest.fixture(name="record_event")
+def record_event_fixture() -> Callable[..., CallEvent]:
+    return record_event
+
+
+@pytest.fixture
+def reviewed_call(persona_a) -> Call:
+    return reviewed_call_create(persona_a)

@@ -76,7 +76,7 @@ def test_the_call_page_shows_the_conversation_as_bubbles(admin_client_, reviewed
     assert page.count('class="parley-turn persona') == 3
     assert 'class="parley-turn persona interrupted"' in page
     assert CUT_OFF_SPOKEN in page and "and one sourdough, and the seeded one comes out at four." in page
-    assert "⌨ typed" in page and "🎙 spoken" in page
+    assert "⌨ typed" in page and "∿ spoken" in page
     assert "Tool call: hold_item" in page
     assert "Call ended: the visitor hung up" in page
     # The raw log is folded, with a link to the call's own event list.
