@@ -1,7 +1,7 @@
-"""Admin for calls (transcript and event log on one page); history is read-only.
+"""Admin for transcript lines and the event log; history is read-only.
 
-WhatsApp channels and webhook deliveries: `calls.whatsapp.admin`; threads and takeover:
-`calls.whatsapp.thread_admin`.
+A call's page (its conversation, search, export): `calls.review.admin`. WhatsApp channels and
+webhook deliveries: `calls.whatsapp.admin`; threads and takeover: `calls.whatsapp.thread_admin`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from calls.models import Call, CallEvent, Message
+from calls.models import CallEvent, Message
 
 
 class HistoryAdmin(admin.ModelAdmin):
@@ -69,85 +69,7 @@ def format_duration(seconds: float | None) -> str:
 # --- Calls ------------------------------------------------------------------------------
 
 
-class MessageInline(HistoryInline):
-    model = Message
-    fields = ("role", "text", "spoken_text", "interrupted", "started", "ended")
-    readonly_fields = fields
-    ordering = ("created_at", "id")
-    verbose_name = "transcript line"
-    verbose_name_plural = "transcript"
-
-    @admin.display(description="started")
-    def started(self, message: Message) -> str:
-        return clock_time(message.started_at)
-
-    @admin.display(description="ended")
-    def ended(self, message: Message) -> str:
-        return clock_time(message.ended_at)
-
-
-class CallEventInline(HistoryInline):
-    model = CallEvent
-    # `cursor` is the primary key, which a formset renders as a hidden input: show it via a method.
-    fields = ("event_cursor", "type", "data_json", "time")
-    readonly_fields = fields
-    ordering = ("cursor",)
-    verbose_name = "event"
-    verbose_name_plural = "events"
-
-    @admin.display(description="cursor")
-    def event_cursor(self, event: CallEvent) -> int:
-        return event.cursor
-
-    @admin.display(description="time")
-    def time(self, event: CallEvent) -> str:
-        return clock_time(event.created_at, milliseconds=True)
-
-    @admin.display(description="data")
-    def data_json(self, event: CallEvent) -> SafeString:
-        return pretty_json(event.data)
-
-
-@admin.register(Call)
-class CallAdmin(HistoryAdmin):
-    list_display = ("id", "persona", "transport", "status", "started_at", "duration", "end_reason")
-    list_filter = ("persona", "transport", "status", "end_reason", "direction", "started_at", "organization")
-    search_fields = ("id", "from_address", "to_address", "messages__text")
-    list_select_related = ("persona",)
-    date_hierarchy = "created_at"
-    fieldsets = (
-        (None, {"fields": ("id", "organization", "persona", "transport", "direction", "status")}),
-        ("Parties", {"fields": ("from_address", "to_address", "session_token", "engine_host")}),
-        ("Time", {"fields": ("created_at", "started_at", "ended_at", "duration", "end_reason")}),
-        ("Metadata", {"fields": ("metadata_json",)}),
-    )
-    readonly_fields = (
-        "id",
-        "organization",
-        "persona",
-        "transport",
-        "direction",
-        "status",
-        "from_address",
-        "to_address",
-        "session_token",
-        "engine_host",
-        "created_at",
-        "started_at",
-        "ended_at",
-        "duration",
-        "end_reason",
-        "metadata_json",
-    )
-    inlines = (MessageInline, CallEventInline)
-
-    @admin.display(description="duration", ordering="duration_seconds")
-    def duration(self, call: Call) -> str:
-        return format_duration(call.duration_seconds)
-
-    @admin.display(description="metadata")
-    def metadata_json(self, call: Call) -> SafeString:
-        return pretty_json(call.metadata)
+# The call's own page (the conversation, search, export) is `calls.review.admin`.
 
 
 @admin.register(Message)
@@ -196,6 +118,8 @@ class CallEventAdmin(HistoryAdmin):
         return False
 
 
-# The WhatsApp channel, webhook deliveries and threads live with the rest of WhatsApp.
+# Call review (it uses the helpers above); the WhatsApp channel, webhook deliveries and
+# threads live with the rest of WhatsApp.
+import calls.review.admin  # noqa: E402
 import calls.whatsapp.admin  # noqa: E402
 import calls.whatsapp.thread_admin  # noqa: E402, F401

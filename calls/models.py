@@ -89,6 +89,12 @@ class Call(models.Model):
             models.Index(fields=["organization", "status"]),
             models.Index(fields=["engine_host", "status"]),
         ]
+        # Staff review (`calls.review`): Django's own view permission covers reading a call.
+        permissions = [
+            ("listen_call", "Can listen to call recordings"),
+            ("take_over_call", "Can take over a call"),
+            ("export_call", "Can export calls with their transcripts"),
+        ]
 
     def __str__(self) -> str:
         return self.id
@@ -279,4 +285,5 @@ class WhatsAppMessage(models.Model):
 
 
 # Models of this app kept with their capability (registered when this module loads).
+from calls.review.models import ReviewAuditEntry  # noqa: E402, F401
 from calls.whatsapp.models import WhatsAppChannel, WhatsAppDelivery  # noqa: E402, F401

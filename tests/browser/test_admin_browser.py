@@ -1,4 +1,8 @@
-"""In headless Chromium: an admin logs in and reads a call's transcript and event log."""
+"""In headless Chromium: an admin logs in and reads a call's transcript and event log.
+
+The conversation view itself (bubbles, cut-offs, tool calls, search, export) is
+`test_call_review_browser.py`.
+"""
 
 from __future__ import annotations
 
@@ -73,13 +77,14 @@ def test_an_admin_reads_a_calls_transcript_and_events(
     page.goto(live_server_url + reverse("admin:calls_call_change", args=[quote(call_with_transcript.pk)]))
 
     expect(page.locator("#content h2").first).to_contain_text(call_with_transcript.pk)
-    transcript = page.locator("#messages-group")
+    transcript = page.locator("#conversation")
     for _, text in TRANSCRIPT:
         expect(transcript).to_contain_text(text)
-    lines = transcript.locator("tbody tr td.field-text").all_inner_texts()
+    lines = transcript.locator(".parley-turn .parley-bubble").all_inner_texts()
     assert lines == [text for _, text in TRANSCRIPT]
-    events = page.locator("#events-group")
-    assert events.locator("tbody tr td.field-type").all_inner_texts() == EVENT_TYPES
+    events = page.locator("#raw-events")
+    events.locator("summary").click()
+    assert events.locator("tbody tr td:nth-child(3)").all_inner_texts() == EVENT_TYPES
     expect(page.locator(".field-duration")).to_contain_text("0:47")
 
     page.screenshot(path=str(screenshot_dir / "admin-call.png"), full_page=True)

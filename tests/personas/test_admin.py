@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote
+from django.contrib.auth.models import AnonymousUser
 from django.contrib.messages import get_messages
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.forms.models import model_to_dict
@@ -27,6 +28,8 @@ from calls.models import (
     WhatsAppMessage,
     WhatsAppSession,
 )
+from calls.review.models import ReviewAction
+from calls.review.services import review_audit_record
 from personas.models import ApiKey, SessionToken
 from personas.services import api_key_authenticate, api_key_create, api_key_hash, session_token_issue
 
@@ -102,6 +105,9 @@ def one_of_everything(org_a, persona_a, call_with_history):
         verify_token="verify",
     )
     WhatsAppDelivery.objects.create(body=b'{"object": "whatsapp_business_account"}', signature="sha256=00")
+    review_audit_record(
+        user=AnonymousUser(), action=ReviewAction.EXPORTED, call=call_with_history, detail={"format": "csv"}
+    )
 
 
 @pytest.mark.parametrize("model", PARLEY_MODELS, ids=lambda model: model._meta.label)
@@ -147,6 +153,7 @@ def test_every_parley_model_is_registered():
         "calls.WhatsAppMessage",
         "calls.WhatsAppChannel",
         "calls.WhatsAppDelivery",
+        "calls.ReviewAuditEntry",
     }
 
 
