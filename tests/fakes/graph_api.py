@@ -14,6 +14,9 @@ It answers as Meta does (`../shared/research/whatsapp.md` §3, §4), under `/{ve
   Meta's error shape (131047 outside the window, 130429 throughput, 131000, 190, ...).
 
 Every request is kept in `requests` (method, path, query, headers, JSON body) for assertions.
+`send_answer_delay_seconds` makes Meta slow: a send is kept at once, its answer comes that much
+later (a process killed meanwhile never learns it was sent). `graph_api_in_thread()` runs the
+fake on a loop of its own, for a server in another process to call.
 By hand: `python tests/fakes/graph_api.py --port 8091` prints its base URL and logs each send
 and read; `--media ID=PATH` serves a file (a voice note) as media `ID`, `--token` sets the token.
 """
@@ -29,8 +32,11 @@ import json
 import logging
 import mimetypes
 import sys
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +125,7 @@ class FakeGraphAPI:
     version: str = DEFAULT_VERSION
     host: str = "127.0.0.1"
     port: int = 0
+    send_answer_delay_seconds: float = 0.0
     requests: list[RecordedRequest] = field(default_factory=list)
     sent: list[SentMessage] = field(default_factory=list)
     reads: list[dict[str, Any]] = field(default_factory=list)  # mark-as-read bodies
@@ -296,6 +303,8 @@ class FakeGraphAPI:
         context = body.get("context")
         reply = f" (replying to {context.get('message_id')})" if isinstance(context, dict) else ""
         logger.info("send %s to %s%s: %s", wamid, to, reply, shown)
+        if self.send_answer_delay_seconds > 0:
+            await asyncio.sleep(self.send_answer_delay_seconds)
         return web.json_response(
             {
                 "messaging_product": "whatsapp",
@@ -377,6 +386,30 @@ def _error(
 
 def _invalid(message: str) -> web.Response:
     return _error(code=100, http_status=400, message=message, details=message)
+
+
+# How long starting or stopping the fake on its thread may take.
+THREAD_START_TIMEOUT_SECONDS = 30.0
+
+
+@contextmanager
+def graph_api_in_thread(**options: Any) -> Iterator[FakeGraphAPI]:
+    """The fake on its own event loop in a thread (`options` as `FakeGraphAPI`'s), for a
+    server in another process to call. Its lists may be read from any thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-graph-api", daemon=True)
+    thread.start()
+    graph = FakeGraphAPI(**options)
+    try:
+        asyncio.run_coroutine_threadsafe(graph.__aenter__(), loop).result(THREAD_START_TIMEOUT_SECONDS)
+        yield graph
+    finally:
+        asyncio.run_coroutine_threadsafe(graph.__aexit__(None, None, None), loop).result(
+            THREAD_START_TIMEOUT_SECONDS
+        )
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(THREAD_START_TIMEOUT_SECONDS)
+        loop.close()
 
 
 async def _serve(port: int, access_token: str, media: dict[str, tuple[bytes, str]]) -> None:
