@@ -154,6 +154,10 @@ def daphne_start(port: int, log_path: Path, extra_environment: dict[str, str] | 
             "DJANGO_SETTINGS_MODULE": "webapp.settings_test",
             "PYTHONUNBUFFERED": "1",
             "PARLEY_WARM_UP": "1",  # as a server runs it
+            # The shared server's WhatsApp processor and answerer act only when its own webhook
+            # wakes them: polling, they would claim the threads of tests that answer in-process
+            # on the same database (tests/calls/whatsapp). The WhatsApp server tests set theirs.
+            "PARLEY_WHATSAPP_POLL_SECONDS": "3600",
             **server_database_environment(connection.settings_dict),
             **(extra_environment or {}),
         }
