@@ -1,4 +1,5 @@
-"""Channels routes of the calls app: the event stream (SSE and websocket)."""
+"""Channels routes of the calls app: the event stream (SSE and websocket), the agent socket,
+signalling, and the WhatsApp webhook."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from django.urls import path
 
 from calls.agents.consumers import AgentConsumer
 from calls.consumers import EventStreamSSEConsumer, EventStreamWebsocketConsumer, SignallingConsumer
+from calls.whatsapp.consumers import WhatsAppWebhookConsumer
 
 http_urlpatterns: list[Any] = [
     path("v1/events/stream", EventStreamSSEConsumer.as_asgi()),
+    path("v1/whatsapp/webhook", WhatsAppWebhookConsumer.as_asgi()),
 ]
 websocket_urlpatterns: list[Any] = [
     path("ws/events/", EventStreamWebsocketConsumer.as_asgi()),

@@ -1,11 +1,11 @@
-"""REST routes of the calls app: calls, transcripts, the event log, and the WhatsApp webhook."""
+"""REST routes of the calls app: calls, transcripts, the event log (the WhatsApp webhook is a
+Channels consumer: `calls.routing`)."""
 
 from __future__ import annotations
 
 from django.urls import path
 
 from calls import api, engine_api
-from calls.whatsapp import views as whatsapp_views
 
 urlpatterns = [
     path("engine/session", engine_api.EngineSessionView.as_view(), name="engine-session"),
@@ -13,5 +13,4 @@ urlpatterns = [
     path("calls", api.CallListView.as_view(), name="call-list"),
     path("calls/<str:call_id>", api.CallDetailView.as_view(), name="call-detail"),
     path("calls/<str:call_id>/events", api.CallEventListView.as_view(), name="call-events"),
-    path("whatsapp/webhook", whatsapp_views.whatsapp_webhook, name="whatsapp-webhook"),
 ]

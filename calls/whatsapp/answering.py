@@ -24,6 +24,7 @@ process killed at any point leaves it to another:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,7 @@ from calls.models import Direction, WhatsAppChannel, WhatsAppMessage, WhatsAppSe
 from calls.whatsapp import outbox
 from calls.whatsapp.brain import ThreadLine, thread_answer
 from calls.whatsapp.graph import GraphClient, GraphError, MediaTooLargeError, retrying
-from calls.whatsapp.processing import WORKER_ID
+from calls.whatsapp.processing import WORKER_ID, intake_first
 from calls.whatsapp.tools import AskedCall, tool_calls_wait, whatsapp_tool_calls_announce
 from webapp.database import closing_connections
 
@@ -221,7 +222,20 @@ def contact_turn(owed: list[WhatsAppMessage]) -> tuple[str, str | None]:
 def _db(function: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     # SyncToAsync (not a bare executor) so the thread knows the loop: the events it publishes
     # are broadcast on it as any other's (`calls.services._broadcast_sync`).
-    return SyncToAsync(closing_connections(function), thread_sensitive=False, executor=_executor)
+    return SyncToAsync(
+        closing_connections(_after_intake(function)), thread_sensitive=False, executor=_executor
+    )
+
+
+def _after_intake(function: Callable[..., T]) -> Callable[..., T]:
+    """`function`, once the webhook has stored what it was given (`processing.intake_first`)."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> T:
+        intake_first()
+        return function(*args, **kwargs)
+
+    return call
 
 
 def _lease() -> timedelta:

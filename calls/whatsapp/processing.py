@@ -26,7 +26,7 @@ import asyncio
 import logging
 import os
 import socket
-import time
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -46,13 +46,31 @@ WORKER_ID = f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 _task: asyncio.Task[None] | None = None
 _wake: asyncio.Event | None = None
 _loop: asyncio.AbstractEventLoop | None = None
-# Intake first: while the webhook is storing deliveries (a burst), processing them waits for a
-# pause of INTAKE_QUIET_SECONDS, at most INTAKE_QUIET_MAX_SECONDS at a time, so Meta's POSTs
-# are answered fast. On 2 cores a burst of 1,000 processed as it came made the webhook's
-# median answer 89 ms and its p99 3 s (bench/whatsapp.py).
-INTAKE_QUIET_SECONDS = 0.05
-INTAKE_QUIET_MAX_SECONDS = 0.5
-_last_stored = 0.0  # time.monotonic() of this process's last stored delivery
+# Intake first. Meta waits 250 ms for the webhook's answer, and the webhook's answer waits for
+# its delivery's commit. In one process on SQLite every writer shares one lock, and SQLite's
+# busy handler backs off with sleeps, so a storing batch could wait 2 s behind processing and
+# answering that kept taking it; on 2 cores their CPU slowed the webhook too. So while this
+# process's webhook has deliveries to store, the background writers (processing, answering)
+# wait before each database trip, at most INTAKE_FIRST_MAX_SECONDS at a time, so they still
+# progress under a sustained flood.
+INTAKE_FIRST_MAX_SECONDS = 0.5
+_intake_idle = threading.Event()
+_intake_idle.set()
+
+
+def intake_busy() -> None:
+    """The webhook has deliveries to store (from any thread)."""
+    _intake_idle.clear()
+
+
+def intake_idle() -> None:
+    """The webhook has stored all it was given (from any thread)."""
+    _intake_idle.set()
+
+
+def intake_first(*, max_seconds: float = INTAKE_FIRST_MAX_SECONDS) -> None:
+    """On a background writer's thread: let the webhook's storing go first (see above)."""
+    _intake_idle.wait(max_seconds)
 
 
 def whatsapp_processing_round(*, worker: str = WORKER_ID, max_batches: int = 1_000_000) -> int:
@@ -70,6 +88,7 @@ def whatsapp_processing_round(*, worker: str = WORKER_ID, max_batches: int = 1_0
         claimed := services.whatsapp_deliveries_claim(worker=worker, lease=lease)
     ):
         for delivery_id in claimed:
+            intake_first()
             try:
                 processed += services.whatsapp_delivery_process(delivery_id=delivery_id, worker=worker)
             except DatabaseError as error:
@@ -95,30 +114,16 @@ async def _run() -> None:
     try:
         while True:
             _wake.clear()
-            await _intake_pause()
             try:
-                # One claim at a time while deliveries keep coming; all of them otherwise.
-                busy = time.monotonic() - _last_stored < INTAKE_QUIET_MAX_SECONDS
-                processed = await round_async(max_batches=1 if busy else 1_000_000)
+                await round_async()
             except Exception:
                 logger.exception("whatsapp: a processing round failed")
-                processed = 0
-            if processed and busy:
-                continue  # more may be waiting: look again after the next pause
             try:
                 await asyncio.wait_for(_wake.wait(), timeout=settings.PARLEY_WHATSAPP_POLL_SECONDS)
             except TimeoutError:
                 pass
     finally:
         executor.shutdown(wait=False)
-
-
-async def _intake_pause() -> None:
-    """Wait while this process's webhook is storing deliveries (see INTAKE_QUIET_SECONDS)."""
-    waited = 0.0
-    while waited < INTAKE_QUIET_MAX_SECONDS and time.monotonic() - _last_stored < INTAKE_QUIET_SECONDS:
-        await asyncio.sleep(INTAKE_QUIET_SECONDS)
-        waited += INTAKE_QUIET_SECONDS
 
 
 def processor_start() -> None:
@@ -138,8 +143,6 @@ def processor_stop() -> None:
 
 def processor_wake() -> None:
     """From any thread: a delivery was stored; process it soon (no-op where no processor runs)."""
-    global _last_stored
-    _last_stored = time.monotonic()
     loop, wake = _loop, _wake
     if loop is None or wake is None or loop.is_closed():
         return

@@ -23,16 +23,18 @@ def whatsapp_channels_enabled() -> list[WhatsAppChannel]:
     return list(WhatsAppChannel.objects.filter(enabled=True).select_related("persona"))
 
 
-def whatsapp_channel_for_signature(*, body: bytes, signature: str) -> WhatsAppChannel | None:
-    """The first enabled channel whose app secret signed this body, or None.
+def whatsapp_app_secrets() -> list[str]:
+    """The app secrets of the enabled channels (decrypted): what a webhook delivery may be signed with."""
+    return [channel.app_secret for channel in whatsapp_channels_enabled() if channel.app_secret]
 
-    Every channel is checked (no early exit) so the time taken does not say which matched.
-    """
-    found = None
-    for channel in whatsapp_channels_enabled():
-        if signature_valid(body=body, signature=signature, app_secret=channel.app_secret) and found is None:
-            found = channel
-    return found
+
+def signed_by_one_of(*, body: bytes, signature: str, app_secrets: list[str]) -> bool:
+    """Whether one of `app_secrets` signed `body`. Every secret is checked (no early exit), so
+    the time taken does not say which one matched."""
+    matched = False
+    for app_secret in app_secrets:
+        matched = signature_valid(body=body, signature=signature, app_secret=app_secret) or matched
+    return matched
 
 
 def whatsapp_channel_for_verify_token(*, token: str) -> WhatsAppChannel | None:

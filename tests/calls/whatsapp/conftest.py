@@ -6,13 +6,17 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
-from django.test import Client
+from asgiref.sync import async_to_sync
+from channels.routing import URLRouter
+from channels.testing import HttpCommunicator
 
 from calls.models import WhatsAppChannel
+from calls.whatsapp.consumers import app_secrets
+from webapp.routing import http_consumer_routes
 
 APP_SECRET = "app-secret-7f3a9c1e"
 ACCESS_TOKEN = "EAAG-access-token-5b2d"
@@ -21,6 +25,8 @@ PHONE_NUMBER_ID = "106540352242922"
 DISPLAY_NUMBER = "15550783881"
 CONTACT = "16505551234"
 WEBHOOK = "/v1/whatsapp/webhook"
+# Generous: a test waits this long for the webhook before calling it hung.
+WEBHOOK_ANSWER_TIMEOUT_SECONDS = 30.0
 
 
 @pytest.fixture
@@ -83,18 +89,101 @@ def envelope(
     }
 
 
-@pytest.fixture
-def post_delivery() -> Callable[..., Any]:
-    """POST a body (a payload, or raw bytes) to the webhook, signed with `secret` unless told."""
-    client = Client()
+class WebhookResponse:
+    """What the webhook answered: `status_code`, `content`, and headers by name."""
 
-    def post(payload: Any, *, secret: str | None = APP_SECRET, signature: str | None = None) -> Any:
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.status_code: int = answer["status"]
+        self.content: bytes = answer["body"]
+        self.headers = {
+            bytes(name).decode("latin-1").lower(): bytes(value).decode("latin-1")
+            for name, value in answer["headers"]
+        }
+
+    def __getitem__(self, name: str) -> str:
+        return self.headers[name.lower()]
+
+
+def _webhook_scope(
+    method: str,
+    query: dict[str, str] | None,
+    body: bytes,
+    headers: dict[str, str] | None,
+    declare_length: bool,
+):
+    path = WEBHOOK + ("?" + urlencode(query) if query else "")
+    sent = [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()
+    ]
+    if body and declare_length:
+        sent.append((b"content-length", str(len(body)).encode()))
+    return path, sent
+
+
+async def webhook_request_async(
+    method: str,
+    *,
+    query: dict[str, str] | None = None,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    declare_length: bool = True,
+) -> WebhookResponse:
+    """One request to the webhook through the server's own HTTP routes (the Channels consumer)."""
+    path, sent = _webhook_scope(method, query, body, headers, declare_length)
+    communicator = HttpCommunicator(URLRouter(http_consumer_routes()), method, path, body=body, headers=sent)
+    return WebhookResponse(await communicator.get_response(timeout=WEBHOOK_ANSWER_TIMEOUT_SECONDS))
+
+
+def webhook_request(
+    method: str,
+    *,
+    query: dict[str, str] | None = None,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    declare_length: bool = True,
+) -> WebhookResponse:
+    """`webhook_request_async` from a sync test. Not from a thread of `sync_to_async`: the
+    consumer's own thread-sensitive calls would wait for that busy thread (async tests use
+    `post_delivery.posted`)."""
+    return async_to_sync(webhook_request_async)(
+        method, query=query, body=body, headers=headers, declare_length=declare_length
+    )
+
+
+@pytest.fixture(autouse=True)
+def _app_secrets_read_afresh() -> None:
+    """Each test's channels are read by its first POST (a process keeps them a while)."""
+    app_secrets.forget()
+
+
+class WebhookPoster:
+    """POST a body (a payload, or raw bytes) to the webhook, signed with `secret` unless told:
+    called from a sync test, `await posted(...)` from an async one."""
+
+    def _request(
+        self, payload: Any, secret: str | None, signature: str | None
+    ) -> tuple[bytes, dict[str, str]]:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        headers = {}
+        headers = {"Content-Type": "application/json"}
         if signature is not None:
-            headers["HTTP_X_HUB_SIGNATURE_256"] = signature
+            headers["X-Hub-Signature-256"] = signature
         elif secret is not None:
-            headers["HTTP_X_HUB_SIGNATURE_256"] = sign(body, secret)
-        return client.post(WEBHOOK, data=body, content_type="application/json", **headers)
+            headers["X-Hub-Signature-256"] = sign(body, secret)
+        return body, headers
 
-    return post
+    def __call__(
+        self, payload: Any, *, secret: str | None = APP_SECRET, signature: str | None = None
+    ) -> WebhookResponse:
+        body, headers = self._request(payload, secret, signature)
+        return webhook_request("POST", body=body, headers=headers)
+
+    async def posted(
+        self, payload: Any, *, secret: str | None = APP_SECRET, signature: str | None = None
+    ) -> WebhookResponse:
+        body, headers = self._request(payload, secret, signature)
+        return await webhook_request_async("POST", body=body, headers=headers)
+
+
+@pytest.fixture
+def post_delivery() -> WebhookPoster:
+    return WebhookPoster()

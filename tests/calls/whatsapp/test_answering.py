@@ -37,7 +37,7 @@ async def graph(settings, channel):
 
 
 async def deliver(post_delivery, payload) -> None:
-    response = await sync_to_async(post_delivery)(payload)
+    response = await post_delivery.posted(payload)
     assert response.status_code == 200
     await sync_to_async(whatsapp_processing_round)()
 

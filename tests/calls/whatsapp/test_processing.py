@@ -24,7 +24,8 @@ from calls.whatsapp import services
 from calls.whatsapp.processing import whatsapp_processing_round
 from tests.calls.whatsapp.conftest import CONTACT, envelope, status, text_message
 
-pytestmark = pytest.mark.django_db
+# Deliveries are stored by the webhook's own thread, which sees only committed rows.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def event_types(call: Call) -> list[str]:

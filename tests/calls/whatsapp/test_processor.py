@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 
 import pytest
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from calls.models import WhatsAppDelivery
@@ -21,7 +20,7 @@ async def test_a_stored_delivery_wakes_the_servers_processor(channel, post_deliv
     task = processing._task
     try:
         await asyncio.sleep(0.2)  # its first round, with nothing to do, then it waits
-        response = await sync_to_async(post_delivery)(envelope(messages=[text_message("wamid.W", "hi")]))
+        response = await post_delivery.posted(envelope(messages=[text_message("wamid.W", "hi")]))
         assert response.status_code == 200
 
         def state() -> str:

@@ -11,7 +11,8 @@ from calls.models import WhatsAppMessage, WhatsAppSession
 from calls.whatsapp.processing import whatsapp_processing_round
 from tests.calls.whatsapp.conftest import CONTACT, envelope, text_message
 
-pytestmark = pytest.mark.django_db
+# Deliveries are stored by the webhook's own thread, which sees only committed rows.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture

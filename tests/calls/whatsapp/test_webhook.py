@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 
 import pytest
-from django.test import Client
+from asgiref.sync import async_to_sync
+from django.db import OperationalError
 from rest_framework import status as http
 
-from calls.models import WhatsAppDelivery, WhatsAppMessage
+from calls.models import Direction, WhatsAppDelivery, WhatsAppMessage
+from calls.whatsapp.consumers import SECRETS_REREAD_SECONDS, WhatsAppWebhookConsumer
 from calls.whatsapp.processing import whatsapp_processing_round
 from tests.calls.whatsapp.conftest import (
     APP_SECRET,
     VERIFY_TOKEN,
-    WEBHOOK,
     envelope,
     sign,
     text_message,
+    webhook_request,
+    webhook_request_async,
 )
 
-pytestmark = pytest.mark.django_db
+# Deliveries are stored by the webhook's own thread, which sees only committed rows.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def verify(token: str, *, mode: str = "subscribe", challenge: str = "1158201444"):
-    return Client().get(WEBHOOK, {"hub.mode": mode, "hub.verify_token": token, "hub.challenge": challenge})
+    return webhook_request(
+        "GET", query={"hub.mode": mode, "hub.verify_token": token, "hub.challenge": challenge}
+    )
 
 
 def test_verification_echoes_the_challenge_as_plain_text_for_a_channels_verify_token(channel):
@@ -167,6 +175,101 @@ def test_a_number_signed_with_another_channels_app_secret_is_not_processed(
 
 
 def test_other_methods_are_refused(channel):
-    assert (
-        Client().put(WEBHOOK, data=b"{}", HTTP_X_HUB_SIGNATURE_256=sign(b"{}", APP_SECRET)).status_code == 405
+    response = webhook_request("PUT", body=b"{}", headers={"X-Hub-Signature-256": sign(b"{}", APP_SECRET)})
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, POST"
+    assert not WhatsAppDelivery.objects.exists()
+
+
+def test_deliveries_posted_together_are_each_stored_once_and_answered_200(channel):
+    """POSTs in flight at once are stored in batches; each is answered only once committed."""
+
+    async def burst() -> list[int]:
+        bodies = [
+            json.dumps(envelope(messages=[text_message(f"wamid.B{n}", "hi")])).encode() for n in range(30)
+        ]
+        answers = await asyncio.gather(
+            *(
+                webhook_request_async(
+                    "POST",
+                    body=body,
+                    headers={"X-Hub-Signature-256": sign(body), "Content-Type": "application/json"},
+                )
+                for body in bodies
+            )
+        )
+        return [answer.status_code for answer in answers]
+
+    assert async_to_sync(burst)() == [http.HTTP_200_OK] * 30
+    assert WhatsAppDelivery.objects.count() == 30
+    whatsapp_processing_round()
+    assert WhatsAppMessage.objects.filter(direction=Direction.INBOUND).count() == 30
+
+
+def test_a_delivery_that_cannot_be_stored_is_answered_503_so_meta_sends_it_again(
+    channel, post_delivery, monkeypatch
+):
+    from calls.whatsapp import intake
+
+    def refuse(**_: object) -> None:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(intake, "whatsapp_delivery_store", refuse)
+    response = post_delivery(envelope(messages=[text_message("wamid.A", "hi")]))
+    assert response.status_code == http.HTTP_503_SERVICE_UNAVAILABLE
+    assert not WhatsAppDelivery.objects.exists()
+    monkeypatch.undo()
+    assert post_delivery(envelope(messages=[text_message("wamid.A", "hi")])).status_code == http.HTTP_200_OK
+
+
+def test_a_channel_added_after_the_secrets_were_read_is_accepted_at_once(
+    channel, post_delivery, make_persona, org_b
+):
+    from calls.models import WhatsAppChannel
+
+    assert post_delivery(envelope(messages=[text_message("wamid.A", "hi")])).status_code == http.HTTP_200_OK
+    # Added by another process: this one's signal does not fire, so its copy is stale.
+    WhatsAppChannel.objects.bulk_create(
+        [
+            WhatsAppChannel(
+                persona=make_persona(org_b, "otto"),
+                phone_number_id="999",
+                access_token="t",
+                app_secret="new-app-secret",
+                verify_token="v",
+            )
+        ]
+    )
+    time.sleep(SECRETS_REREAD_SECONDS)
+    assert post_delivery(
+        envelope(messages=[text_message("wamid.B", "hi")]), secret="new-app-secret"
+    ).status_code == (http.HTTP_200_OK)
+
+
+def test_forged_deliveries_do_not_each_read_the_secrets_again(
+    channel, post_delivery, django_assert_max_num_queries
+):
+    post_delivery(envelope(messages=[text_message("wamid.A", "hi")]))
+    with django_assert_max_num_queries(1):
+        for _ in range(20):
+            assert post_delivery(b"{}", secret="forged").status_code == http.HTTP_403_FORBIDDEN
+
+
+def test_a_chunked_body_over_one_mebibyte_is_refused_413(channel):
+    body = b"x" * (1024 * 1024 + 1)
+    answer = webhook_request(
+        "POST", body=body, headers={"X-Hub-Signature-256": sign(body)}, declare_length=False
+    )
+    assert answer.status_code == http.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    assert not WhatsAppDelivery.objects.exists()
+
+
+def test_the_webhook_is_served_by_the_servers_http_routes():
+    from webapp.asgi import application  # noqa: F401  (the routes it serves are these)
+    from webapp.routing import http_consumer_routes
+
+    assert any(
+        getattr(route.callback, "consumer_class", None) is WhatsAppWebhookConsumer
+        for route in http_consumer_routes()
+        if str(route.pattern) == "v1/whatsapp/webhook"
     )
