@@ -15,6 +15,7 @@ the gap back from the database.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
@@ -157,6 +158,27 @@ def _broadcast_sync(broadcast: Broadcast) -> None:
     async_to_sync(_broadcast_async)(broadcast)
 
 
+def _hooks_hand_sync(*, slug: str, call_id: str, name: str, data: dict[str, Any]) -> None:
+    """From a thread: one event to the persona's in-process hooks (`calls.agents.hooks`), on the
+    event loop the thread works for. Hooks live on the server's loop: a caller with none (a
+    management command) hands nothing."""
+    from calls.agents.hooks import hooks_dispatch, hooks_present
+
+    if not hooks_present(slug):
+        return
+    dispatch = functools.partial(hooks_dispatch, call_id=call_id, slug=slug, name=name, data=data)
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if loop is None or getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) != os.getpid():
+        logger.debug("%s of call %s not handed to hooks: no event loop here", name, call_id)
+        return
+    try:
+        # In a context of their own: the thread's (asgiref's executor marks) would make the
+        # hooks' own database calls refuse to run.
+        loop.call_soon_threadsafe(dispatch, context=contextvars.Context())
+    except RuntimeError:  # the loop closed (shutdown)
+        pass
+
+
 def _lock_event_log() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
@@ -186,6 +208,11 @@ def call_event_publish(*, call: Call, event: events.Event, at: datetime | None =
     """
     organization_id, persona_id, agent = _call_parts(call)
     data = events.event_frame(event=event, call_id=call.id, agent=agent)
+    if call.transport == Transport.WHATSAPP:
+        # A live call's session hands its events to in-process hooks; a WhatsApp thread has none.
+        transaction.on_commit(
+            lambda: _hooks_hand_sync(slug=agent, call_id=call.id, name=event.name, data=data)
+        )
     if not event.kept:
         _broadcast_sync(Broadcast(event.name, None, data, organization_id, persona_id, call.id))
         return None

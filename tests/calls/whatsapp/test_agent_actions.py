@@ -184,3 +184,40 @@ async def test_hooks_take_over_their_own_personas_threads_only(graph, post_deliv
     assert graph.sent[-1].text == "Ana here."
     session = await sync_to_async(WhatsAppSession.objects.get)(pk=session.pk)
     assert session.human_takeover is True
+
+
+async def test_an_in_process_hook_gets_whatsapp_events_and_its_reply_is_the_only_answer(
+    graph,  # noqa: F811
+    post_delivery,
+    persona_a,
+):
+    from calls.agents import parley_agent
+    from calls.agents.hooks import hooks_clear
+
+    await sync_to_async(type(persona_a).objects.filter(pk=persona_a.pk).update)(
+        app_answer_timeout_seconds=10.0
+    )
+    told: list[str] = []
+    agent = parley_agent("mara", answer=True)
+
+    @agent.on("whatsapp.session_started")
+    async def started(event, call):
+        told.append(event["event"])
+
+    @agent.on("whatsapp.message")
+    async def message(event, call):
+        told.append(event["event"])
+        await call.reply(f"You asked: {event['text']}", in_reply_to=event["messageId"])
+
+    try:
+        await deliver(post_delivery, envelope(messages=[text_message("wamid.HK1", "Do you deliver?")]))
+        await asyncio.wait_for(answer_all(), 15)
+    finally:
+        hooks_clear()
+    assert told == ["whatsapp.session_started", "whatsapp.message"]
+    assert [sent.text for sent in graph.sent] == ["You asked: Do you deliver?"]
+    assert graph.sent[0].body["context"] == {"message_id": "wamid.HK1"}
+    response = await sync_to_async(
+        lambda: CallEvent.objects.filter(type="whatsapp.response").values_list("data", flat=True).get()
+    )()
+    assert response["author"] == "app"
