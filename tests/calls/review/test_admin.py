@@ -125,7 +125,7 @@ def test_the_call_page_shows_a_latency_bar_per_answer_with_its_legend_median_and
         assert label in page
     # Flagged: the slow answer, the cut-off answer, the turn taken while the visitor went on.
     assert "3 flagged" in page and 'id="flag-next"' in page
-    assert "⏱ 2000 ms slow" in page
+    assert "answered in 2000 ms: slow" in page
 
 
 def test_a_tool_calls_result_and_a_tool_error_show_inline(admin_client_, reviewed_call):
