@@ -7,6 +7,9 @@ demo persona's built-in brain, and speaks. Prints:
 - voice-to-voice latency: end of the user's speech in the sent audio → first reply audio
   received, median and p95, with its breakdown from the call's stored events (VAD end of
   speech, final transcript, turn decision, first reply audio sent);
+- the same answers as the server recorded them while they happened (`TurnLatency`: end of
+  speech → first audio sent, stage by stage), and how far the client's figure is from it (the
+  network and the client's playout buffer, on loopback mostly the buffer);
 - word error rate of what was recognised, in-domain (the persona's own questions) and general;
 - barge-in stop time, median and max over a few interruptions: start of speech over the
   persona in the sent audio → its voice stops arriving;
@@ -25,6 +28,7 @@ import asyncio
 import itertools
 import os
 import re
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -179,6 +183,7 @@ async def one_utterance(client: ParleyWebRTCClient, base_url: str, text: str) ->
     record = client.record
     users_before = len(record.speech_texts("user"))
     finished_before = record.persona_finished_count()
+    answers_before = {chunk["message_id"] for chunk in record.speech_texts("persona")}
     queued_at = time.monotonic()
     _, end, end_wall = await speak(client, text)
     planned_dry = end + SPEECH_TAIL_SECONDS
@@ -199,8 +204,14 @@ async def one_utterance(client: ParleyWebRTCClient, base_url: str, text: str) ->
         times = [wall(e) for e in events if e["event"] == name and wall(e) >= end_wall - 5]
         return (times[-1] - end_wall) * 1000 if times else None
 
+    answer_id = next(
+        (c["message_id"] for c in record.speech_texts("persona") if c["message_id"] not in answers_before),
+        None,
+    )
     await asyncio.sleep(0.6)
     return {
+        "call_id": record.session_id,
+        "answer_id": answer_id,
         "text": text,
         "heard": heard,
         "voice_to_voice_ms": (loud - end) * 1000 if loud else None,
@@ -373,6 +384,28 @@ async def run(base_url: str, count: int, utterances: list[str], speaking: int = 
     return [task.result() for task in tasks if task.exception() is None]
 
 
+RECORDED_STAGES = ("vad_ms", "transcript_ms", "turn_ms", "brain_ms", "audio_ms")
+
+
+def recorded_latency_attach(sessions: list[dict], data_dir: str) -> None:
+    """Each answer's latency as the server recorded it (its `TurnLatency` row), read from the
+    server's SQLite database (a PostgreSQL run has none here: the rows get None)."""
+    path = Path(data_dir) / "parley.sqlite3"
+    rows = [row for result in sessions for row in result["rows"]]
+    if "DATABASE_URL" in os.environ or not path.exists():
+        for row in rows:
+            row["recorded"] = None
+        return
+    with sqlite3.connect(path) as database:
+        for row in rows:
+            found = database.execute(
+                f"SELECT total_ms, {', '.join(RECORDED_STAGES)} FROM calls_turnlatency"
+                " WHERE call_id = ? AND message_id = ?",
+                (row["call_id"], row["answer_id"]),
+            ).fetchone()
+            row["recorded"] = dict(zip(("total_ms", *RECORDED_STAGES), found, strict=True)) if found else None
+
+
 def report(count: int, sessions: list[dict], verbose: bool) -> None:
     rows = [row for result in sessions for row in result["rows"]]
     latencies = [row["voice_to_voice_ms"] for row in rows if row["voice_to_voice_ms"] is not None]
@@ -406,6 +439,11 @@ def report(count: int, sessions: list[dict], verbose: bool) -> None:
                     ("sent", "first_audio_sent_ms"),
                 )
             )
+            recorded = row.get("recorded")
+            if recorded:
+                steps += f" | recorded {recorded['total_ms']} = " + "+".join(
+                    "-" if recorded[name] is None else str(recorded[name]) for name in RECORDED_STAGES
+                )
             print(
                 f"  {row['voice_to_voice_ms'] or -1:>6.0f} ms  said {row['text']!r:40} heard {row['heard']!r:40} {steps}"
             )
@@ -421,6 +459,27 @@ def report(count: int, sessions: list[dict], verbose: bool) -> None:
         f" (times from when the client really sent the end of speech; it sent it "
         f"{median_of('client_send_lag_ms')} ms late, median)"
     )
+    recorded_rows = [row for row in rows if row.get("recorded")]
+    if recorded_rows:
+        recorded = [row["recorded"]["total_ms"] for row in recorded_rows]
+        medians = []
+        for name in RECORDED_STAGES:
+            values = [row["recorded"][name] for row in recorded_rows if row["recorded"][name] is not None]
+            medians.append(f"{name.removesuffix('_ms')} {statistics.median(values):.0f}" if values else "")
+        gaps = [
+            row["voice_to_voice_ms"] - row["recorded"]["total_ms"]
+            for row in recorded_rows
+            if row["voice_to_voice_ms"] is not None
+        ]
+        gap = (
+            f"median {statistics.median(gaps):.0f}, min {min(gaps):.0f}, max {max(gaps):.0f}" if gaps else "-"
+        )
+        print(
+            f"recorded by the server (TurnLatency: end of speech → first audio sent), ms: median "
+            f"{statistics.median(recorded):.0f}, p95 {percentile(recorded, 0.95):.0f} "
+            f"({len(recorded)}/{len(rows)} answers); stages, median: {', '.join(m for m in medians if m)}; "
+            f"the client's figure minus the recorded one: {gap}"
+        )
     print(f"word error rate: in-domain {wer(IN_DOMAIN):.1f} %, general {wer(GENERAL):.1f} %")
     trials = [trial for result in sessions for trial in result["barge_ins"]]
     stops = [ms for _, ms in trials if ms is not None and ms != MISSED]
@@ -485,6 +544,7 @@ def main() -> None:
             for count in [int(part) for part in args.sessions.split(",")]:
                 try:
                     sessions = asyncio.run(run(base_url, count, utterances, min(args.speaking, count)))
+                    recorded_latency_attach(sessions, data_dir)
                 except AssertionError as failure:
                     print(f"{count} session(s) FAILED: {failure}\nserver log:\n{server_log_tail(data_dir)}")
                     continue

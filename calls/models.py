@@ -107,12 +107,19 @@ class Message(models.Model):
         USER = "user", "User"
         PERSONA = "persona", "Persona"
 
+    class Channel(models.TextChoices):
+        SPOKEN = "spoken", "Spoken"
+        TYPED = "typed", "Typed"
+        VOICE_NOTE = "voice_note", "Voice note"
+
     call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="messages")
     message_id = models.CharField(max_length=64, default=new_message_id)
     role = models.CharField(max_length=10, choices=Role.choices)
     text = models.TextField(help_text="The full text (for the persona: what it meant to say).")
     spoken_text = models.TextField(blank=True, help_text="What was actually spoken before any interruption.")
     interrupted = models.BooleanField(default=False)
+    # How the visitor said it, recorded as it arrived (empty: persona lines, and older rows).
+    channel = models.CharField(max_length=10, choices=Channel.choices, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -285,5 +292,5 @@ class WhatsAppMessage(models.Model):
 
 
 # Models of this app kept with their capability (registered when this module loads).
-from calls.review.models import ReviewAuditEntry  # noqa: E402, F401
+from calls.review.models import ReviewAuditEntry, ToolResult, TurnLatency  # noqa: E402, F401
 from calls.whatsapp.models import WhatsAppChannel, WhatsAppDelivery  # noqa: E402, F401

@@ -607,8 +607,12 @@ def message_record(
     interrupted: bool = False,
     started_at: Any = None,
     ended_at: Any = None,
+    channel: str = "",
 ) -> Message:
-    """Store (or complete) one transcript line; an interrupted persona line keeps what was spoken."""
+    """Store (or complete) one transcript line; an interrupted persona line keeps what was spoken.
+
+    `channel`: how a visitor's line came (spoken, typed, a voice note), as it arrived.
+    """
     message, created = Message.objects.get_or_create(
         call=call,
         message_id=message_id,
@@ -619,6 +623,7 @@ def message_record(
             "interrupted": interrupted,
             "started_at": started_at or timezone.now(),
             "ended_at": ended_at,
+            "channel": channel,
         },
     )
     if not created:

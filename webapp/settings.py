@@ -365,6 +365,9 @@ PARLEY_VIDEO_MAX_BITRATE = env_int("PARLEY_VIDEO_MAX_BITRATE", 250_000)
 # How long an LLM tool call waits for its result (the browser's for client tools, the app's
 # for server tools) before the LLM is told it failed; a tool's own timeoutSeconds wins.
 PARLEY_TOOL_TIMEOUT_SECONDS = env_float("PARLEY_TOOL_TIMEOUT_SECONDS", 15.0)
+# Call review: a persona answer slower than this (end of speech to first audio sent, in
+# milliseconds) is flagged as slow on the call's page, and its call by the list's "slow" filter.
+PARLEY_SLOW_TURN_MS = env_int("PARLEY_SLOW_TURN_MS", 1500)
 # In-process agent hooks (`calls.agents.parley_agent`): the modules that define them, imported
 # at start-up (comma-separated dotted names), and how long one handler may run before it is
 # cancelled (seconds).

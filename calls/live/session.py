@@ -30,6 +30,7 @@ from django.utils import timezone
 from calls import events, services
 from calls.agents.control import CallControl
 from calls.agents.hooks import hooks_dispatch, hooks_present
+from calls.live.latency import stamp_wall_time, tool_result_write, turn_latency_write
 from calls.live.limits import LimitReason, SessionLimits
 from calls.live.microphone import microphone_decode_inline, microphone_jitter_buffer_shorten
 from calls.live.registry import _LIVE
@@ -42,6 +43,7 @@ from calls.live.webrtc_policy import (
 from calls.models import Call, EndReason, new_message_id
 from calls.pipeline.audio_metrics import AudioLevel, AudioSource
 from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
+from calls.pipeline.latency import TurnLatencyClock
 from calls.pipeline.tools import PendingToolCall
 from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
 from calls.selectors import call_event_data
@@ -79,6 +81,7 @@ class LiveSession(ConversationListener):
         self.config = config
         self.audio_track = PacedAudioTrack()
         self.microphone = MicrophoneDrain()
+        self.latency = TurnLatencyClock()  # each turn's stages, stamped as they happen
         self.peer: RTCPeerConnection | None = None
         self.channel: RTCDataChannel | None = None
         self.conversation: Conversation | None = None
@@ -185,6 +188,7 @@ class LiveSession(ConversationListener):
             microphone=self.microphone,
             listener=self,
             face=self._video_track.animator,
+            latency=self.latency,
         )
         self.conversation.app_answers = lambda: self.control.answering
         self._conversation_started = asyncio.ensure_future(self.conversation.start())
@@ -324,10 +328,12 @@ class LiveSession(ConversationListener):
         """
         assert self.conversation is not None
         self.limits.user_active()
+        message_id = new_message_id()
+        self.latency.typed(user_message_id=message_id)
         # The reply does not wait for the writes: every session's writes share one database
         # thread, busy with the word events of everyone speaking. They are queued there first,
         # so user.message still precedes the reply's events.
-        self._spawn(self._user_said(text), "user-said")
+        self._spawn(self._user_said(text, channel="typed", message_id=message_id), "user-said")
         await asyncio.sleep(0)  # let it queue its writes
         await self.on_turn_end(text=text, probability=1.0)
         if self.conversation.speaking:
@@ -335,13 +341,18 @@ class LiveSession(ConversationListener):
             await self.conversation.interrupt()
         await self.conversation.user_text(text)
 
-    async def _user_said(self, text: str, *, wait: bool = True) -> None:
+    async def _user_said(
+        self, text: str, *, channel: str, wait: bool = True, message_id: str | None = None
+    ) -> None:
         """The user's final words (typed or recognised): event, transcript row, caption.
 
         `wait=False` (recognised speech): the turn decision must not wait for the database; the
-        event and the row are written in order behind the events before them.
+        event and the row are written in order behind the events before them. `channel`
+        ("spoken" or "typed") is recorded on the transcript row.
         """
-        message_id = new_message_id()
+        message_id = message_id or new_message_id()
+        if channel == "spoken":
+            self.latency.transcript_ready(user_message_id=message_id)
         self.control.user_message(message_id)
         at = timezone.now()
 
@@ -349,7 +360,7 @@ class LiveSession(ConversationListener):
             await self._publish_now(events.UserMessage(text=text, message_id=message_id), at)
             try:
                 await database_sync_to_async(services.message_record)(
-                    call=self.call, message_id=message_id, role="user", text=text
+                    call=self.call, message_id=message_id, role="user", text=text, channel=channel
                 )
             except Exception:
                 logger.exception("session %s: could not record the user's message", self.session_id)
@@ -479,6 +490,7 @@ class LiveSession(ConversationListener):
         self.send_data("userSpeechStarted", {"user_action_correlation_id": self._user_action_id})
 
     async def on_user_speech_ended(self) -> None:
+        self.latency.speech_ended()
         self.limits.user_speaking(False)
         self.publish_soon(events.SpeechEnded())
         self.send_data("userSpeechEnded", {"user_action_correlation_id": self._user_action_id})
@@ -491,13 +503,14 @@ class LiveSession(ConversationListener):
         )
 
     async def on_user_message(self, *, text: str) -> None:
-        await self._user_said(text, wait=False)
+        await self._user_said(text, channel="spoken", wait=False)
 
     async def on_eager_turn(self, *, text: str, probability: float) -> None:
         self.control.turn_eager()
         self.publish_soon(events.EagerTurn(text=text, probability=probability))
 
     async def on_turn_end(self, *, text: str, probability: float) -> None:
+        self.latency.turn_ended()
         self.publish_soon(events.TurnEnd(text=text, probability=probability))
         await self.control.turn_end()
 
@@ -506,6 +519,7 @@ class LiveSession(ConversationListener):
         await self.control.turn_continued()
 
     async def on_bot_speaking(self, *, message_id: str, text: str) -> None:
+        self.latency.answer_started(message_id=message_id)
         self.limits.persona_speaking(True)
         await self.publish(events.BotSpeaking(message_id=message_id, text=text))
 
@@ -529,6 +543,7 @@ class LiveSession(ConversationListener):
         self, *, message_id: str, text: str, spoken: str, index: int, correlation_id: str | None
     ) -> None:
         self.limits.persona_speaking(False)
+        self._turn_latency_store(message_id)
         self.send_data(
             "speechText",
             {
@@ -560,6 +575,7 @@ class LiveSession(ConversationListener):
         correlation_id: str | None,
     ) -> None:
         self.limits.persona_speaking(False)
+        self._turn_latency_store(message_id)
         words = spoken.split()
         self.send_data(
             "speechText",
@@ -631,9 +647,20 @@ class LiveSession(ConversationListener):
 
     async def on_tool_call_completed(self, *, call: PendingToolCall, result: Any) -> None:
         self.send_data("toolCallCompleted", {**self._tool_call_frame(call), "result": result})
+        self._in_order(lambda: tool_result_write(call=self.call, tool_call=call, result=result))
 
     async def on_tool_call_failed(self, *, call: PendingToolCall, error: str) -> None:
         self.send_data("toolCallFailed", {**self._tool_call_frame(call), "error_message": error})
+        self._in_order(lambda: tool_result_write(call=self.call, tool_call=call, error=error))
+
+    def _turn_latency_store(self, message_id: str) -> None:
+        """The stages of the turn this persona message answered, stored behind the call's events
+        (never awaited: the voice goes on)."""
+        stamps = self.latency.answer_over(message_id=message_id)
+        if stamps is None or stamps.origin is None:
+            return
+        started_at = stamp_wall_time(stamps.origin)
+        self._in_order(lambda: turn_latency_write(call=self.call, stamps=stamps, started_at=started_at))
 
     # --- ending -----------------------------------------------------------------------------
 
@@ -690,6 +717,8 @@ class LiveSession(ConversationListener):
         _LIVE.pop(self.session_id, None)
         await self.signal("endsession", message or reason)
         await self.control.call_ending()
+        if self.latency.answering_message_id:  # an answer the end of the call cut short
+            self._turn_latency_store(self.latency.answering_message_id)
         if self.conversation is not None:
             await self.conversation.stop()
         if self._video_track is not None:

@@ -49,6 +49,7 @@ from calls.pipeline.frames import (
     TalkTextFrame,
     VisemeTimelineFrame,
 )
+from calls.pipeline.latency import TurnLatencyClock
 from calls.pipeline.lipsync import ipa_speech_events
 from calls.pipeline.tools import DEFAULT_TOOL_TIMEOUT_SECONDS, PendingToolCall, ToolCalls
 from calls.pipeline.transport import (
@@ -198,24 +199,34 @@ class _SpeechPlan:
 class ResponseTextCollector(FrameProcessor):
     """Before synthesis: remembers the text of the reply (LLM output or verbatim speech)."""
 
-    def __init__(self, plan: _SpeechPlan) -> None:
+    def __init__(self, plan: _SpeechPlan, latency: TurnLatencyClock | None = None) -> None:
         super().__init__(name="ResponseTextCollector")
         self._plan = plan
+        self._latency = latency  # told when the reply's first sentence is ready
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
+        latency = self._latency
         if isinstance(frame, LLMTextFrame):
             self._plan.planned.append(frame.text)
+            if latency is not None:
+                latency.text_ready(frame.text)
         elif isinstance(frame, TalkTextFrame):
             self._plan.planned.append((" " if self._plan.planned else "") + frame.text)
+            if latency is not None:
+                latency.text_ready(frame.text, whole=True)
         elif isinstance(frame, TTSSpeakFrame):
             self._plan.planned.append((" " if self._plan.planned else "") + frame.text)
+            if latency is not None:
+                latency.text_ready(frame.text, whole=True)
         elif isinstance(frame, LLMFullResponseStartFrame):
             self._plan.replying = True
             if self._plan.message_id is None:
                 self._plan.planned.clear()
         elif isinstance(frame, (LLMFullResponseEndFrame, InterruptionFrame)):
             self._plan.replying = False
+            if latency is not None and isinstance(frame, LLMFullResponseEndFrame):
+                latency.text_ready("", whole=True)  # a reply with no sentence end is whole now
         await self.push_frame(frame, direction)
 
 
@@ -492,9 +503,13 @@ class Conversation:
         microphone: MicrophoneDrain,
         listener: ConversationListener,
         face: Any = None,
+        latency: TurnLatencyClock | None = None,
     ) -> None:
         self.config = config
         self.track = track
+        # Each turn's stages, stamped as they happen (the live session stores them).
+        self.latency = latency if latency is not None else TurnLatencyClock()
+        track.listeners.append(self.latency)  # the reply's first voice
         self.listener = listener
         self.face = face
         self._plan = _SpeechPlan()
@@ -502,7 +517,7 @@ class Conversation:
         self._worker: PipelineWorker | None = None
         self._runner_task: asyncio.Task[None] | None = None
         self._tracker = PlaybackTracker(self._plan, track, listener, face)
-        self._collector = ResponseTextCollector(self._plan)
+        self._collector = ResponseTextCollector(self._plan, self.latency)
         self._quiet_watch: asyncio.Task[None] | None = None
         self._talk_stream_buffer = ""
         self._talk_stream_id: str | None = None  # the open talk stream's correlation id
@@ -610,6 +625,7 @@ class Conversation:
             listener=self.listener,
         )
         vad = self.vad = vad_analyzer_build()
+        vad.state_listeners.append(self.latency.vad_state_changed)
         vad.state_listeners.append(self.turn_strategy.vad_state_changed)
         self.stt = build_stt_service(self.config)
         if hasattr(self.stt, "vad_state_changed"):  # the offline recogniser settles in pauses

@@ -47,6 +47,25 @@ class InterruptedFilter(admin.SimpleListFilter):
         return queryset
 
 
+class SlowFilter(admin.SimpleListFilter):
+    """Calls by their answers' recorded latency (`TurnLatency`), against `PARLEY_SLOW_TURN_MS`."""
+
+    title = "slow"
+    parameter_name = "slow"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        threshold = selectors.slow_turn_ms()
+        return [
+            ("yes", f"an answer slower than {threshold} ms"),
+            ("no", f"no answer slower than {threshold} ms"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Call]) -> QuerySet[Call]:
+        if self.value() in ("yes", "no"):
+            return selectors.calls_slow(queryset, slow=self.value() == "yes")
+        return queryset
+
+
 class DurationFilter(admin.SimpleListFilter):
     title = "duration"
     parameter_name = "duration"
@@ -89,6 +108,7 @@ class CallAdmin(HistoryAdmin):
         "end_reason",
         InterruptedFilter,
         DurationFilter,
+        SlowFilter,
         "status",
         "direction",
         "organization",
@@ -161,8 +181,13 @@ class CallAdmin(HistoryAdmin):
         extra_context = dict(extra_context or {})
         if call is not None and self.has_view_permission(request, call):
             raw_events, event_count = selectors.call_events_raw(call)
+            latency = selectors.call_latency(call)
+            conversation = selectors.call_conversation(call, latency=latency)
             extra_context.update(
-                conversation=selectors.call_conversation(call),
+                latency=latency,
+                latency_stages=selectors.LATENCY_STAGES,
+                conversation=conversation,
+                flagged_count=sum(1 for item in conversation if item.flags),
                 raw_events=raw_events,
                 raw_event_count=event_count,
                 raw_events_url=reverse("admin:calls_callevent_changelist")

@@ -40,3 +40,78 @@ class ReviewAuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username} {self.action} {self.call_ref}".strip()
+
+
+class TurnChannel(models.TextChoices):
+    SPOKEN = "spoken", "Spoken"
+    TYPED = "typed", "Typed"
+
+
+class TurnLatency(models.Model):
+    """How long one persona answer took, stage by stage, as the live call stamped it.
+
+    The stages run from the end of the visitor's speech (a typed turn: its arrival) to the
+    answer's first voice sent, each from the moment before it: the VAD noticing the silence,
+    the final transcript, the turn decision, the brain's first sentence, the first audio.
+    They add up to `total_ms` (the server's voice-to-voice; the visitor also hears the network
+    and their playout buffer). A typed turn has no listening stages (None).
+    """
+
+    call = models.ForeignKey("calls.Call", on_delete=models.CASCADE, related_name="turn_latencies")
+    message_id = models.CharField(max_length=64, help_text="The persona message answering the turn.")
+    user_message_id = models.CharField(max_length=64, blank=True, help_text="The visitor's line it answers.")
+    channel = models.CharField(max_length=8, choices=TurnChannel.choices)
+    started_at = models.DateTimeField(help_text="The end of the visitor's speech, or a typed line's arrival.")
+    vad_ms = models.PositiveIntegerField(null=True, blank=True, help_text="End of speech → VAD stop.")
+    transcript_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="VAD stop → final transcript."
+    )
+    turn_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Final transcript → turn decision."
+    )
+    brain_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Turn decision → first sentence.")
+    audio_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="First sentence → first audio sent."
+    )
+    total_ms = models.PositiveIntegerField(db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        app_label = "calls"
+        ordering = ["call", "started_at", "id"]
+        verbose_name = "turn latency"
+        verbose_name_plural = "turn latencies"
+        constraints = [
+            models.UniqueConstraint(fields=["call", "message_id"], name="unique_turn_latency_per_message")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message_id}: {self.total_ms} ms"
+
+
+class ToolResult(models.Model):
+    """What one tool call the persona's LLM made came to: its result, or its error.
+
+    `llm.tool_call` in the event log names the call and its arguments; the result is kept here
+    (the event vocabulary has no result event), stored as the call learns it.
+    """
+
+    call = models.ForeignKey("calls.Call", on_delete=models.CASCADE, related_name="tool_results")
+    tool_call_id = models.CharField(max_length=100)
+    message_id = models.CharField(max_length=64, blank=True, help_text="The llm.tool_call batch (msgId).")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=8, help_text="client (the browser answers) or server (an app).")
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="Empty when the tool succeeded.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField()
+
+    class Meta:
+        app_label = "calls"
+        ordering = ["call", "finished_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["call", "tool_call_id"], name="unique_tool_result_per_call")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.tool_call_id}): {'error' if self.error else 'ok'}"

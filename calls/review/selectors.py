@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 
 from calls.models import Call, CallEvent, Message, Transport
+from calls.review.models import ToolResult, TurnLatency
 from calls.whatsapp.services import transcript_message_id
 
 # Transcripts are in any language a persona speaks: no stemming, words as they are. The
@@ -19,9 +23,18 @@ from calls.whatsapp.services import transcript_message_id
 TRANSCRIPT_SEARCH_CONFIG = "simple"
 # The raw log shown under a call's conversation; the full log is the filtered CallEvent list.
 RAW_EVENTS_SHOWN = 300
-# A recognised utterance's final text comes within this of the voice detector's last word on
-# it (speech.started/ended); a visitor line with no speech that recent was typed.
+# Older calls only (lines recorded before `Message.channel`): a recognised utterance's final
+# text comes within this of the voice detector's last word on it (speech.started/ended); a
+# visitor line with no speech that recent was typed.
 SPOKEN_TRANSCRIPT_WINDOW_SECONDS = 5.0
+# The stages of a turn's latency as the call page shows them: (name, label, what it measures).
+LATENCY_STAGES = (
+    ("vad", "VAD end of speech", "the visitor's last word → the voice detector's stop"),
+    ("transcript", "final transcript", "the VAD's stop → the recogniser's final words"),
+    ("turn", "turn decision", "the final words → the turn taken as over"),
+    ("brain", "brain first sentence", "the turn's end → the reply's first sentence"),
+    ("audio", "first audio sent", "the first sentence → its first voice sent"),
+)
 # Calls read per database round trip while an export streams (each with its transcript).
 EXPORT_CHUNK_CALLS = 200
 
@@ -35,6 +48,7 @@ CONVERSATION_EVENT_TYPES = (
     "bot.speaking",
     "bot.interrupted",
     "llm.tool_call",
+    "turn.continued",
     "reply.rejected",
     "session.idle_warning",
     "session.timeout",
@@ -61,6 +75,132 @@ class _Timed:
         return offset_label(self.offset_seconds)
 
 
+def percentile(values: list[int], fraction: float) -> int | None:
+    """The nearest-rank percentile (`fraction` 0..1) of `values`; None for none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def slow_turn_ms() -> int:
+    """A persona answer slower than this (milliseconds) is flagged slow (`PARLEY_SLOW_TURN_MS`)."""
+    return int(settings.PARLEY_SLOW_TURN_MS)
+
+
+@dataclass(frozen=True)
+class LatencyStage:
+    """One stage of a turn's latency bar: its duration and its share of the bar's scale."""
+
+    name: str
+    label: str
+    ms: int | None
+    percent: float
+
+
+@dataclass(frozen=True)
+class TurnLatencyView(_Timed):
+    """One persona answer's latency, as the live call recorded it (`TurnLatency`)."""
+
+    message_id: str
+    user_message_id: str
+    channel: str
+    started_at: datetime
+    offset_seconds: float | None
+    stages: tuple[LatencyStage, ...]
+    total_ms: int
+    slow: bool
+    interrupted: bool
+    text: str
+
+    @property
+    def flags(self) -> list[str]:
+        return (["slow"] if self.slow else []) + (["cut off"] if self.interrupted else [])
+
+
+@dataclass(frozen=True)
+class CallLatency:
+    """A call's persona answers with their latency, and its median and p95 voice-to-voice."""
+
+    turns: list[TurnLatencyView]
+    slow_ms: int
+    scale_ms: int  # the bars' full width, in milliseconds
+    spoken_median_ms: int | None
+    spoken_p95_ms: int | None
+    typed_median_ms: int | None
+
+    @property
+    def spoken_count(self) -> int:
+        return sum(1 for turn in self.turns if turn.channel == "spoken")
+
+    @property
+    def typed_count(self) -> int:
+        return sum(1 for turn in self.turns if turn.channel == "typed")
+
+    @property
+    def slow_count(self) -> int:
+        return sum(1 for turn in self.turns if turn.slow)
+
+    @property
+    def threshold_percent(self) -> float:
+        return round(100 * self.slow_ms / self.scale_ms, 2) if self.scale_ms else 100.0
+
+    def for_message(self, message_id: str) -> TurnLatencyView | None:
+        return next((turn for turn in self.turns if turn.message_id == message_id), None)
+
+
+def call_latency(call: Call, *, start: datetime | None = None) -> CallLatency:
+    """The latency of each persona answer of the call, as recorded while it ran, oldest first.
+
+    Median and p95 are over spoken turns (voice to voice); typed turns (text to voice, no
+    listening stages) have their own median.
+    """
+    start = start or call.started_at or call.created_at
+    slow_ms = slow_turn_ms()
+    rows = list(TurnLatency.objects.filter(call=call).order_by("started_at", "id"))
+    persona_lines = {
+        message.message_id: message
+        for message in Message.objects.filter(call=call, message_id__in=[row.message_id for row in rows])
+    }
+    scale = max([slow_ms, *(row.total_ms for row in rows)])
+    turns = []
+    for row in rows:
+        line = persona_lines.get(row.message_id)
+        stages = tuple(
+            LatencyStage(
+                name=name,
+                label=label,
+                ms=getattr(row, f"{name}_ms"),
+                percent=round(100 * (getattr(row, f"{name}_ms") or 0) / scale, 2),
+            )
+            for name, label, _ in LATENCY_STAGES
+        )
+        turns.append(
+            TurnLatencyView(
+                message_id=row.message_id,
+                user_message_id=row.user_message_id,
+                channel=row.channel,
+                started_at=row.started_at,
+                offset_seconds=_offset(row.started_at, start),
+                stages=stages,
+                total_ms=row.total_ms,
+                slow=row.total_ms > slow_ms,
+                interrupted=bool(line and line.interrupted),
+                text=(line.text if line else ""),
+            )
+        )
+    spoken = [turn.total_ms for turn in turns if turn.channel == "spoken"]
+    typed = [turn.total_ms for turn in turns if turn.channel == "typed"]
+    return CallLatency(
+        turns=turns,
+        slow_ms=slow_ms,
+        scale_ms=scale,
+        spoken_median_ms=round(statistics.median(spoken)) if spoken else None,
+        spoken_p95_ms=percentile(spoken, 0.95),
+        typed_median_ms=round(statistics.median(typed)) if typed else None,
+    )
+
+
 @dataclass(frozen=True)
 class ConversationTurn(_Timed):
     """A transcript line: the visitor's or the persona's."""
@@ -76,6 +216,17 @@ class ConversationTurn(_Timed):
     offset_seconds: float | None
     message_id: str
     played_ms: int | None = None
+    latency: TurnLatencyView | None = None  # a persona answer's, as the call recorded it
+
+    @property
+    def flags(self) -> list[str]:
+        """Why a reviewer should look at this turn: slow, cut off."""
+        flags = []
+        if self.latency is not None and self.latency.slow:
+            flags.append("slow")
+        if self.interrupted:
+            flags.append("cut off")
+        return flags
 
     @property
     def unspoken_text(self) -> str:
@@ -89,7 +240,7 @@ class ConversationTurn(_Timed):
 
 @dataclass(frozen=True)
 class ConversationToolCall(_Timed):
-    """One tool the persona's LLM called. Results are not in the event log (see `call_conversation`)."""
+    """One tool the persona's LLM called, and what it came to (its result or its error)."""
 
     kind = "tool_call"
     tool_call_id: str
@@ -99,6 +250,15 @@ class ConversationToolCall(_Timed):
     offset_seconds: float | None
     result: Any = None
     result_recorded: bool = False
+    error: str = ""
+
+    @property
+    def result_pretty(self) -> str:
+        return json.dumps(self.result, ensure_ascii=False, sort_keys=True)
+
+    @property
+    def flags(self) -> list[str]:
+        return ["tool error"] if self.error else []
 
     @property
     def arguments_pretty(self) -> str:
@@ -119,6 +279,11 @@ class ConversationNote(_Timed):
     offset_seconds: float | None
     detail: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def flags(self) -> list[str]:
+        # The turn was taken as over while the visitor went on: an answer cut in on them.
+        return ["cut off"] if self.name == "turn.continued" else []
+
 
 ConversationItem = ConversationTurn | ConversationToolCall | ConversationNote
 
@@ -129,22 +294,26 @@ def _offset(at: datetime | None, start: datetime | None) -> float | None:
     return (at - start).total_seconds()
 
 
-def call_conversation(call: Call) -> list[ConversationItem]:
+def call_conversation(call: Call, *, latency: CallLatency | None = None) -> list[ConversationItem]:
     """The call as it happened: turns, tool calls and what happened to the call, oldest first.
 
     Times: a visitor turn is placed at its `user.message` event, a persona turn at its
     `bot.speaking` (when it began to speak), falling back to the transcript row's own times.
 
-    Typed or spoken: Parley records no source on `user.message`. A webrtc visitor turn is
-    spoken when the voice detector heard speech (`speech.started`/`ended`) since the visitor's
-    previous turn and at most SPOKEN_TRANSCRIPT_WINDOW_SECONDS before it, typed otherwise (a
-    line typed within seconds of speaking reads as spoken); every turn of a chat call is typed; a WhatsApp turn is a voice note
-    when its `whatsapp.message` is audio. Calls older than their events say "unknown".
+    Typed or spoken: a live call records it on the visitor's line as it arrives
+    (`Message.channel`). Lines recorded before that are placed by the events: a webrtc visitor
+    turn is spoken when the voice detector heard speech (`speech.started`/`ended`) since the
+    visitor's previous turn and at most SPOKEN_TRANSCRIPT_WINDOW_SECONDS before it, typed
+    otherwise; every turn of a chat call is typed; a WhatsApp turn is a voice note when its
+    `whatsapp.message` is audio. Calls older than their events say "unknown".
 
-    Tool results are not stored by the pipeline today (they go to the browser on the data
-    channel only), so a tool call shows its arguments and says its result was not recorded.
+    A tool call shows its arguments (`llm.tool_call`) and what it came to (`ToolResult`, stored
+    as the call learned it); a persona answer carries its latency (`call_latency`).
     """
     start = call.started_at or call.created_at
+    if latency is None:
+        latency = call_latency(call, start=start)
+    tool_results = {result.tool_call_id: result for result in ToolResult.objects.filter(call=call)}
     events = list(
         CallEvent.objects.filter(call=call, type__in=CONVERSATION_EVENT_TYPES)
         .order_by("cursor")
@@ -179,12 +348,16 @@ def call_conversation(call: Call) -> list[ConversationItem]:
             whatsapp_kind[transcript_message_id(str(data.get("messageId", "")))] = str(data.get("type", ""))
         elif name == "llm.tool_call":
             for tool_call in data.get("toolCalls") or []:
+                outcome = tool_results.get(str(tool_call.get("id", "")))
                 item = ConversationToolCall(
                     tool_call_id=str(tool_call.get("id", "")),
                     name=str(tool_call.get("name", "")),
                     arguments=str(tool_call.get("arguments", "")),
                     at=at,
                     offset_seconds=_offset(at, start),
+                    result=outcome.result if outcome is not None else None,
+                    result_recorded=outcome is not None,
+                    error=outcome.error if outcome is not None else "",
                 )
                 items.append((at, event["cursor"], item))
         else:
@@ -196,7 +369,9 @@ def call_conversation(call: Call) -> list[ConversationItem]:
         is_visitor = message.role == Message.Role.USER
         if is_visitor:
             at = user_event_at.get(message.message_id) or message.started_at or message.created_at
-            channel = _visitor_channel(call, message.message_id, user_channel, whatsapp_kind)
+            channel = message.channel or _visitor_channel(
+                call, message.message_id, user_channel, whatsapp_kind
+            )
         else:
             # WhatsApp replies are recorded with the role "assistant": any other role is the persona.
             at = persona_event_at.get(message.message_id) or message.started_at or message.created_at
@@ -211,6 +386,7 @@ def call_conversation(call: Call) -> list[ConversationItem]:
             offset_seconds=_offset(at, start),
             message_id=message.message_id,
             played_ms=played_ms.get(message.message_id),
+            latency=None if is_visitor else latency.for_message(message.message_id),
         )
         # Rows have no cursor: on a tie of times, the transcript's own order holds.
         items.append((at, -len(messages) + index, turn))
@@ -274,6 +450,13 @@ def _note(name: str, data: dict[str, Any], at: datetime, start: datetime | None)
         return ConversationNote(
             name=name, text=f"Session limit reached: {data.get('reason', '')}", at=at, offset_seconds=offset
         )
+    if name == "turn.continued":
+        return ConversationNote(
+            name=name,
+            text="The visitor went on after their turn was taken as over",
+            at=at,
+            offset_seconds=offset,
+        )
     if name == "reply.rejected":
         return ConversationNote(
             name=name,
@@ -324,6 +507,12 @@ def call_search(queryset: QuerySet[Call], term: str) -> QuerySet[Call]:
         return queryset
     by_fields = Q(id__icontains=term) | Q(from_address__icontains=term) | Q(to_address__icontains=term)
     return queryset.filter(by_fields | _transcript_matches(term))
+
+
+def calls_slow(queryset: QuerySet[Call], *, slow: bool) -> QuerySet[Call]:
+    """Calls with (or without) a persona answer slower than `PARLEY_SLOW_TURN_MS`, as recorded."""
+    slow_answer = Exists(TurnLatency.objects.filter(call=OuterRef("pk"), total_ms__gt=slow_turn_ms()))
+    return queryset.filter(slow_answer if slow else ~slow_answer)
 
 
 def calls_interrupted(queryset: QuerySet[Call], *, interrupted: bool) -> QuerySet[Call]:

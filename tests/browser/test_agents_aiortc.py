@@ -216,6 +216,16 @@ def test_an_app_answers_the_personas_server_tool_and_the_result_is_spoken(live_s
     assert [item["name"] for item in call["toolCalls"]] == ["check_order"]
     assert client.record.persona_messages() == ["The check order result is ready for pickup."]
     assert not client.record.data_of("toolCallFailed")
+    # What the tool came to is stored for review, beside the llm.tool_call that names it.
+    from calls.review.models import ToolResult
+
+    (stored,) = ToolResult.objects.filter(call_id=client.record.session_id)
+    assert (stored.tool_call_id, stored.name, stored.kind) == (
+        call["toolCalls"][0]["id"],
+        "check_order",
+        "server",
+    )
+    assert stored.result == "ready for pickup" and stored.error == "" and stored.message_id == call["msgId"]
 
 
 LONG_STREAM = (

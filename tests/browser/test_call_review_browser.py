@@ -45,8 +45,32 @@ def test_staff_read_a_call_as_a_conversation_and_find_and_export_it(live_server_
     )
     expect(conversation.locator(".parley-turn.visitor[data-channel=typed]")).to_contain_text(TYPED_LINE)
     expect(conversation.locator(".parley-tool")).to_contain_text("hold_item")
+    expect(conversation.locator(".parley-tool")).to_contain_text('"until": "18:00"')  # its result
     expect(conversation.locator(".parley-turn.persona").last).to_contain_text(HELD_REPLY)
     expect(conversation.locator(".parley-note").last).to_contain_text("Call ended: the visitor hung up")
+    # Each answer's latency as a stacked bar, drawn: the spoken one has five stages, the typed
+    # one only the brain's and the voice's; the call's median and p95 above them.
+    latency = page.locator("#latency")
+    expect(latency.locator(".parley-latency-row")).to_have_count(2)
+    spoken_bar = latency.locator('.parley-latency-row[data-channel="spoken"] .parley-stage')
+    expect(spoken_bar).to_have_count(5)
+    widths = [box["width"] for box in (segment.bounding_box() for segment in spoken_bar.all()) if box]
+    assert len(widths) == 5 and all(width > 0 for width in widths)
+    typed_row = latency.locator('.parley-latency-row[data-channel="typed"]')
+    expect(typed_row.locator(".parley-stage")).to_have_count(2)
+    expect(typed_row).to_contain_text("typed: no VAD stages")
+    expect(typed_row).to_contain_text("slow")
+    expect(page.locator("#latency-median")).to_have_text("median 1300 ms")
+    expect(page.locator("#latency-legend")).to_contain_text("brain first sentence")
+    # "next flagged" walks the flagged items in order: the cut-off answer first.
+    page.click("#flag-next")
+    expect(conversation.locator(".parley-current")).to_have_attribute("data-message-id", "msg_cut")
+    page.click("#flag-next")
+    page.click("#flag-next")
+    expect(conversation.locator(".parley-current")).to_have_attribute("data-message-id", "msg_held")
+    page.click("#flag-previous")
+    expect(page.locator("#flag-position")).to_contain_text("2 of 3")
+    page.evaluate("window.scrollTo(0, 0)")
     # The raw log is one click away, folded until then.
     raw = page.locator("#raw-events")
     expect(raw.locator("table")).to_be_hidden()

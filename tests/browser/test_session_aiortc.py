@@ -98,6 +98,22 @@ def test_an_aiortc_client_hears_and_sees_the_persona_answer_a_typed_question(liv
     transcript = list(Message.objects.filter(call=call).order_by("created_at").values_list("role", "text"))
     assert [role for role, _ in transcript] == ["persona", "user", "persona"]
     assert "seven" in transcript[2][1].lower()
+    # The typed question is recorded as typed, and its answer's latency as it happened: no
+    # listening stages, the brain's and the voice's adding up to the total.
+    from calls.review.models import TurnLatency
+
+    question = Message.objects.get(call=call, role="user")
+    answer_id = Message.objects.filter(call=call, role="persona").order_by("created_at").last().message_id
+    assert question.channel == Message.Channel.TYPED
+    (latency,) = TurnLatency.objects.filter(call=call)
+    assert (latency.message_id, latency.user_message_id, latency.channel) == (
+        answer_id,
+        question.message_id,
+        "typed",
+    )
+    assert (latency.vad_ms, latency.transcript_ms, latency.turn_ms) == (None, None, None)
+    assert latency.brain_ms is not None and latency.audio_ms is not None
+    assert latency.brain_ms + latency.audio_ms == latency.total_ms > 0
 
 
 async def interrupt_mid_answer(base_url: str, token: str) -> tuple[ParleyWebRTCClient, float, float]:

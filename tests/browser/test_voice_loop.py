@@ -21,6 +21,7 @@ from django.core.management import call_command
 from playwright.sync_api import Page, expect
 
 from calls.models import Call, CallEvent, Message
+from calls.review.models import TurnLatency
 from personas.models import Persona
 from personas.services import stream_token_issue
 from tests.fakes.spoken import RATE, noise, spoken_pcm, wav_write
@@ -212,6 +213,16 @@ def test_a_visitor_asks_mara_aloud_and_hears_the_answer(
     assert in_order(stored, KEPT_ORDER), stored
     roles = list(Message.objects.filter(call=call).order_by("created_at").values_list("role", flat=True))
     assert roles[:2] == ["user", "persona"], roles
+
+    # The answer's latency was recorded as it happened: every stage set, adding up to the total,
+    # and the question recorded as spoken.
+    question, answer = Message.objects.filter(call=call).order_by("created_at")[:2]
+    assert question.channel == Message.Channel.SPOKEN
+    latency = TurnLatency.objects.get(call=call, message_id=answer.message_id)
+    assert latency.channel == "spoken" and latency.user_message_id == question.message_id
+    stages = [latency.vad_ms, latency.transcript_ms, latency.turn_ms, latency.brain_ms, latency.audio_ms]
+    assert all(stage is not None for stage in stages), stages
+    assert sum(stages) == latency.total_ms > 0, stages
 
 
 @pytest.mark.microphone([("What is on the menu?", 3.5), ("Sorry, where are you located?", 8.5)])

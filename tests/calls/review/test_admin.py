@@ -20,7 +20,14 @@ from calls.models import Call, CallStatus, EndReason, Message, Transport
 from calls.review.models import ReviewAction, ReviewAuditEntry
 from calls.review.selectors import call_search
 from calls.review.services import review_audit_record
-from tests.calls.review.conftest import CUT_OFF_MEANT, CUT_OFF_SPOKEN, SPOKEN_QUESTION, TYPED_LINE
+from tests.calls.review.conftest import (
+    CUT_OFF_MEANT,
+    CUT_OFF_SPOKEN,
+    SPOKEN_ANSWER_STAGES,
+    SPOKEN_QUESTION,
+    TYPED_ANSWER_STAGES,
+    TYPED_LINE,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -74,7 +81,7 @@ def test_the_call_page_shows_the_conversation_as_bubbles(admin_client_, reviewed
     assert 'id="conversation"' in page
     assert page.count('class="parley-turn visitor"') == 2
     assert page.count('class="parley-turn persona') == 3
-    assert 'class="parley-turn persona interrupted"' in page
+    assert 'class="parley-turn persona interrupted parley-flagged"' in page
     assert CUT_OFF_SPOKEN in page and "and one sourdough, and the seeded one comes out at four." in page
     assert "⌨ typed" in page and "∿ spoken" in page
     assert "Tool call: hold_item" in page
@@ -83,6 +90,66 @@ def test_the_call_page_shows_the_conversation_as_bubbles(admin_client_, reviewed
     assert '<details class="parley-raw" id="raw-events">' in page
     assert f"?call__id__exact={reviewed_call.pk}" in page
     assert 'id="messages-group"' not in page and 'id="events-group"' not in page
+
+
+def test_the_call_page_shows_a_latency_bar_per_answer_with_its_legend_median_and_p95(
+    admin_client_, reviewed_call
+):
+    response = admin_client_.get(reverse("admin:calls_call_change", args=[quote(reviewed_call.pk)]))
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert page.count('class="parley-latency-row') == 2
+    # The spoken answer's five stages, each a segment as wide as its share of the scale (the
+    # typed answer's 2000 ms), in the order they happen.
+    spoken_row = page.split('data-message-id="msg_cut" data-channel="spoken"')[1].split("</div>")[0]
+    for (name, ms), width in zip(
+        zip(("vad", "transcript", "turn", "brain", "audio"), SPOKEN_ANSWER_STAGES, strict=True),
+        ("10.00", "20.00", "7.50", "19.00", "8.50"),
+        strict=True,
+    ):
+        assert f'data-stage="{name}" data-ms="{ms}" style="width: {width}%"' in spoken_row
+    typed_row = page.split('data-message-id="msg_held" data-channel="typed"')[1].split("parley-latency-row")[
+        0
+    ]
+    assert 'data-stage="vad"' not in typed_row and f'data-ms="{TYPED_ANSWER_STAGES[3]}"' in typed_row
+    assert "typed: no VAD stages" in typed_row and ">slow</span>" in typed_row
+    assert "median 1300 ms" in page and "p95 1300 ms" in page
+    for label in (
+        "VAD end of speech",
+        "final transcript",
+        "turn decision",
+        "brain first sentence",
+        "first audio sent",
+    ):
+        assert label in page
+    # Flagged: the slow answer, the cut-off answer, the turn taken while the visitor went on.
+    assert "3 flagged" in page and 'id="flag-next"' in page
+    assert "answered in 2000 ms: slow" in page
+
+
+def test_a_tool_calls_result_and_a_tool_error_show_inline(admin_client_, reviewed_call):
+    from calls.review.models import ToolResult
+
+    response = admin_client_.get(reverse("admin:calls_call_change", args=[quote(reviewed_call.pk)]))
+    assert (
+        "Result: <code>{&quot;held&quot;: true, &quot;until&quot;: &quot;18:00&quot;}</code>"
+        in response.content.decode()
+    )
+
+    ToolResult.objects.filter(call=reviewed_call).update(result=None, error="tool hold_item has no handler")
+    page = admin_client_.get(
+        reverse("admin:calls_call_change", args=[quote(reviewed_call.pk)])
+    ).content.decode()
+    assert "Error: <code>tool hold_item has no handler</code>" in page
+    assert "4 flagged" in page
+
+
+def test_the_slow_filter_uses_the_recorded_latency(admin_client_, reviewed_call, other_call, settings):
+    assert changelist_ids(admin_client_, slow="yes") == {reviewed_call.pk}
+    assert changelist_ids(admin_client_, slow="no") == {other_call.pk}
+    settings.PARLEY_SLOW_TURN_MS = 2500  # no answer of either call is slower than that
+    assert changelist_ids(admin_client_, slow="yes") == set()
 
 
 def test_the_raw_log_link_lists_only_this_calls_events(
