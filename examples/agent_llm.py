@@ -214,11 +214,13 @@ class LlmBrain:
         conversation.ending = True
         played = asyncio.Event()
         try:
-            ack = await call.say(GOODBYE_LINE)
+            # A reply, not a say: it answers the user's turn, so the persona's own brain does not
+            # answer it too while the goodbye plays.
+            ack = await call.reply(GOODBYE_LINE, in_reply_to=conversation.last_user_message_id)
             conversation.played[ack["messageId"]] = played
             await asyncio.wait_for(played.wait(), GOODBYE_PLAYOUT_SECONDS)
         except (AgentError, TimeoutError) as error:
-            logger.info("goodbye on call %s not confirmed as played (%s); hanging up", call.id, error)
+            logger.info("goodbye on call %s not confirmed as played (%s); hanging up", call.id, repr(error))
         await call.hangup()
 
     async def llm_stream(self, messages: list[dict[str, Any]]) -> AsyncIterator[str]:

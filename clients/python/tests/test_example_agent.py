@@ -72,7 +72,7 @@ async def test_the_example_streams_answers_runs_its_tool_and_hangs_up_on_goodbye
     )
 
     async def play_out_what_is_said(frame: dict[str, Any], server: Any) -> None:
-        if frame.get("action") == "say":
+        if frame.get("action") in {"say", "reply"}:
             await server.publish("bot.finished", event_data(messageId=frame["messageId"]))
 
     fake.on_command = play_out_what_is_said
@@ -122,8 +122,9 @@ async def test_the_example_streams_answers_runs_its_tool_and_hangs_up_on_goodbye
     assert tool_result["results"] == [
         {"toolCallId": "t1", "result": {"order_id": "1001", **example.ORDERS["1001"]}}
     ]
-    (said,) = fake.actions("say")
+    (said,) = fake.actions("reply")
     assert said["text"] == example.GOODBYE_LINE
+    assert said["inReplyTo"] == "msg_u2", "the goodbye answers the user's turn"
     assert fake.frames.index(said) < fake.frames.index(fake.actions("hangup")[0])
     assert len(llm.requests) == 2, "a goodbye is not sent to the LLM"
 
