@@ -285,5 +285,5 @@ class WhatsAppMessage(models.Model):
 
 
 # Models of this app kept with their capability (registered when this module loads).
-from calls.review.models import ReviewAuditEntry  # noqa: E402, F401
+from calls.review.models import CallRecording, ReviewAuditEntry  # noqa: E402, F401
 from calls.whatsapp.models import WhatsAppChannel, WhatsAppDelivery  # noqa: E402, F401
