@@ -34,6 +34,10 @@ SAMPLE_RATE = OUTPUT_SAMPLE_RATE  # Opus's own rate; the persona's voice is alre
 VISITOR, PERSONA = 0, 1  # the channels: left, right
 # Two voices of speech: ~4 kB a second, clear enough to review what was said and how.
 BITRATE = 32_000
+# libopus's complexity (0-10). Below 8 at this bitrate it codes some stereo as intensity
+# stereo: a 1 kHz tone on the right leaked into a silent left at -22 dB (complexity 5, which
+# costs ~20 % less CPU). The channels must stay apart (a reviewer may listen to one side).
+ENCODER_COMPLEXITY = 10
 # How much the live side gathers before a thread encodes it (seconds): one hop a second.
 BATCH_SECONDS = 1.0
 # Chunks kept waiting for a thread that has fallen this far behind (~30 s of both sides)
@@ -274,7 +278,10 @@ class CallRecorder(PlaybackListener):
             self._container = av.open(str(self.path), mode="w", format="ogg")
             self._stream = self._container.add_stream("libopus", rate=SAMPLE_RATE, layout="stereo")
             self._stream.bit_rate = BITRATE
-            self._stream.codec_context.options = {"application": "voip"}
+            self._stream.codec_context.options = {
+                "application": "voip",
+                "compression_level": str(ENCODER_COMPLEXITY),
+            }
         frame = av.AudioFrame.from_ndarray(stereo.reshape(1, -1), format="s16", layout="stereo")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = self._encoded
