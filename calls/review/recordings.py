@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -22,10 +22,12 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from calls.models import Call
-from calls.pipeline.recording import CallRecorder, RecordingResult
-from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
 from calls.review.models import CallRecording, recordings_storage
 from personas.models import Persona
+
+if TYPE_CHECKING:  # the pipeline (pipecat) loads with the first call, not with the admin
+    from calls.pipeline.recording import CallRecorder, RecordingResult
+    from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ RECORDING_CONTENT_TYPE = "audio/ogg"
 def recorder_attach(*, call_id: str, track: PacedAudioTrack, microphone: MicrophoneDrain) -> CallRecorder:
     """Start recording a call: the persona's voice as its track sends it, the visitor's
     microphone as it is decoded. Written to local scratch space until the call ends."""
+    from calls.pipeline.recording import CallRecorder
+
     scratch = Path(settings.PARLEY_RECORDINGS_SCRATCH_DIR) / f"{call_id}-{secrets.token_hex(4)}.ogg"
     recorder = CallRecorder(path=scratch)
     track.listeners.append(recorder)
