@@ -228,8 +228,10 @@ class CallAdmin(HistoryAdmin):
         if not request.user.has_perm(LISTEN_PERMISSION):
             raise PermissionDenied
         call = self.get_object(request, unquote(object_id))
-        if call is None or not self.has_view_permission(request, call):
+        if call is None:
             raise Http404("no such call")
+        if not self.has_view_permission(request, call):
+            raise PermissionDenied
         recording = recordings.call_recording_get(call=call)
         if recording is None:
             raise Http404("this call has no recording")

@@ -132,6 +132,11 @@ def test_listening_is_audited_once_per_page_view_not_per_range(recorded_call: Ca
     assert ReviewAuditEntry.objects.filter(action=ReviewAction.LISTENED).count() == 2
 
 
+def test_listening_needs_the_view_permission_too(recorded_call: Call) -> None:
+    client = client_for(staff("listen_call"))
+    assert client.get(audio_url(recorded_call), HTTP_RANGE="bytes=0-").status_code == 403
+
+
 def test_a_call_without_a_recording_has_no_audio(persona_a) -> None:
     call = reviewed_call_create(persona_a)
     response = client_for(staff("view_call", "listen_call")).get(audio_url(call))
