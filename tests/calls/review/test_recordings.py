@@ -87,7 +87,9 @@ def test_staff_who_may_listen_get_a_player_whose_lines_know_their_time(recorded_
     page = client.get(reverse("admin:calls_call_change", args=[quote(recorded_call.pk)]))
     html = page.content.decode()
     assert 'id="recording-player" data-offset="0.0"' in html
-    assert 'data-message-id="msg_q"' in html and 'data-offset="8.4"' in html
+    # A spoken line plays from where its speech began (6 s), not from its transcript (8.4 s).
+    assert 'data-message-id="msg_q" data-channel="spoken" data-offset="6.0"' in html
+    assert 'data-message-id="msg_typed" data-channel="typed" data-offset="20.0"' in html
     assert page.context["recording_url"].startswith(audio_url(recorded_call, view=""))
 
 
