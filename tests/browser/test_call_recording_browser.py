@@ -163,3 +163,28 @@ def test_a_real_call_is_recorded_in_stereo_and_plays_from_a_transcript_line(
     expect(answer).to_have_class(re.compile(r"\bparley-playing\b"))
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_staff_without_the_listen_permission_get_no_player_and_no_audio(
+    live_server_url, persona_a, page: Page
+):
+    from django.contrib.auth.models import Permission
+
+    from tests.calls.review.conftest import reviewed_call_create
+    from tests.fakes.recordings import recording_generate
+
+    call = reviewed_call_create(persona_a)
+    recording_generate(call, seconds=2)
+    viewer = get_user_model().objects.create_user(
+        "viewer", "viewer@example.com", "a-viewing-password", is_staff=True
+    )
+    viewer.user_permissions.add(Permission.objects.get(codename="view_call", content_type__app_label="calls"))
+    log_in(page, live_server_url, "viewer", "a-viewing-password")
+    page.goto(live_server_url + reverse("admin:calls_call_change", args=[quote(call.pk)]))
+    expect(page.locator("#conversation")).to_be_visible()
+    expect(page.locator("#recording-player")).to_have_count(0)
+    audio = page.request.get(
+        live_server_url + reverse("admin:calls_call_recording", args=[quote(call.pk)]),
+        headers={"Range": "bytes=0-"},
+    )
+    assert audio.status == 403

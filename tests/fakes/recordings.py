@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
@@ -24,7 +25,7 @@ def recording_generate(
     """A stereo recording of `seconds`: a 300 Hz visitor tone on the left, a persona tone on the
     right whose pitch rises by 100 Hz each second (so a place in it can be told by ear, or by FFT).
 
-    Its 0:00 is `started_at` (the call's start by default). Blocking: call it from sync code.
+    Its 0:00 is `started_at` (the call's start by default). Blocking.
     """
     with tempfile.TemporaryDirectory() as scratch:
         clock = [1_000.0]
@@ -38,7 +39,9 @@ def recording_generate(
             visitor = (np.sin(2 * np.pi * 300 * t) * 6_000).astype(np.int16)
             recorder.visitor_frame(_frame(visitor, index * PIECE_SAMPLES), clock[0] + 0.02)
         clock[0] += 0.1
-        result = asyncio.run(recorder.finish())
+        # On a thread of its own: the caller's may hold an event loop (Playwright's sync API).
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            result = thread.submit(asyncio.run, recorder.finish()).result()
         assert result is not None
         start = started_at or call.started_at or call.created_at
         result = type(result)(
