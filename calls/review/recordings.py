@@ -18,7 +18,10 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.files import File
+from django.db import transaction
 from django.db.models import Q, QuerySet
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 from django.utils import timezone
 
 from calls.models import Call
@@ -138,18 +141,52 @@ def recordings_expired(*, now: datetime | None = None) -> QuerySet[CallRecording
     return CallRecording.objects.filter(expired).select_related("call", "call__persona")
 
 
+# Scratch files older than this (hours) belong to no live call: a process that died mid-call left them.
+SCRATCH_ORPHAN_HOURS = 24
+
+
+@receiver(post_delete, sender=CallRecording)
+def _recording_file_delete(sender: type[CallRecording], instance: CallRecording, **_: Any) -> None:
+    """A recording deleted with its call (or alone, in the admin) takes its file along, once the
+    deletion is committed."""
+    name = instance.file.name
+
+    def delete() -> None:
+        try:
+            recordings_storage().delete(name)
+        except Exception:
+            logger.exception("recording %s: its file could not be deleted", name)
+
+    if name:
+        transaction.on_commit(delete)
+
+
+def recordings_scratch_orphans(*, now: float | None = None) -> list[Path]:
+    """Scratch files of calls a dead process was recording (older than `SCRATCH_ORPHAN_HOURS`)."""
+    scratch = Path(settings.PARLEY_RECORDINGS_SCRATCH_DIR)
+    if not scratch.is_dir():
+        return []
+    cutoff = (now if now is not None else datetime.now(UTC).timestamp()) - SCRATCH_ORPHAN_HOURS * 3600
+    return [path for path in scratch.glob("*.ogg") if path.stat().st_mtime < cutoff]
+
+
 @dataclass
 class PurgeResult:
     deleted: list[CallRecording]
     failed: list[tuple[CallRecording, str]]
+    orphans: list[Path]
 
 
 def recordings_purge(*, now: datetime | None = None, dry_run: bool = False) -> PurgeResult:
-    """Delete expired recordings, file then row; with `dry_run`, only say which.
+    """Delete expired recordings, file then row, and scratch files no live call will finish;
+    with `dry_run`, only say which.
 
     A file the storage could not delete keeps its row, so that the next purge tries again.
     """
-    result = PurgeResult(deleted=[], failed=[])
+    result = PurgeResult(deleted=[], failed=[], orphans=recordings_scratch_orphans())
+    if not dry_run:
+        for orphan in result.orphans:
+            orphan.unlink(missing_ok=True)
     for recording in recordings_expired(now=now):
         if dry_run:
             result.deleted.append(recording)

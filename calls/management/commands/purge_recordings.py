@@ -28,6 +28,8 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{verb} {described['file']} (call {described['call']}, {described['started_at']})"
             )
+        for orphan in result.orphans:
+            self.stdout.write(f"{verb} {orphan} (left by a call whose process died)")
         for recording, error in result.failed:
             self.stderr.write(f"could not delete {recording.file.name}: {error}")
         self.stdout.write(f"{len(result.deleted)} recording(s) {verb}, {len(result.failed)} failed")

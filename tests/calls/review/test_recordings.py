@@ -3,6 +3,7 @@ storing a finished recording, and the purge command."""
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -173,3 +174,31 @@ def test_purge_deletes_recordings_past_their_persona_retention(
     assert not old_file.exists()
     assert set(CallRecording.objects.values_list("call_id", flat=True)) == {recent.pk, kept_forever.pk}
     assert Call.objects.filter(pk=old.pk).exists()  # the call and its transcript stay
+
+
+def test_deleting_a_call_deletes_its_recording_file(
+    recorded_call: Call, recordings_dir: Path, django_capture_on_commit_callbacks
+) -> None:
+    stored = recordings_dir / recorded_call.recording.file.name
+    assert stored.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        recorded_call.delete()
+    assert not stored.exists()
+
+
+def test_purge_removes_scratch_files_a_dead_process_left(settings, tmp_path: Path) -> None:
+    settings.PARLEY_RECORDINGS_SCRATCH_DIR = tmp_path / "partial"
+    settings.PARLEY_RECORDINGS_SCRATCH_DIR.mkdir()
+    left = settings.PARLEY_RECORDINGS_SCRATCH_DIR / "CAdead-1234.ogg"
+    live = settings.PARLEY_RECORDINGS_SCRATCH_DIR / "CAlive-5678.ogg"
+    for path in (left, live):
+        path.write_bytes(b"OggS")
+    two_days_ago = timezone.now().timestamp() - 2 * 86_400
+    os.utime(left, (two_days_ago, two_days_ago))
+
+    call_command("purge_recordings", "--dry-run", stdout=StringIO())
+    assert left.exists()
+    out = StringIO()
+    call_command("purge_recordings", stdout=out)
+    assert str(left) in out.getvalue()
+    assert not left.exists() and live.exists()
