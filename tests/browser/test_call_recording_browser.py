@@ -24,7 +24,7 @@ from playwright.sync_api import Page, expect
 
 from bench.webrtc_client import ParleyWebRTCClient
 from calls.models import Call
-from calls.review.models import CallRecording, recordings_storage
+from calls.review.models import CallRecording, ReviewAction, ReviewAuditEntry, recordings_storage
 from calls.review.recordings import recording_offset_seconds
 from personas.models import KnowledgeEntry
 from personas.services import api_key_create
@@ -161,6 +161,9 @@ def test_a_real_call_is_recorded_in_stereo_and_plays_from_a_transcript_line(
         recording.duration_seconds, abs=0.5
     )
     expect(answer).to_have_class(re.compile(r"\bparley-playing\b"))
+    # However many range requests the player made, the audit log says "listened" once.
+    listened = ReviewAuditEntry.objects.filter(action=ReviewAction.LISTENED, call_id=call_id)
+    assert list(listened.values_list("username", flat=True)) == ["listener"]
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
