@@ -12,6 +12,11 @@ process or by `--workers N`:
   session-second (the figure least disturbed by other work on the machine),
 - the machine's 1-minute load average when the round was measured.
 
+`--recording on|off|both` records the calls (the demo persona's `recording_enabled`) or not;
+`both` runs each round twice, without then with, so that the CPU a recording costs per session
+is the difference of the two rows (its encoding threads are in the server's CPU). `--microphone`
+has every client send room noise (so the visitor's side of a recording is not empty).
+
 `--profile DIR` samples the server with py-spy during each measured window.
 
 `--memory 100` measures memory instead: the server's RSS (and with its worker processes) idle,
@@ -33,9 +38,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import httpx
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,6 +59,53 @@ MEASURE_SECONDS = 10.0
 SERVER_START_TIMEOUT_SECONDS = 60.0
 # With --memory, calls after the first rounds run this many at a time.
 MEMORY_BATCH = 4
+DEMO_PERSONA_SLUG = "mara"
+# --microphone: the clients' room noise, of full scale (about -50 dBFS: no speech for the VAD).
+MICROPHONE_NOISE_RMS = 100.0
+
+
+class RoomNoiseMicrophone(MediaStreamTrack):
+    """A visitor's microphone in a quiet room: 20 ms frames of low noise, in real time."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._noise = np.random.default_rng(3).normal(0, MICROPHONE_NOISE_RMS, 48_000).astype(np.int16)
+        self._sent = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        self._start = self._start or now
+        delay = self._start + self._sent / 48_000 - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+        at = self._sent % (self._noise.size - 960)
+        frame = av.AudioFrame.from_ndarray(
+            self._noise[at : at + 960].reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate, frame.pts = 48_000, self._sent
+        frame.time_base = Fraction(1, 48_000)
+        self._sent += 960
+        return frame
+
+
+def persona_recording_set(data_dir: str, on: bool) -> None:
+    """Record the demo persona's calls, or not, from the next session on."""
+    code = (
+        "from personas.models import Persona;"
+        f"Persona.objects.filter(slug={DEMO_PERSONA_SLUG!r}).update(recording_enabled={on})"
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=server_environment(data_dir),
+        check=True,
+        capture_output=True,
+    )
 
 
 def free_port() -> int:
@@ -206,8 +262,14 @@ async def one_session(
     measure_seconds: float,
     *,
     joiner: bool = False,
+    microphone: bool = False,
 ) -> None:
-    async with ParleyWebRTCClient(base_url=base_url, session_token=token, step_timeout_seconds=60) as client:
+    async with ParleyWebRTCClient(
+        base_url=base_url,
+        session_token=token,
+        step_timeout_seconds=60,
+        microphone=RoomNoiseMicrophone() if microphone else None,
+    ) as client:
         record = client.record
         await client.wait_for(lambda: bool(record.video_frames), "the first video frame")
         first_frame_ms = (record.video_frames[0] - record.started_at) * 1000
@@ -252,6 +314,8 @@ async def run_round(
     measure_seconds: float,
     profile_dir: Path | None,
     profile_flags: list[str],
+    *,
+    microphone: bool = False,
 ) -> dict[str, float]:
     """`count - 1` sessions start at once (a burst); while they talk, one more joins; then all
     `count` are measured together."""
@@ -263,7 +327,17 @@ async def run_round(
 
     def session(token: str, joiner: bool) -> asyncio.Future[None]:
         return asyncio.ensure_future(
-            one_session(base_url, token, ready, busy, measure_start, results, measure_seconds, joiner=joiner)
+            one_session(
+                base_url,
+                token,
+                ready,
+                busy,
+                measure_start,
+                results,
+                measure_seconds,
+                joiner=joiner,
+                microphone=microphone,
+            )
         )
 
     async def until_ready(number: int, tasks: list[asyncio.Future[None]]) -> None:
@@ -494,6 +568,15 @@ def main() -> None:
         help="extra py-spy record flags: '--idle' (default) shows where threads wait too, '' only "
         "what runs, '--gil' only what holds the GIL",
     )
+    parser.add_argument(
+        "--recording",
+        choices=("on", "off", "both"),
+        default="off",
+        help="record the calls (the demo persona's setting), not, or each round both ways; default off",
+    )
+    parser.add_argument(
+        "--microphone", action="store_true", help="every client sends room noise as its microphone"
+    )
     args = parser.parse_args()
     if not args.decode_video:
         video_decoding_disable()
@@ -520,6 +603,7 @@ def main() -> None:
                 f" {args.seconds:.0f} s windows; load average now {os.getloadavg()[0]:.2f}"
             )
             if args.memory:
+                persona_recording_set(data_dir, args.recording == "on")
                 asyncio.run(memory_rounds(base_url, pids[0], args.memory, args.concurrent))
                 return
             print(
@@ -527,18 +611,27 @@ def main() -> None:
                 " rates are measured with all N."
             )
             print(
-                "sessions  load  first-frame ms       reply-audio ms       audio fps   video fps  "
+                "rec  sessions  load  first-frame ms       reply-audio ms       audio fps   video fps  "
                 "server CPU %  busiest loop %  CPU ms per  client"
             )
             print(
-                "                  (burst med/max; join)  (burst med/max; join) (min / med) (min / med)  "
+                "                       (burst med/max; join)  (burst med/max; join) (min / med) (min / med)  "
                 "(total)                       session-s   CPU %"
             )
-            for count in [int(part) for part in args.sessions.split(",")]:
+            recording_modes = {"on": [True], "off": [False], "both": [False, True]}[args.recording]
+            rounds = [(int(part), rec) for part in args.sessions.split(",") for rec in recording_modes]
+            for count, recording in rounds:
+                persona_recording_set(data_dir, recording)
                 try:
                     row = asyncio.run(
                         run_round(
-                            base_url, pids, count, args.seconds, profile_dir, args.profile_flags.split()
+                            base_url,
+                            pids,
+                            count,
+                            args.seconds,
+                            profile_dir,
+                            args.profile_flags.split(),
+                            microphone=args.microphone,
                         )
                     )
                 except (AssertionError, TimeoutError) as failure:
@@ -547,7 +640,7 @@ def main() -> None:
                     )
                     continue
                 print(
-                    f"{row['sessions']:>8}  {row['load']:>4.1f}"
+                    f"{'on' if recording else 'off':<3}  {row['sessions']:>8}  {row['load']:>4.1f}"
                     f"  {row['first_frame_ms_median']:>5.0f}/{row['first_frame_ms_max']:<5.0f}; {row['first_frame_ms_join']:>5.0f}"
                     f"  {row['reply_ms_median']:>5.0f}/{row['reply_ms_max']:<5.0f}; {row['reply_ms_join']:>5.0f}"
                     f"  {row['audio_fps_min']:>4.1f} / {row['audio_fps_median']:<4.1f}"

@@ -16,3 +16,5 @@ class CallsConfig(AppConfig):
         from calls.agents.hooks import hooks_load
 
         hooks_load()
+
+        import calls.review.recordings  # noqa: F401 (a deleted recording's file goes with it)

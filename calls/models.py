@@ -292,5 +292,5 @@ class WhatsAppMessage(models.Model):
 
 
 # Models of this app kept with their capability (registered when this module loads).
-from calls.review.models import ReviewAuditEntry, ToolResult, TurnLatency  # noqa: E402, F401
+from calls.review.models import CallRecording, ReviewAuditEntry, ToolResult, TurnLatency  # noqa: E402, F401
 from calls.whatsapp.models import WhatsAppChannel, WhatsAppDelivery  # noqa: E402, F401

@@ -384,6 +384,7 @@ class PersonaAdmin(admin.ModelAdmin):
                 )
             },
         ),
+        ("Call recording", {"fields": ("recording_enabled", "recording_retention_days")}),
         ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
 

@@ -187,6 +187,21 @@ class Persona(models.Model):
     send_audio_metrics = models.BooleanField(
         default=False, help_text="Send audio.metrics (energy, VAD) about every 100 ms for apps' meters."
     )
+    # Call recording (calls.review.recordings): off unless the persona's owner has the visitors'
+    # consent to record them.
+    recording_enabled = models.BooleanField(
+        "record calls",
+        default=False,
+        help_text="Record this persona's voice calls (visitor left, persona right, Ogg/Opus) for"
+        " review by staff who may listen. Only with the visitors' consent.",
+    )
+    recording_retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        default=30,
+        help_text="`manage.py purge_recordings` deletes this persona's recordings older than this"
+        " many days; empty keeps them.",
+    )
     # Apps that answer turns (the agent API).
     app_answer_timeout_seconds = models.FloatField(
         default=3.0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -207,6 +208,55 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(os.environ.get("PARLEY_STATIC_ROOT", BASE_DIR / "staticfiles"))
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("PARLEY_MEDIA_ROOT", PARLEY_DATA_DIR / "media"))
+
+# Call recordings (`calls.review.recordings`): local files under the data directory by default,
+# not under MEDIA_ROOT (they are served only through the admin, to staff who may listen); an
+# S3-compatible bucket through django-storages once PARLEY_RECORDINGS_S3_BUCKET is set.
+PARLEY_RECORDINGS_DIR = Path(os.environ.get("PARLEY_RECORDINGS_DIR", PARLEY_DATA_DIR / "recordings"))
+# Where a recording is written while its call lasts (local disk); it is stored when the call ends.
+PARLEY_RECORDINGS_SCRATCH_DIR = Path(
+    os.environ.get("PARLEY_RECORDINGS_SCRATCH_DIR", PARLEY_DATA_DIR / "recordings-partial")
+)
+
+
+def _recordings_storage() -> dict[str, Any]:
+    bucket = os.environ.get("PARLEY_RECORDINGS_S3_BUCKET", "")
+    if not bucket:
+        return {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": PARLEY_RECORDINGS_DIR, "base_url": None},
+        }
+    try:
+        import boto3  # noqa: F401
+        import storages  # noqa: F401
+    except ImportError as missing:
+        raise ImproperlyConfigured(
+            "PARLEY_RECORDINGS_S3_BUCKET is set: install django-storages and boto3 (README, Configuration)"
+        ) from missing
+    options: dict[str, Any] = {
+        "bucket_name": bucket,
+        "location": os.environ.get("PARLEY_RECORDINGS_S3_PREFIX", "recordings"),
+        "default_acl": "private",
+        "querystring_auth": True,
+        "file_overwrite": False,
+    }
+    # Unset: boto3's own chain (AWS_ACCESS_KEY_ID..., an instance role) and AWS's endpoint.
+    for option, variable in (
+        ("endpoint_url", "PARLEY_RECORDINGS_S3_ENDPOINT_URL"),
+        ("region_name", "PARLEY_RECORDINGS_S3_REGION"),
+        ("access_key", "PARLEY_RECORDINGS_S3_ACCESS_KEY_ID"),
+        ("secret_key", "PARLEY_RECORDINGS_S3_SECRET_ACCESS_KEY"),
+    ):
+        if os.environ.get(variable):
+            options[option] = os.environ[variable]
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
+
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "recordings": _recordings_storage(),
+}
 # Daphne serves /static/ itself unless a reverse proxy does (then set this to 0).
 PARLEY_SERVE_STATIC = env_bool("PARLEY_SERVE_STATIC", True)
 

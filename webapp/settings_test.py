@@ -1,6 +1,7 @@
 """Settings for the test suite: the real settings, with fast hashing and short stream timers."""
 
 import os
+import tempfile
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "parley-test-suite-secret-key-not-for-production")
 os.environ.setdefault("PARLEY_SSE_PING_SECONDS", "0.5")
@@ -8,6 +9,11 @@ os.environ.setdefault("PARLEY_STREAM_POLL_SECONDS", "1.0")
 # The test process loads models when a test needs them; server processes started by the
 # browser tests turn it on (tests/browser/conftest.py).
 os.environ.setdefault("PARLEY_WARM_UP", "0")
+# Recordings made by the test process and by its server processes (which inherit this
+# environment) go to one temporary directory, not the checkout's var/.
+os.environ.setdefault(
+    "PARLEY_RECORDINGS_DIR", os.path.join(tempfile.gettempdir(), f"parley-test-recordings-{os.getpid()}")
+)
 
 from webapp.settings import *  # noqa: F403
 from webapp.settings import DATABASES, PARLEY_DATA_DIR

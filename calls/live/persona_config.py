@@ -74,6 +74,7 @@ def persona_conversation_config(
         app_answer_timeout_seconds=float(persona.app_answer_timeout_seconds),
         tools=_persona_tools(persona.slug, persona.tools),
         tool_timeout_seconds=settings.PARLEY_TOOL_TIMEOUT_SECONDS,
+        record=persona.recording_enabled,
     )
 
 

@@ -44,8 +44,10 @@ from calls.models import Call, EndReason, new_message_id
 from calls.pipeline.audio_metrics import AudioLevel, AudioSource
 from calls.pipeline.conversation import Conversation, ConversationConfig, ConversationListener
 from calls.pipeline.latency import TurnLatencyClock
+from calls.pipeline.recording import CallRecorder
 from calls.pipeline.tools import PendingToolCall
 from calls.pipeline.transport import MicrophoneDrain, PacedAudioTrack
+from calls.review import recordings
 from calls.selectors import call_event_data
 from webapp.inputs import InputRefused, json_parse
 
@@ -100,6 +102,7 @@ class LiveSession(ConversationListener):
         self._interrupted_talk_streams: set[str] = set()  # told to the client once each
         self._speech_ready = asyncio.Event()  # the persona can be heard: talk goes through
         self._early_talk_chunks: list[dict[str, Any]] = []
+        self.recorder: CallRecorder | None = None  # while the call is recorded
         self.limits = SessionLimits(
             max_duration_seconds=config.max_duration_seconds,
             idle_timeout_seconds=config.idle_timeout_seconds,
@@ -270,6 +273,10 @@ class LiveSession(ConversationListener):
         return self.conversation
 
     async def _on_connected(self) -> None:
+        if self.config.record:  # from now: its 0:00 is (within milliseconds) the call's start
+            self.recorder = recordings.recorder_attach(
+                call_id=self.session_id, track=self.audio_track, microphone=self.microphone
+            )
         self.call = await database_sync_to_async(services.call_start)(call=self.call)
         await self._hooks_tell_stored(events.CallStarted.name)
         if await self._conversation_ready() is None:
@@ -734,6 +741,9 @@ class LiveSession(ConversationListener):
             logger.exception("session %s: could not record its end", self.session_id)
         else:
             await self._hooks_tell_stored(events.CallEnded.name)
+        if self.recorder is not None:  # after call.ended: storing it may take a while
+            recorder, self.recorder = self.recorder, None
+            await recordings.recorder_keep(call=self.call, recorder=recorder)
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:

@@ -132,6 +132,8 @@ class ConversationConfig:
     app_answer_timeout_seconds: float = 3.0
     tools: tuple[BrainTool, ...] = ()  # what the LLM may call (the OpenAI brain only)
     tool_timeout_seconds: float = DEFAULT_TOOL_TIMEOUT_SECONDS
+    # Record the call (both sides, `calls.pipeline.recording`): the persona's consent setting.
+    record: bool = False
 
 
 class ConversationListener(UserSideListener):

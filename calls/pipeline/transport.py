@@ -313,6 +313,8 @@ class MicrophoneDrain:
         self.track: MediaStreamTrack | None = None
         self.frames_received = 0
         self.last_frame_at: float | None = None
+        # Told of every decoded microphone frame and when it arrived (the call's recording).
+        self.taps: list[Callable[[av.AudioFrame, float], None]] = []
 
 
 class ParleyInput(BaseInputTransport):
@@ -347,6 +349,11 @@ class ParleyInput(BaseInputTransport):
                 continue
             self._microphone.frames_received += 1
             self._microphone.last_frame_at = time.monotonic()
+            for tap in self._microphone.taps:
+                try:
+                    tap(frame, self._microphone.last_frame_at)
+                except Exception:  # a recording must never stop the microphone
+                    logger.exception("microphone tap failed")
             for resampled in self._resampler.resample(frame):
                 await self.push_audio_frame(
                     InputAudioRawFrame(

@@ -5,6 +5,7 @@ Also the review audit log, read-only.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,18 +15,26 @@ from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
 from calls.admin import HistoryAdmin, format_duration, pretty_json
 from calls.models import Call
-from calls.review import export, selectors
+from calls.review import export, recordings, selectors
 from calls.review.models import ReviewAction, ReviewAuditEntry
+from calls.review.ranges import RangeNotSatisfiable, byte_range_parse
 from calls.review.services import review_audit_record
 
 EXPORT_PERMISSION = "calls.export_call"
+LISTEN_PERMISSION = "calls.listen_call"
+# The most of a recording one answer carries (bytes): an open range ("bytes=0-") is answered
+# with this much at most, and the player asks for the rest (~17 minutes of a call).
+RECORDING_RESPONSE_MAX_BYTES = 4 * 1024 * 1024
+# Page views whose listening is already in the audit log, kept in the staff member's session.
+LISTENED_SESSION_KEY = "parley_listened"
+LISTENED_REMEMBERED = 50
 # Chunks of an export handed from the database thread to the event loop at a time (ASGI).
 EXPORT_CHUNKS_PER_HOP = 50
 EXPORT_FORMATS = {
@@ -193,6 +202,16 @@ class CallAdmin(HistoryAdmin):
                 raw_events_url=reverse("admin:calls_callevent_changelist")
                 + f"?call__id__exact={quote(call.pk)}",
             )
+            recording = recordings.call_recording_get(call=call)
+            if recording is not None and request.user.has_perm(LISTEN_PERMISSION):
+                # Each page view listens under its own token: the audit log says "listened" once
+                # per view, however many range requests its player makes.
+                audio_url = reverse("admin:calls_call_recording", args=[quote(call.pk)])
+                extra_context.update(
+                    recording=recording,
+                    recording_url=f"{audio_url}?view={secrets.token_hex(8)}",
+                    recording_offset=recordings.recording_offset_seconds(call=call, recording=recording),
+                )
         return super().change_view(request, object_id, form_url, extra_context)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
@@ -201,8 +220,10 @@ class CallAdmin(HistoryAdmin):
 
     def get_urls(self) -> list[Any]:
         export_view = self.admin_site.admin_view(self.export_view)
+        recording_view = self.admin_site.admin_view(self.recording_view)
         return [
             path("export.<str:file_format>", export_view, name="calls_call_export"),
+            path("<path:object_id>/recording.ogg", recording_view, name="calls_call_recording"),
             *super().get_urls(),
         ]
 
@@ -225,6 +246,57 @@ class CallAdmin(HistoryAdmin):
         stamp = timezone.localtime().strftime("%Y%m%d-%H%M%S")
         response["Content-Disposition"] = f'attachment; filename="parley-calls-{stamp}.{file_format}"'
         return response
+
+    def recording_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The call's recording, for staff who may listen; byte ranges answered (206) so that the
+        player can seek."""
+        if not request.user.has_perm(LISTEN_PERMISSION):
+            raise PermissionDenied
+        call = self.get_object(request, unquote(object_id))
+        if call is None:
+            raise Http404("no such call")
+        if not self.has_view_permission(request, call):
+            raise PermissionDenied
+        recording = recordings.call_recording_get(call=call)
+        if recording is None:
+            raise Http404("this call has no recording")
+        size = recordings.recording_size(recording=recording)
+        try:
+            wanted = byte_range_parse(request.headers.get("Range"), size)
+        except RangeNotSatisfiable:
+            response = HttpResponse(status=416)
+            response["Content-Range"] = f"bytes */{size}"
+            return response
+        first, last = wanted if wanted is not None else (0, size - 1)
+        if wanted is not None:
+            last = min(last, first + RECORDING_RESPONSE_MAX_BYTES - 1)
+        self._listened_record(request, call, view=request.GET.get("view", ""))
+        part = recordings.recording_read(recording=recording, start=first, length=last - first + 1)
+        response = HttpResponse(
+            part.content,
+            status=206 if wanted is not None else 200,
+            content_type=recordings.RECORDING_CONTENT_TYPE,
+        )
+        response["Accept-Ranges"] = "bytes"
+        if wanted is not None:
+            response["Content-Range"] = f"bytes {first}-{first + len(part.content) - 1}/{part.size}"
+        response["Content-Disposition"] = f'inline; filename="{call.pk}.ogg"'
+        return response
+
+    @staticmethod
+    def _listened_record(request: HttpRequest, call: Call, *, view: str) -> None:
+        """A `listened` entry in the audit log, once per page view (its player's `view` token)."""
+        key = f"{call.pk}:{view[:32]}"
+        listened = list(request.session.get(LISTENED_SESSION_KEY, []))
+        if key in listened:
+            return
+        review_audit_record(
+            user=request.user,
+            action=ReviewAction.LISTENED,
+            call=call,
+            detail={"range": request.headers.get("Range", "")},
+        )
+        request.session[LISTENED_SESSION_KEY] = [*listened, key][-LISTENED_REMEMBERED:]
 
 
 @admin.register(ReviewAuditEntry)

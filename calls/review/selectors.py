@@ -227,6 +227,14 @@ class ConversationTurn(_Timed):
         if self.interrupted:
             flags.append("cut off")
         return flags
+    # A spoken visitor turn: when its speech began (the turn itself is placed at its transcript,
+    # after the speech); the recording player starts the line there.
+    speech_offset_seconds: float | None = None
+
+    @property
+    def audio_offset_seconds(self) -> float | None:
+        """Where the line's audio begins, in seconds since the call started."""
+        return self.speech_offset_seconds if self.speech_offset_seconds is not None else self.offset_seconds
 
     @property
     def unspoken_text(self) -> str:
@@ -327,11 +335,15 @@ def call_conversation(call: Call, *, latency: CallLatency | None = None) -> list
     played_ms: dict[str, int] = {}
     whatsapp_kind: dict[str, str] = {}
     heard_speech_at: datetime | None = None
+    speech_began_at: datetime | None = None  # the first speech.started since the visitor's last turn
+    user_speech_at: dict[str, datetime] = {}
     items: list[tuple[datetime | None, int, ConversationItem]] = []
     for event in events:
         data, at, name = event["data"] or {}, event["created_at"], event["type"]
         if name in ("speech.started", "speech.ended"):
             heard_speech_at = at
+            if name == "speech.started" and speech_began_at is None:
+                speech_began_at = at
         elif name == "user.message":
             message_id = str(data.get("messageId", ""))
             user_event_at[message_id] = at
@@ -339,7 +351,9 @@ def call_conversation(call: Call, *, latency: CallLatency | None = None) -> list
                 (at - heard_speech_at).total_seconds() <= SPOKEN_TRANSCRIPT_WINDOW_SECONDS
             )
             user_channel[message_id] = "spoken" if spoken else "typed"
-            heard_speech_at = None
+            if spoken and speech_began_at is not None:
+                user_speech_at[message_id] = speech_began_at
+            heard_speech_at = speech_began_at = None
         elif name == "bot.speaking":
             persona_event_at.setdefault(str(data.get("messageId", "")), at)
         elif name == "bot.interrupted" and data.get("playedMs") is not None:
@@ -387,6 +401,9 @@ def call_conversation(call: Call, *, latency: CallLatency | None = None) -> list
             message_id=message.message_id,
             played_ms=played_ms.get(message.message_id),
             latency=None if is_visitor else latency.for_message(message.message_id),
+            speech_offset_seconds=_offset(user_speech_at.get(message.message_id), start)
+            if is_visitor
+            else None,
         )
         # Rows have no cursor: on a tie of times, the transcript's own order holds.
         items.append((at, -len(messages) + index, turn))

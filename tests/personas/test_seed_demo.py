@@ -69,6 +69,8 @@ def test_first_run_creates_the_demo_organization_persona_knowledge_key_and_admin
     assert mara.language_code == "en-US"
     assert mara.voice == "en-us+f3"
     assert mara.greeting and mara.system_prompt
+    # The demo records its calls (a first `make run` shows a recording in the admin).
+    assert (mara.recording_enabled, mara.recording_retention_days) == (True, 7)
     assert mara.knowledge.count() >= 12
     questions = " ".join(mara.knowledge.values_list("question", flat=True)).lower()
     for topic in (

@@ -50,6 +50,10 @@ MARA = {
         "kitchen handles nuts, gluten, eggs and milk, so nothing is guaranteed free of them. "
         "Be warm and plain-spoken, like a good neighbour behind the counter."
     ),
+    # The demo records its calls so that a first `make run` shows a call's recording in the
+    # admin; a real persona records only once its owner turns it on (visitors' consent).
+    "recording_enabled": True,
+    "recording_retention_days": 7,
 }
 
 # (question, answer): concrete enough that a caller can act on every answer.
