@@ -70,9 +70,12 @@ def failure_reason(message: WhatsAppMessage) -> str:
 
 def whatsapp_thread_bubbles(session: WhatsAppSession) -> list[ThreadBubble]:
     """The thread's messages, oldest first, as bubbles."""
-    start = session.started_at
+    messages = list(session.messages.order_by("created_at", "id"))
+    # From the first message: the contact wrote it (Meta's time) a moment before the thread began.
+    times = [moment for moment in (session.started_at, *(m.sent_by_contact_at for m in messages)) if moment]
+    start = min(times) if times else None
     bubbles = []
-    for message in session.messages.order_by("created_at", "id"):
+    for message in messages:
         outbound = message.direction == "outbound"
         author = (message.author or WhatsAppMessage.Author.PERSONA) if outbound else "contact"
         if not outbound:

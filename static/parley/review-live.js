@@ -206,16 +206,19 @@
         break;
       case "bot.speaking":
         personaSpeaking(data.messageId, data.text);
+        turn(data.messageId, "persona").dataset.state = "speaking";
         break;
       case "bot.word":
         personaWord(data.messageId, data.word);
         break;
       case "bot.finished":
         personaFinished(data.messageId);
+        turn(data.messageId, "persona").dataset.state = "spoken";
         break;
       case "bot.interrupted": {
         const node = turn(data.messageId, "persona");
         node.classList.add("interrupted");
+        node.dataset.state = "cut";
         tag(node, "cut", "✂ interrupted" + (data.playedMs != null ? " after " + data.playedMs + " ms" : ""));
         break;
       }
