@@ -142,7 +142,9 @@ class LiveCallsConsumer(AsyncJsonWebsocketConsumer):
     async def _relay(self, events: list[StreamEvent]) -> None:
         for event in events:
             if event.event == "call.started":
-                row = live.live_call_row(event.data)
+                row = None
+                if event.data.get("transport") in live.LIVE_TRANSPORTS:
+                    row = await _db(live.live_call_row)(str(event.data.get("callId", "")))
                 if row is not None:
                     await self.send_json({"type": "call.started", "call": row})
             elif event.event == "call.ended":

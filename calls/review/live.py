@@ -116,6 +116,17 @@ def live_organization_ids() -> list[int]:
     return list(Organization.objects.order_by("id").values_list("id", flat=True))
 
 
+def _row(call: Call) -> dict[str, Any]:
+    return {
+        "callId": call.pk,
+        "agent": call.persona.slug,
+        "persona": call.persona.name,
+        "transport": call.transport,
+        "from": call.from_address,
+        "startedAt": (call.started_at or call.created_at).isoformat(),
+    }
+
+
 def live_calls() -> list[dict[str, Any]]:
     """The calls going on now, newest first, as the page draws a row."""
     calls = (
@@ -123,34 +134,13 @@ def live_calls() -> list[dict[str, Any]]:
         .select_related("persona")
         .order_by("-started_at", "-created_at")[:MAX_LIVE_CALLS_SHOWN]
     )
-    return [
-        {
-            "callId": call.pk,
-            "agent": call.persona.slug,
-            "persona": call.persona.name,
-            "transport": call.transport,
-            "from": call.from_address,
-            "startedAt": (call.started_at or call.created_at).isoformat(),
-        }
-        for call in calls
-    ]
+    return [_row(call) for call in calls]
 
 
-def live_call_row(data: dict[str, Any]) -> dict[str, Any] | None:
-    """A `call.started` event as a row of the page (None: not a call the page shows).
-
-    Built from the event alone, without the database: its persona is named by its slug.
-    """
-    if data.get("transport") not in LIVE_TRANSPORTS:
-        return None
-    return {
-        "callId": data.get("callId", ""),
-        "agent": data.get("agent", ""),
-        "persona": data.get("agent", ""),
-        "transport": data.get("transport", ""),
-        "from": data.get("from", ""),
-        "startedAt": data.get("startedAt", ""),
-    }
+def live_call_row(call_id: str) -> dict[str, Any] | None:
+    """The row of a call that just started (None: gone, or not a call the page shows)."""
+    call = Call.objects.select_related("persona").filter(pk=call_id, transport__in=LIVE_TRANSPORTS).first()
+    return _row(call) if call is not None else None
 
 
 def live_call_transcript(call_id: str) -> dict[str, Any] | None:

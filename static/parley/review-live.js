@@ -35,6 +35,15 @@
     return isNaN(date) ? "" : date.toLocaleTimeString([], { hour12: false });
   }
 
+  // Time since the watched call started, as the call page writes it (+m:ss.s).
+  let watchedStart = null;
+  function sinceStart(iso) {
+    if (!watchedStart || !iso) return "";
+    const seconds = Math.max(0, (new Date(iso) - watchedStart) / 1000);
+    const minutes = Math.floor(seconds / 60);
+    return "+" + minutes + ":" + (seconds - minutes * 60).toFixed(1).padStart(4, "0");
+  }
+
   function say(message, kind) {
     feedback.textContent = message;
     feedback.className = "parley-live-feedback " + (kind || "");
@@ -113,7 +122,8 @@
       if (messageId) node.dataset.messageId = messageId;
       const meta = el("div", "parley-meta");
       meta.append(el("strong", "", speaker === "visitor" ? "Visitor" : title.dataset.persona || "Persona"));
-      meta.append(el("span", "clock", new Date().toLocaleTimeString([], { hour12: false })));
+      const now = new Date().toISOString();
+      meta.append(el("span", "clock", clock(now) + " · " + sinceStart(now)));
       node.append(meta, el("div", "parley-bubble"));
       transcript.append(node);
     }
@@ -136,7 +146,7 @@
       return;
     }
     const node = turn(line.messageId, line.speaker);
-    node.querySelector(".clock").textContent = clock(line.at) + " · " + line.offset;
+    node.querySelector(".clock").textContent = clock(line.at) + " · " + (line.offset || sinceStart(line.at));
     const bubble = node.querySelector(".parley-bubble");
     if (line.interrupted) {
       node.classList.add("interrupted");
@@ -199,10 +209,11 @@
     switch (name) {
       case "user.speaking":
         caption(data.text);
+        transcript.dataset.captions = String(Number(transcript.dataset.captions || 0) + 1);
         break;
       case "user.message":
         dropCaption();
-        drawLine({ kind: "turn", speaker: "visitor", messageId: data.messageId, text: data.text, offset: "now" });
+        drawLine({ kind: "turn", speaker: "visitor", messageId: data.messageId, text: data.text, at: new Date().toISOString() });
         break;
       case "bot.speaking":
         personaSpeaking(data.messageId, data.text);
@@ -250,6 +261,8 @@
     if (call.callId !== watching) return;
     title.textContent = (call.persona || call.agent) + " · " + call.transport + " · " + call.callId;
     title.dataset.persona = call.persona || call.agent;
+    watchedStart = call.startedAt ? new Date(call.startedAt) : null;
+    delete transcript.dataset.captions;
     callState.textContent = call.ended ? "This call has ended." : "Live since " + clock(call.startedAt) + ".";
     transcript.replaceChildren();
     for (const line of call.lines) drawLine(line);

@@ -38,6 +38,7 @@ from tests.browser.test_admin_browser import log_in
 from tests.browser.test_session_aiortc import bakery, mint  # noqa: F401  (bakery: a fixture)
 from tests.fakes.graph_api import graph_api_in_thread
 from tests.fakes.sounds import ogg_opus
+from tests.fakes.spoken import ScriptedMicrophone, spoken_pcm
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -87,17 +88,21 @@ class Visitor:
             self.greeted.set()
 
     async def _call(self) -> None:
+        microphone = ScriptedMicrophone()
         client = ParleyWebRTCClient(
-            base_url=self.base_url, session_token=self.token, step_timeout_seconds=VISITOR_STEP_SECONDS
+            base_url=self.base_url,
+            session_token=self.token,
+            step_timeout_seconds=VISITOR_STEP_SECONDS,
+            microphone=microphone,
         )
         async with client:
-            record = client.record
+            record = self.record = client.record
             self.session_id = record.session_id
             await client.wait_for(lambda: record.persona_finished_count() >= 1, "the greeting")
             self.greeted.set()
             if not await asyncio.to_thread(self.watched.wait, VISITOR_STEP_SECONDS):
                 raise AssertionError("staff never watched the call")
-            client.ask(QUESTION)
+            microphone.say(await spoken_pcm(QUESTION))  # said out loud: captioned as it is heard
             await client.wait_for(
                 lambda: any(STAFF_LINE in text for text in record.persona_messages()), "the staff line"
             )
@@ -140,9 +145,16 @@ def test_staff_watch_a_live_call_make_the_persona_speak_and_end_it(
     transcript = page.locator("#live-transcript")
     expect(transcript.locator(".parley-turn.persona").first).to_contain_text("Mara")  # the greeting so far
     visitor.watched.set()
-    # The visitor's line and the persona's answer come as they happen.
-    expect(transcript.locator(".parley-turn.visitor")).to_contain_text(QUESTION)
-    expect(transcript.locator(".parley-turn.persona").nth(1)).to_contain_text("seven")
+    # The visitor's words are captioned as they are heard, then the line and the persona's
+    # answer come as they happen.
+    expect(transcript.locator(".parley-turn.visitor:not(.caption)")).to_contain_text(
+        "open", ignore_case=True, timeout=SPOKEN_TIMEOUT_MILLISECONDS
+    )
+    captions = transcript.get_attribute("data-captions")
+    assert captions is not None and int(captions) > 0, visitor.record.data_of("userSpeechInterim")
+    expect(transcript.locator(".parley-turn.persona").nth(1)).to_contain_text(
+        "seven", timeout=SPOKEN_TIMEOUT_MILLISECONDS
+    )
 
     page.fill("#live-say-text", STAFF_LINE)
     page.click("#live-say-submit")

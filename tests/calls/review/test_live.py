@@ -149,6 +149,7 @@ async def test_staff_see_a_call_start_its_lines_and_its_end(watcher, client_a, p
     started = await page.next("call.started")
     assert started["call"]["callId"] == call.id
     assert started["call"]["agent"] == "mara" and started["call"]["transport"] == "webrtc"
+    assert started["call"]["persona"] == persona_a.name
 
     await page.send(type="watch", callId=call.id)
     watching = await page.next("watching")
@@ -281,7 +282,9 @@ def test_the_live_list_holds_ongoing_voice_and_chat_calls_only(make_call, person
     make_call(persona_a, status=CallStatus.CONNECTING, transport=Transport.WEBRTC)
     make_call(persona_a, status=CallStatus.IN_PROGRESS, transport=Transport.WHATSAPP)
     assert [row["callId"] for row in live.live_calls()] == [ongoing.pk]
-    assert live.live_call_row({"callId": "c", "transport": "whatsapp"}) is None
+    assert live.live_call_row(ongoing.pk)["persona"] == persona_a.name
+    whatsapp = Call.objects.get(transport=Transport.WHATSAPP)
+    assert live.live_call_row(whatsapp.pk) is None
 
 
 @pytest.mark.parametrize(
