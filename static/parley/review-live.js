@@ -17,6 +17,12 @@
   // Closed by the server for good: not logged in, not allowed. Anything else reconnects.
   const REFUSED_CODES = [4401, 4403];
   const RECONNECT_DELAY_MS = 2000;
+  // A final line is spoken if speech was heard this shortly before it (SPOKEN_TRANSCRIPT_WINDOW_SECONDS).
+  const SPOKEN_WINDOW_MS = 5000;
+  // How long after a final line an interim of its words is taken as late, not a new caption.
+  const LATE_CAPTION_MS = 3000;
+  let heardSpeechAt = null;
+  let lastFinal = null;
   // Calls by id: {row data, tr}.
   const calls = new Map();
   let socket = null;
@@ -207,14 +213,32 @@
   function onEvent(name, data) {
     if (data.callId !== watching) return;
     switch (name) {
+      case "speech.started":
+      case "speech.ended":
+        heardSpeechAt = Date.now();
+        break;
       case "user.speaking":
+        // An interim decode may come after the final line it led to: not a new caption.
+        if (lastFinal && Date.now() - lastFinal.at < LATE_CAPTION_MS && lastFinal.text.includes(data.text.trim().toLowerCase())) break;
         caption(data.text);
         transcript.dataset.captions = String(Number(transcript.dataset.captions || 0) + 1);
         break;
-      case "user.message":
+      case "user.message": {
+        // Spoken when the voice detector heard the visitor shortly before, as the call page decides.
+        const spoken = heardSpeechAt !== null && Date.now() - heardSpeechAt <= SPOKEN_WINDOW_MS;
+        heardSpeechAt = null;
+        lastFinal = { at: Date.now(), text: String(data.text).toLowerCase() };
         dropCaption();
-        drawLine({ kind: "turn", speaker: "visitor", messageId: data.messageId, text: data.text, at: new Date().toISOString() });
+        drawLine({
+          kind: "turn",
+          speaker: "visitor",
+          messageId: data.messageId,
+          text: data.text,
+          at: new Date().toISOString(),
+          channel: spoken ? "spoken" : "typed",
+        });
         break;
+      }
       case "bot.speaking":
         personaSpeaking(data.messageId, data.text);
         turn(data.messageId, "persona").dataset.state = "speaking";

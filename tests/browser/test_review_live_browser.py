@@ -150,6 +150,7 @@ def test_staff_watch_a_live_call_make_the_persona_speak_and_end_it(
     expect(transcript.locator(".parley-turn.visitor:not(.caption)")).to_contain_text(
         "open", ignore_case=True, timeout=SPOKEN_TIMEOUT_MILLISECONDS
     )
+    expect(transcript.locator(".parley-turn.visitor .parley-tag.channel")).to_have_text("∿ spoken")
     captions = transcript.get_attribute("data-captions")
     assert captions is not None and int(captions) > 0, visitor.record.data_of("userSpeechInterim")
     expect(transcript.locator(".parley-turn.persona").nth(1)).to_contain_text(
