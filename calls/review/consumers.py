@@ -13,6 +13,8 @@ reason}`, `watching {call}`, `event {event, data}` (the watched call's), `done {
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -30,6 +32,11 @@ from webapp.inputs import InputRefused, json_parse
 logger = logging.getLogger(__name__)
 
 
+# How often a page looks for organizations created since it opened, in seconds: their calls are
+# heard from then on (a new organization's first call is rarely seconds after its creation).
+ORGANIZATIONS_REFRESH_SECONDS = 30.0
+
+
 def _db(func: Any) -> Any:
     return database_sync_to_async(closing_connections(func))
 
@@ -42,6 +49,8 @@ class LiveCallsConsumer(AsyncJsonWebsocketConsumer):
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.feeds: list[EventFeed] = []
+        self.organizations: set[int] = set()
+        self.refresh: asyncio.Task[None] | None = None
         self.watching: str | None = None
         # The watched call's events that came while its transcript was read: sent after it.
         self.held: list[StreamEvent] | None = None
@@ -61,13 +70,7 @@ class LiveCallsConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=refusal.close_code)
             return
         try:
-            for organization_id in await _db(live.live_organization_ids)():
-                feed = EventFeed(
-                    request=StreamRequest(organization_id=organization_id, agents=None, after=None),
-                    emit=self._relay,
-                )
-                self.feeds.append(feed)
-                await feed.open()
+            await self._feeds_open(await _db(live.live_organization_ids)())
         except Exception as error:
             await self._close_feeds()
             if outage_detail(error) is None:
@@ -83,6 +86,7 @@ class LiveCallsConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "hello", "calls": calls, "mayTakeOver": take_over})
         for feed in self.feeds:
             feed.start()
+        self.refresh = asyncio.create_task(self._organizations_refresh(), name="live-calls-organizations")
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -164,7 +168,36 @@ class LiveCallsConsumer(AsyncJsonWebsocketConsumer):
     async def _send_event(self, event: StreamEvent) -> None:
         await self.send_json({"type": "event", "event": event.event, "data": event.data})
 
+    async def _feeds_open(self, organization_ids: list[int]) -> list[EventFeed]:
+        opened = []
+        for organization_id in organization_ids:
+            if organization_id in self.organizations:
+                continue
+            feed = EventFeed(
+                request=StreamRequest(organization_id=organization_id, agents=None, after=None),
+                emit=self._relay,
+            )
+            await feed.open()  # a feed that cannot open has left its hub already
+            self.feeds.append(feed)
+            self.organizations.add(organization_id)
+            opened.append(feed)
+        return opened
+
+    async def _organizations_refresh(self) -> None:
+        while True:
+            await asyncio.sleep(ORGANIZATIONS_REFRESH_SECONDS)
+            try:
+                for feed in await self._feeds_open(await _db(live.live_organization_ids)()):
+                    feed.start()
+            except Exception:  # a database or layer hiccup: the next round tries again
+                logger.warning("live calls: could not look for new organizations", exc_info=True)
+
     async def _close_feeds(self) -> None:
+        refresh, self.refresh = getattr(self, "refresh", None), None
+        if refresh is not None:
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
         feeds, self.feeds = getattr(self, "feeds", []), []
         for feed in feeds:
             await feed.close()

@@ -186,6 +186,29 @@ async def test_a_call_going_on_when_the_page_opens_is_listed(watcher, client_a, 
     await page.communicator.disconnect()
 
 
+async def test_calls_of_an_organization_created_after_the_page_opened_appear(
+    watcher, make_organization, make_persona, make_call, monkeypatch
+):
+    from calls.review import consumers
+
+    monkeypatch.setattr(consumers, "ORGANIZATIONS_REFRESH_SECONDS", 0.1)
+    page = await _open_page(watcher)
+    await page.next("hello")
+    organization = await database_sync_to_async(make_organization)("Newcomer")
+    persona = await database_sync_to_async(make_persona)(organization, "nova")
+    await asyncio.sleep(0.5)  # a few refreshes
+    call = await database_sync_to_async(make_call)(
+        persona, status=CallStatus.IN_PROGRESS, transport=Transport.WEBRTC
+    )
+    await database_sync_to_async(call_event_publish)(
+        call=call,
+        event=events.CallStarted(direction="inbound", transport="webrtc", started_at="2026-01-01T00:00:00Z"),
+    )
+    started = await page.next("call.started")
+    assert started["call"]["callId"] == call.pk and started["call"]["agent"] == "nova"
+    await page.communicator.disconnect()
+
+
 async def test_watching_an_unknown_call_or_sending_nonsense_is_an_error_naming_the_field(watcher):
     page = await _open_page(watcher)
     await page.next("hello")
