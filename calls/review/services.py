@@ -1,13 +1,19 @@
-"""Writes for call review: the audit log of what staff did with calls."""
+"""Writes for call review: the audit log of what staff did with calls, and staff actions on live
+calls (a line said through the persona, the call ended)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from channels.db import database_sync_to_async
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
+from calls.agents.commands import CommandRefused, command_check
+from calls.agents.routing import command_deliver
 from calls.models import Call
+from calls.review.live import may_take_over
 from calls.review.models import ReviewAction, ReviewAuditEntry
+from webapp.database import closing_connections
 
 
 def review_audit_record(
@@ -59,13 +65,6 @@ async def live_call_act(
     permission, for bad input, an unknown or ended call; done, it is in the audit log. Returns
     `{"action", "callId", "messageId"?}`.
     """
-    from channels.db import database_sync_to_async
-
-    from calls.agents.commands import CommandRefused, command_check
-    from calls.agents.routing import command_deliver
-    from calls.review.live import may_take_over
-    from webapp.database import closing_connections
-
     if action not in LIVE_ACTIONS:
         raise LiveActionRefused("invalid_field", f"type: must be one of {', '.join(LIVE_ACTIONS)}")
     command_action, audit_action = LIVE_ACTIONS[action]
