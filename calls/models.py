@@ -197,6 +197,11 @@ class WhatsAppSession(models.Model):
         return f"{self.contact_name or self.contact_phone} ↔ {self.persona.slug}"
 
 
+def whatsapp_media_path(message: WhatsAppMessage, filename: str) -> str:
+    """Where a thread's media is stored: by day, named by the message (never by the contact)."""
+    return f"whatsapp/media/{timezone.now():%Y/%m/%d}/{filename}"
+
+
 class WhatsAppMessage(models.Model):
     """One message of a thread, either way; statuses only ever move it forward."""
 
@@ -237,6 +242,9 @@ class WhatsAppMessage(models.Model):
     )
     media_id = models.CharField(max_length=128, blank=True)
     mime_type = models.CharField(max_length=100, blank=True)
+    # A voice note's audio as downloaded from Meta (its media URL lasts five minutes), kept through
+    # Django's storage API so staff can listen to it beside its transcript.
+    media_file = models.FileField(upload_to=whatsapp_media_path, blank=True, max_length=200)
     metadata = models.JSONField(
         default=dict, blank=True, help_text="What Meta sent about it: the type's object, context, errors."
     )

@@ -18,7 +18,7 @@ async def websocket_no_route(scope: dict[str, Any], receive: Any, send: Any) -> 
         return
     # Accepted first: a refused handshake reaches a browser as a bare 403 with no reason.
     await send({"type": "websocket.accept"})
-    detail = f"no websocket endpoint at {scope.get('path', '')}; there are /ws/events/ and /ws/engine/"
+    detail = f"no websocket endpoint at {scope.get('path', '')}; there are /ws/events/, /ws/engine/, /ws/agent/ and /ws/admin/calls/live/"
     await send(
         {"type": "websocket.send", "text": json.dumps({"type": "error", "status": 404, "detail": detail})}
     )

@@ -16,6 +16,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString
@@ -23,6 +24,7 @@ from django.utils.safestring import SafeString
 from calls.admin import HistoryAdmin, format_duration, pretty_json
 from calls.models import Call
 from calls.review import export, recordings, selectors
+from calls.review.live import TAKE_OVER_PERMISSION
 from calls.review.models import ReviewAction, ReviewAuditEntry
 from calls.review.ranges import RangeNotSatisfiable, byte_range_parse
 from calls.review.services import review_audit_record
@@ -35,6 +37,7 @@ RECORDING_RESPONSE_MAX_BYTES = 4 * 1024 * 1024
 # Page views whose listening is already in the audit log, kept in the staff member's session.
 LISTENED_SESSION_KEY = "parley_listened"
 LISTENED_REMEMBERED = 50
+
 # Chunks of an export handed from the database thread to the event loop at a time (ASGI).
 EXPORT_CHUNKS_PER_HOP = 50
 EXPORT_FORMATS = {
@@ -221,11 +224,26 @@ class CallAdmin(HistoryAdmin):
     def get_urls(self) -> list[Any]:
         export_view = self.admin_site.admin_view(self.export_view)
         recording_view = self.admin_site.admin_view(self.recording_view)
+        live_view = self.admin_site.admin_view(self.live_view)
         return [
             path("export.<str:file_format>", export_view, name="calls_call_export"),
+            path("live/", live_view, name="calls_call_live"),
             path("<path:object_id>/recording.ogg", recording_view, name="calls_call_recording"),
             *super().get_urls(),
         ]
+
+    def live_view(self, request: HttpRequest) -> HttpResponse:
+        """The calls going on now, updated live over the page's websocket (`calls.review.consumers`)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Live calls",
+            "may_take_over": request.user.has_perm(TAKE_OVER_PERMISSION),
+            "socket_path": "/ws/admin/calls/live/",
+        }
+        return TemplateResponse(request, "admin/calls/call/live.html", context)
 
     def export_view(self, request: HttpRequest, file_format: str) -> StreamingHttpResponse:
         """The list as filtered and searched on the changelist (same query string), with transcripts."""

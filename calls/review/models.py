@@ -117,6 +117,8 @@ class ToolResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.tool_call_id}): {'error' if self.error else 'ok'}"
+
+
 def recordings_storage() -> Storage:
     """Where recordings are kept: the `recordings` entry of `settings.STORAGES` (local files
     unless an S3-compatible bucket is configured).

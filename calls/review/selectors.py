@@ -227,6 +227,7 @@ class ConversationTurn(_Timed):
         if self.interrupted:
             flags.append("cut off")
         return flags
+
     # A spoken visitor turn: when its speech began (the turn itself is placed at its transcript,
     # after the speech); the recording player starts the line there.
     speech_offset_seconds: float | None = None

@@ -183,6 +183,37 @@ def whatsapp_transcript_record(*, message_id: int, text: str, error: str = "") -
         whatsapp_message_tell(message=message, session=message.session)
 
 
+# The file extension a stored voice note gets, by the MIME type Meta gave (its parameters cut).
+MEDIA_EXTENSIONS = {
+    "audio/ogg": "ogg",
+    "audio/opus": "opus",
+    "audio/mpeg": "mp3",
+    "audio/mp4": "m4a",
+    "audio/aac": "aac",
+    "audio/amr": "amr",
+    "audio/wav": "wav",
+}
+
+
+def whatsapp_media_keep(*, message_id: int, data: bytes, mime_type: str) -> None:
+    """Keep a downloaded voice note's audio through Django's storage API (once per message).
+
+    Blocking (a file or bucket write): call it on a database thread. Meta's copy expires; ours is
+    what staff listen to beside the transcript.
+    """
+    from django.core.files.base import ContentFile
+
+    message = WhatsAppMessage.objects.get(pk=message_id)
+    if message.media_file:
+        return
+    kind = mime_type.split(";")[0].strip().lower()
+    extension = MEDIA_EXTENSIONS.get(kind, "bin")
+    message.media_file.save(f"{message.session_id}-{message.pk}.{extension}", ContentFile(data), save=False)
+    WhatsAppMessage.objects.filter(pk=message_id).update(
+        media_file=message.media_file.name, mime_type=message.mime_type or kind
+    )
+
+
 def whatsapp_still_owed(*, message_ids: list[int]) -> bool:
     return WhatsAppMessage.objects.filter(pk__in=message_ids, needs_answer=True).exists()
 
@@ -319,6 +350,7 @@ class _Thread:
                     message.media_id, max_bytes=settings.PARLEY_WHATSAPP_MEDIA_MAX_BYTES
                 )
             )
+            await self._media_keep(message, media.data, media.mime_type)
             text = await voice_note_transcribe(work.conversation, media.data)
         except MediaTooLargeError as failure:
             error = f"too long: {failure}"
@@ -329,6 +361,13 @@ class _Thread:
         if error:
             logger.warning("whatsapp voice note %s: no transcript: %s", message.meta_message_id, error)
         await _db(whatsapp_transcript_record)(message_id=message.pk, text=text, error=error)
+
+    async def _media_keep(self, message: WhatsAppMessage, data: bytes, mime_type: str) -> None:
+        # Not keeping the audio costs staff a player, never the contact their answer.
+        try:
+            await _db(whatsapp_media_keep)(message_id=message.pk, data=data, mime_type=mime_type)
+        except Exception:
+            logger.exception("whatsapp voice note %s: its audio could not be stored", message.meta_message_id)
 
     async def _answer(self, work: ThreadWork) -> None:
         from calls.agents.hooks import hooks_answer

@@ -29,6 +29,13 @@ WEBHOOK = "/v1/whatsapp/webhook"
 WEBHOOK_ANSWER_TIMEOUT_SECONDS = 30.0
 
 
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path):
+    """Voice notes are kept through the storage API: in a folder of the test's own."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
 @pytest.fixture
 def channel(persona_a) -> WhatsAppChannel:
     return WhatsAppChannel.objects.create(

@@ -134,7 +134,8 @@ async def test_several_messages_get_one_combined_reply(graph, post_delivery):
 
 async def test_a_voice_note_is_transcribed_told_with_its_transcript_and_answered(graph, post_delivery):
     speech = with_room(await spoken_pcm("Do you deliver on Saturday?"), lead_seconds=0.4, tail_seconds=0.4)
-    graph.media_add("MEDIA42", ogg_opus(speech), "audio/ogg; codecs=opus")
+    audio = ogg_opus(speech)
+    graph.media_add("MEDIA42", audio, "audio/ogg; codecs=opus")
     voice = {
         "from": CONTACT,
         "id": "wamid.V1",
@@ -150,6 +151,10 @@ async def test_a_voice_note_is_transcribed_told_with_its_transcript_and_answered
     await answer_all()
     message = await sync_to_async(WhatsAppMessage.objects.get)(meta_message_id="wamid.V1")
     assert "deliver" in message.text.lower(), message.text
+    # Its audio is kept (Meta's copy expires), through the storage API, for staff to listen to.
+    assert message.media_file.name.endswith(".ogg")
+    with message.media_file.open("rb") as kept:
+        assert kept.read() == audio
     told = await sync_to_async(CallEvent.objects.get)(call=session.call, type="whatsapp.message")
     assert told.data["text"] == message.text
     assert told.data["type"] == "audio"
