@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from calls import events
@@ -39,6 +39,7 @@ from calls.whatsapp.selectors import (
     whatsapp_channel_by_phone_number_id,
     whatsapp_session_open,
 )
+from personas.models import Persona
 
 logger = logging.getLogger(__name__)
 
@@ -463,3 +464,45 @@ def whatsapp_message_received(*, message: WhatsAppMessage) -> None:
     from calls.whatsapp.answering import answerer_wake
 
     answerer_wake()
+
+
+# --- Kept media: purged with the persona's recordings ---------------------------------------
+
+
+def whatsapp_media_expired(*, now: datetime | None = None) -> QuerySet[WhatsAppMessage]:
+    """Messages whose kept media (a voice note's audio) is older than their persona's recording
+    retention (a persona without one keeps it): contacts' voice are kept as long as calls' are."""
+    now = now or timezone.now()
+    retentions = (
+        Persona.objects.filter(recording_retention_days__isnull=False)
+        .values_list("recording_retention_days", flat=True)
+        .distinct()
+    )
+    expired = Q(pk__in=[])
+    for days in retentions:
+        expired |= Q(
+            session__persona__recording_retention_days=days, created_at__lt=now - timedelta(days=days)
+        )
+    return WhatsAppMessage.objects.exclude(media_file="").filter(expired).select_related("session")
+
+
+def whatsapp_media_purge(
+    *, now: datetime | None = None, dry_run: bool = False
+) -> tuple[list[tuple[WhatsAppMessage, str]], list[tuple[WhatsAppMessage, str]]]:
+    """Delete expired kept media, file then reference (the message and its transcript stay);
+    with `dry_run`, only say which. What was (or would be) deleted with its file's name, and
+    what failed with why."""
+    purged: list[tuple[WhatsAppMessage, str]] = []
+    failed: list[tuple[WhatsAppMessage, str]] = []
+    for message in whatsapp_media_expired(now=now):
+        name = message.media_file.name
+        if not dry_run:
+            try:
+                message.media_file.delete(save=False)
+            except Exception as error:
+                logger.exception("whatsapp message %s: its media file could not be deleted", message.pk)
+                failed.append((message, str(error)))
+                continue
+            WhatsAppMessage.objects.filter(pk=message.pk).update(media_file="")
+        purged.append((message, name))
+    return purged, failed

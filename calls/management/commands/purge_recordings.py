@@ -1,4 +1,5 @@
-"""`manage.py purge_recordings`: delete call recordings older than their persona's retention."""
+"""`manage.py purge_recordings`: delete call recordings, and WhatsApp voice notes' kept audio,
+older than their persona's retention."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from calls.review.recordings import recording_describe, recordings_purge
+from calls.whatsapp.services import whatsapp_media_purge
 
 
 class Command(BaseCommand):
     help = (
-        "Delete call recordings (files and rows) older than their persona's retention days. "
+        "Delete call recordings (files and rows), and the kept audio of WhatsApp voice notes (their "
+        "transcripts stay), older than their persona's retention days. "
         "Run it daily (README: Call recordings)."
     )
 
@@ -33,5 +36,11 @@ class Command(BaseCommand):
         for recording, error in result.failed:
             self.stderr.write(f"could not delete {recording.file.name}: {error}")
         self.stdout.write(f"{len(result.deleted)} recording(s) {verb}, {len(result.failed)} failed")
-        if result.failed:
+        media, media_failed = whatsapp_media_purge(dry_run=dry_run)
+        for message, name in media:
+            self.stdout.write(f"{verb} {name} (WhatsApp message {message.meta_message_id})")
+        for message, error in media_failed:
+            self.stderr.write(f"could not delete {message.media_file.name}: {error}")
+        self.stdout.write(f"{len(media)} WhatsApp voice note(s) {verb}, {len(media_failed)} failed")
+        if result.failed or media_failed:
             raise SystemExit(1)

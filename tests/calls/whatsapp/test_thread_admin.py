@@ -277,3 +277,37 @@ def test_taking_over_writing_and_handing_back_are_in_the_audit_log(session):
             {"whatsappThread": session.pk, "did": "handed back to the persona"},
         ),
     ]
+
+
+def test_the_purge_deletes_kept_voice_notes_past_their_personas_retention_and_keeps_transcripts(
+    voice_note,
+):
+    from datetime import timedelta
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    persona = voice_note.session.persona
+    persona.recording_retention_days = 7
+    persona.save(update_fields=["recording_retention_days"])
+    name = voice_note.media_file.name
+    storage = voice_note.media_file.storage
+    WhatsAppMessage.objects.filter(pk=voice_note.pk).update(created_at=timezone.now() - timedelta(days=6))
+    out = StringIO()
+    call_command("purge_recordings", stdout=out)
+    assert "0 WhatsApp voice note(s) deleted" in out.getvalue()
+    assert storage.exists(name)
+
+    WhatsAppMessage.objects.filter(pk=voice_note.pk).update(created_at=timezone.now() - timedelta(days=8))
+    out = StringIO()
+    call_command("purge_recordings", "--dry-run", stdout=out)
+    assert "1 WhatsApp voice note(s) would delete" in out.getvalue()
+    assert storage.exists(name)
+    out = StringIO()
+    call_command("purge_recordings", stdout=out)
+    assert f"deleted {name}" in out.getvalue()
+    assert not storage.exists(name)
+    voice_note.refresh_from_db()
+    assert not voice_note.media_file
+    assert voice_note.text == "Do you deliver on Saturday?"  # the transcript stays
