@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.utils.safestring import SafeString
 
 from calls.admin import HistoryAdmin, format_duration, pretty_json
-from calls.models import Call
+from calls.models import Call, Transport
 from calls.review import export, recordings, selectors
 from calls.review.live import TAKE_OVER_PERMISSION
 from calls.review.models import ReviewAction, ReviewAuditEntry
@@ -108,6 +108,21 @@ def _chunks_async(chunks: Iterator[str]) -> AsyncIterator[str]:
                 yield chunk
 
     return stream()
+
+
+def _recording_note(call: Call, recording: Any, request: HttpRequest) -> str:
+    """Why the call page has no player, when it has none (empty when it has one)."""
+    if recording is not None:
+        if request.user.has_perm(LISTEN_PERMISSION):
+            return ""
+        return (
+            "This call has a recording: listening to it needs the “Can listen to call recordings” permission."
+        )
+    if call.transport != Transport.WEBRTC:
+        return ""
+    if not call.persona.recording_enabled:
+        return f"Not recorded: {call.persona.name} does not record calls (Personas → Call recording)."
+    return "No recording was stored for this call."
 
 
 @admin.register(Call)
@@ -206,6 +221,7 @@ class CallAdmin(HistoryAdmin):
                 + f"?call__id__exact={quote(call.pk)}",
             )
             recording = recordings.call_recording_get(call=call)
+            extra_context["recording_note"] = _recording_note(call, recording, request)
             if recording is not None and request.user.has_perm(LISTEN_PERMISSION):
                 # Each page view listens under its own token: the audit log says "listened" once
                 # per view, however many range requests its player makes.

@@ -79,6 +79,7 @@ def test_staff_without_listen_permission_see_no_player_and_get_403(recorded_call
     page = client.get(reverse("admin:calls_call_change", args=[quote(recorded_call.pk)]))
     assert page.status_code == 200
     assert b"recording-player" not in page.content
+    assert "listening to it needs the “Can listen to call recordings” permission" in page.content.decode()
     assert client.get(audio_url(recorded_call), HTTP_RANGE="bytes=0-").status_code == 403
     assert not ReviewAuditEntry.objects.filter(action=ReviewAction.LISTENED).exists()
 
@@ -202,3 +203,18 @@ def test_purge_removes_scratch_files_a_dead_process_left(settings, tmp_path: Pat
     call_command("purge_recordings", stdout=out)
     assert str(left) in out.getvalue()
     assert not left.exists() and live.exists()
+
+
+def test_a_call_page_says_why_it_has_no_recording(recorded_call: Call) -> None:
+    client = client_for(staff("view_call", "listen_call"))
+    recorded_call.recording.delete()
+    persona = recorded_call.persona
+    persona.recording_enabled = True
+    persona.save(update_fields=["recording_enabled"])
+    page = client.get(reverse("admin:calls_call_change", args=[quote(recorded_call.pk)])).content.decode()
+    assert "No recording was stored for this call." in page
+    persona.recording_enabled = False
+    persona.save(update_fields=["recording_enabled"])
+    page = client.get(reverse("admin:calls_call_change", args=[quote(recorded_call.pk)])).content.decode()
+    assert f"Not recorded: {persona.name} does not record calls" in page
+    assert "recording-player" not in page
