@@ -724,6 +724,11 @@ class LiveSession(ConversationListener):
         _LIVE.pop(self.session_id, None)
         await self.signal("endsession", message or reason)
         await self.control.call_ending()
+        if self.conversation is not None:
+            try:  # the answer being spoken is kept, as far as it was heard
+                await self.conversation.cut_short()
+            except Exception:
+                logger.exception("session %s: could not keep the message cut short", self.session_id)
         if self.latency.answering_message_id:  # an answer the end of the call cut short
             self._turn_latency_store(self.latency.answering_message_id)
         if self.conversation is not None:

@@ -390,6 +390,25 @@ class PlaybackTracker(FrameProcessor):
         """What the persona has said in its current message (for the echo check)."""
         return list(self._plan.spoken[-30:])
 
+    async def cut_short(self) -> None:
+        """The call ends while a message is being spoken: it is over with what was heard (told as
+        interrupted, so its words and the rest it meant are kept)."""
+        plan = self._plan
+        if plan.message_id is None:
+            return
+        message_id, spoken = plan.message_id, " ".join(plan.spoken)
+        text, correlation_id = plan.planned_text, plan.correlation_id
+        played_ms = int((self._track.samples_played - plan.start_samples) * 1000 / OUTPUT_SAMPLE_RATE)
+        self._reset()
+        await self._listener.on_bot_interrupted(
+            message_id=message_id,
+            text=text,
+            spoken=spoken,
+            index=len(spoken.split()),
+            played_ms=played_ms,
+            correlation_id=correlation_id,
+        )
+
     async def _finish(self) -> None:
         plan = self._plan
         if plan.message_id is None:
@@ -827,6 +846,10 @@ class Conversation:
     ) -> bool:
         """The result of a waiting tool call (from the browser: kind "client"; the app: "server")."""
         return self.tool_calls.resolve(tool_call_id=tool_call_id, result=result, error=error, kind=kind)
+
+    async def cut_short(self) -> None:
+        """The call is ending: a message being spoken ends with what was heard of it."""
+        await self._tracker.cut_short()
 
     async def stop(self) -> None:
         from calls.pipeline.speech.providers import tts_service_close

@@ -283,3 +283,22 @@ async def test_two_texts_said_back_to_back_are_two_messages(loop_factory):
     assert [data["text"] for data in finished] == [first, second], finished
     assert finished[0]["message_id"] != last["message_id"]
     assert [data["text"] for data in listener.of("bot.speaking")] == [first, second]
+
+
+async def test_a_message_being_spoken_when_the_call_ends_is_kept_with_what_was_played(loop_factory):
+    loop = await loop_factory()
+    listener = loop.listener
+    await loop.conversation.say(
+        "We bake sourdough, rye and seeded loaves every morning, and cardamom buns on weekends."
+    )
+    speaking = await listener.wait_for("bot.speaking", within=30)
+    await asyncio.sleep(1.0)  # a few words play, then the call ends
+    await loop.conversation.cut_short()
+    [interrupted] = listener.of("bot.interrupted")
+    assert interrupted["message_id"] == speaking["message_id"]
+    spoken = interrupted["spoken"].split()
+    assert 0 < len(spoken) < len(interrupted["text"].split())
+    assert interrupted["text"].startswith("We bake sourdough")
+    await loop.conversation.cut_short()  # nothing is being spoken any more: nothing more is told
+    assert len(listener.of("bot.interrupted")) == 1
+    assert not listener.of("bot.finished")
