@@ -114,11 +114,12 @@ class UserSpeaking(Event):
 
 
 class UserMessage(Event):
-    """Final user text."""
+    """Final user text; `channel` (Parley's addition) says whether it was spoken or typed."""
 
     name: ClassVar[str] = "user.message"
     text: str
     message_id: str
+    channel: Literal["spoken", "typed"] = "spoken"
 
 
 # --- Turns ------------------------------------------------------------------------------

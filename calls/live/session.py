@@ -364,7 +364,7 @@ class LiveSession(ConversationListener):
         at = timezone.now()
 
         async def store() -> None:
-            await self._publish_now(events.UserMessage(text=text, message_id=message_id), at)
+            await self._publish_now(events.UserMessage(text=text, message_id=message_id, channel=channel), at)
             try:
                 await database_sync_to_async(services.message_record)(
                     call=self.call, message_id=message_id, role="user", text=text, channel=channel

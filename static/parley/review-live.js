@@ -224,8 +224,11 @@
         transcript.dataset.captions = String(Number(transcript.dataset.captions || 0) + 1);
         break;
       case "user.message": {
-        // Spoken when the voice detector heard the visitor shortly before, as the call page decides.
-        const spoken = heardSpeechAt !== null && Date.now() - heardSpeechAt <= SPOKEN_WINDOW_MS;
+        // The event says how the line came; events stored before it did are guessed as the call
+        // page guesses them: spoken when the voice detector heard the visitor shortly before.
+        const spoken = data.channel
+          ? data.channel === "spoken"
+          : heardSpeechAt !== null && Date.now() - heardSpeechAt <= SPOKEN_WINDOW_MS;
         heardSpeechAt = null;
         lastFinal = { at: Date.now(), text: String(data.text).toLowerCase() };
         dropCaption();

@@ -106,7 +106,7 @@ def test_the_samples_cover_the_whole_vocabulary():
 
 # Fields Parley adds to the seed's, documented in the README: which message a response is (for
 # its statuses) and who wrote it (the persona, staff in a takeover, or an app).
-PARLEY_FIELDS = {"whatsapp.response": {"messageId", "author"}}
+PARLEY_FIELDS = {"whatsapp.response": {"messageId", "author"}, "user.message": {"channel"}}
 
 
 @pytest.mark.parametrize("name", sorted(SEED_FIELDS))
