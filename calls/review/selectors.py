@@ -149,6 +149,10 @@ class CallLatency:
         return next((turn for turn in self.turns if turn.message_id == message_id), None)
 
 
+# The bars' scale reaches at least this far past the slow threshold.
+LATENCY_SCALE_MARGIN = 1.1
+
+
 def call_latency(call: Call, *, start: datetime | None = None) -> CallLatency:
     """The latency of each persona answer of the call, as recorded while it ran, oldest first.
 
@@ -162,7 +166,8 @@ def call_latency(call: Call, *, start: datetime | None = None) -> CallLatency:
         message.message_id: message
         for message in Message.objects.filter(call=call, message_id__in=[row.message_id for row in rows])
     }
-    scale = max([slow_ms, *(row.total_ms for row in rows)])
+    # Past the slow threshold by a margin, so that its line shows even when no answer reaches it.
+    scale = max([round(slow_ms * LATENCY_SCALE_MARGIN), *(row.total_ms for row in rows)])
     turns = []
     for row in rows:
         line = persona_lines.get(row.message_id)
