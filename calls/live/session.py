@@ -84,6 +84,8 @@ class LiveSession(ConversationListener):
         self.audio_track = PacedAudioTrack()
         self.microphone = MicrophoneDrain()
         self.latency = TurnLatencyClock()  # each turn's stages, stamped as they happen
+        # When each persona message being spoken began: its transcript row is written at its end.
+        self._speaking_since: dict[str, Any] = {}
         self.peer: RTCPeerConnection | None = None
         self.channel: RTCDataChannel | None = None
         self.conversation: Conversation | None = None
@@ -528,6 +530,7 @@ class LiveSession(ConversationListener):
     async def on_bot_speaking(self, *, message_id: str, text: str) -> None:
         self.latency.answer_started(message_id=message_id)
         self.limits.persona_speaking(True)
+        self._speaking_since[message_id] = timezone.now()
         await self.publish(events.BotSpeaking(message_id=message_id, text=text))
 
     async def on_bot_word(
@@ -565,7 +568,13 @@ class LiveSession(ConversationListener):
         )
         await self.publish(events.BotFinished(message_id=message_id))
         await database_sync_to_async(services.message_record)(
-            call=self.call, message_id=message_id, role="persona", text=text or spoken, spoken_text=spoken
+            call=self.call,
+            message_id=message_id,
+            role="persona",
+            text=text or spoken,
+            spoken_text=spoken,
+            started_at=self._speaking_since.pop(message_id, None),
+            ended_at=timezone.now(),
         )
         if not self.control.owns(message_id):  # an app's messages were confirmed when accepted
             # The persona's own message, now in the transcript: committed to the conversation.
@@ -613,6 +622,8 @@ class LiveSession(ConversationListener):
             text=text or spoken,
             spoken_text=spoken,
             interrupted=True,
+            started_at=self._speaking_since.pop(message_id, None),
+            ended_at=timezone.now(),
         )
 
     async def on_tool_call(self, *, message_id: str, calls: list[dict[str, str]]) -> None:

@@ -156,3 +156,26 @@ async def test_tool_results_and_errors_are_stored_as_the_call_learns_them(person
     assert by_id["call_w"].name == "get_weather" and by_id["call_w"].kind == "client"
     assert by_id["call_w"].message_id == "msg_t" and by_id["call_w"].started_at is not None
     assert by_id["call_s"].result is None and "no handler" in by_id["call_s"].error
+
+
+async def test_a_persona_line_is_stored_from_when_it_began_to_be_spoken_to_its_end(persona_a, make_call):
+    from django.utils import timezone
+
+    live = await live_session(persona_a, make_call, ScriptedClock(10.0))
+    try:
+        await live.on_bot_speaking(message_id="msg_long", text="We are open from eight.")
+        began = timezone.now()
+        await asyncio.sleep(0.3)  # it is being spoken
+        await live.on_bot_finished(
+            message_id="msg_long",
+            text="We are open from eight.",
+            spoken="We are open from eight.",
+            index=5,
+            correlation_id=None,
+        )
+        await stored(live)
+        line = await database_sync_to_async(Message.objects.get)(message_id="msg_long")
+        assert line.started_at <= began
+        assert line.ended_at is not None and (line.ended_at - line.started_at).total_seconds() >= 0.3
+    finally:
+        await live.end(reason=EndReason.HANGUP)
