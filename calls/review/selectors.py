@@ -592,7 +592,10 @@ def call_export_rows(queryset: QuerySet[Call]) -> Iterator[dict[str, Any]]:
                     "text": message.text,
                     "spokenText": message.spoken_text,
                     "interrupted": message.interrupted,
+                    # How a visitor's line came (spoken, typed, a voice note); empty when not recorded.
+                    "channel": message.channel,
                     "startedAt": _iso(message.started_at),
+                    "endedAt": _iso(message.ended_at),
                 }
                 for message in call.messages.all()
             ],

@@ -223,6 +223,7 @@ def test_json_export_has_every_call_of_the_list_with_its_transcript(admin_client
     assert set(exported) == {reviewed_call.pk, other_call.pk}
     transcript = exported[reviewed_call.pk]["transcript"]
     assert [line["role"] for line in transcript] == ["persona", "user", "persona", "user", "persona"]
+    assert [line["channel"] for line in transcript if line["role"] == "user"] == ["spoken", "typed"]
     cut = transcript[2]
     assert (cut["text"], cut["spokenText"], cut["interrupted"]) == (CUT_OFF_MEANT, CUT_OFF_SPOKEN, True)
     assert exported[other_call.pk]["transcript"][0]["text"] == "What time do you open?"
