@@ -14,7 +14,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
-from calls.models import Call, CallStatus, Transport
+from calls.models import Call, CallEvent, CallStatus, Message, Transport
 from calls.review.selectors import ConversationNote, ConversationTurn, call_conversation
 from personas.models import Organization
 from webapp.inputs import InputRefused, text_problem
@@ -119,6 +119,7 @@ def live_organization_ids() -> list[int]:
 def _row(call: Call) -> dict[str, Any]:
     return {
         "callId": call.pk,
+        "speaking": _message_being_spoken(call),
         "agent": call.persona.slug,
         "persona": call.persona.name,
         "transport": call.transport,
@@ -141,6 +142,25 @@ def live_call_row(call_id: str) -> dict[str, Any] | None:
     """The row of a call that just started (None: gone, or not a call the page shows)."""
     call = Call.objects.select_related("persona").filter(pk=call_id, transport__in=LIVE_TRANSPORTS).first()
     return _row(call) if call is not None else None
+
+
+def _message_being_spoken(call: Call) -> dict[str, str] | None:
+    """The persona's message being spoken now (its bot.speaking came, its end not yet): its id
+    and what it means to say, so a page that starts watching mid-sentence draws it whole."""
+    started = CallEvent.objects.filter(call=call, type="bot.speaking").order_by("-cursor").first()
+    if started is None:
+        return None
+    message_id = str(started.data.get("messageId", ""))
+    over = (
+        CallEvent.objects.filter(
+            call=call, type__in=["bot.finished", "bot.interrupted"], cursor__gt=started.cursor
+        )
+        .filter(data__messageId=message_id)
+        .exists()
+    )
+    if over or Message.objects.filter(call=call, message_id=message_id).exists():
+        return None
+    return {"messageId": message_id, "text": str(started.data.get("text", ""))}
 
 
 def live_call_transcript(call_id: str) -> dict[str, Any] | None:
@@ -168,6 +188,7 @@ def live_call_transcript(call_id: str) -> dict[str, Any] | None:
             lines.append({"kind": "note", "name": item.name, "text": item.text, "offset": item.offset_label})
     return {
         "callId": call.pk,
+        "speaking": _message_being_spoken(call),
         "agent": call.persona.slug,
         "persona": call.persona.name,
         "transport": call.transport,

@@ -192,6 +192,7 @@
   // bot.word: the words played so far stand out from what is still to come.
   function personaWord(messageId, word) {
     const node = turn(messageId, "persona");
+    if (node.dataset.joinedLate) return;
     const bubble = node.querySelector(".parley-bubble");
     let spoken = bubble.querySelector(".spoken");
     if (!spoken) {
@@ -293,7 +294,15 @@
     callState.textContent = call.ended ? "This call has ended." : "Live since " + clock(call.startedAt) + ".";
     transcript.replaceChildren();
     for (const line of call.lines) drawLine(line);
-    if (!call.lines.length) transcript.append(el("p", "parley-note", "Nothing said yet."));
+    if (call.speaking) {
+      // Joined mid-sentence: the words played before are unknown, so the line is drawn whole
+      // (not word by word) until it ends.
+      personaSpeaking(call.speaking.messageId, call.speaking.text);
+      const node = turn(call.speaking.messageId, "persona");
+      node.dataset.joinedLate = "1";
+      node.querySelector(".parley-bubble").textContent = call.speaking.text;
+    }
+    if (!call.lines.length && !call.speaking) transcript.append(el("p", "parley-note", "Nothing said yet."));
     setActions(!call.ended);
     scrollDown();
   }

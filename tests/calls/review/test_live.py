@@ -343,3 +343,15 @@ def test_the_live_page_is_for_staff_who_may_view_calls(client, db):
     assert b'data-may-take-over="1"' in page.content and b'id="live-say"' in page.content
     listing = client.get(reverse("admin:calls_call_changelist"))
     assert url.encode() in listing.content
+
+
+def test_watching_mid_sentence_gets_the_message_being_spoken_whole(persona_a, make_call):
+    call = make_call(persona_a)
+    assert live.live_call_transcript(call.pk)["speaking"] is None
+    call_event_publish(call=call, event=events.BotSpeaking(message_id="msg_now", text="We open at eight."))
+    assert live.live_call_transcript(call.pk)["speaking"] == {
+        "messageId": "msg_now",
+        "text": "We open at eight.",
+    }
+    call_event_publish(call=call, event=events.BotFinished(message_id="msg_now"))
+    assert live.live_call_transcript(call.pk)["speaking"] is None
