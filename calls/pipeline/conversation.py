@@ -218,7 +218,10 @@ class ResponseTextCollector(FrameProcessor):
             if latency is not None:
                 latency.text_ready(frame.text, whole=True)
         elif isinstance(frame, TTSSpeakFrame):
-            self._plan.planned.append((" " if self._plan.planned else "") + frame.text)
+            # Verbatim speech (`Conversation.say`): its text reaches the plan with the message it
+            # starts (`SpeechMessageStartFrame`, at the tracker). Added here, ahead of its audio,
+            # it was taken by the voice still playing before it: an interrupted answer's last
+            # audio started a message of the say's text under a made-up id.
             if latency is not None:
                 latency.text_ready(frame.text, whole=True)
         elif isinstance(frame, LLMFullResponseStartFrame):

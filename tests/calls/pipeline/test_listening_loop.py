@@ -302,3 +302,25 @@ async def test_a_message_being_spoken_when_the_call_ends_is_kept_with_what_was_p
     await loop.conversation.cut_short()  # nothing is being spoken any more: nothing more is told
     assert len(listener.of("bot.interrupted")) == 1
     assert not listener.of("bot.finished")
+
+
+async def test_a_line_said_right_after_an_interruption_is_one_message_under_its_own_id(loop_factory):
+    """An app that cuts the persona off and says a line at once: the line is spoken as the app's
+    message, and the voice of the cut answer still draining starts no message of its own."""
+    loop = await loop_factory()
+    listener = loop.listener
+    await loop.conversation.say(
+        "We bake sourdough, rye and seeded loaves every morning, and cardamom buns on weekends.",
+        message_id="msg_answer",
+    )
+    await listener.wait_for("bot.speaking", within=30)
+    await asyncio.sleep(0.8)
+    await loop.conversation.interrupt()
+    await loop.conversation.say("Thanks for calling, goodbye!", message_id="msg_app_goodbye")
+    await listener.wait_for("bot.finished", within=30)
+    speaking = [data["message_id"] for data in listener.of("bot.speaking")]
+    assert speaking == ["msg_answer", "msg_app_goodbye"]
+    assert [data["message_id"] for data in listener.of("bot.interrupted")] == ["msg_answer"]
+    [finished] = listener.of("bot.finished")
+    assert finished["message_id"] == "msg_app_goodbye"
+    assert finished["text"] == "Thanks for calling, goodbye!"
