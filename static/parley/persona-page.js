@@ -60,7 +60,7 @@ function setState(state) {
 
 /**
  * @param {string} text
- * @param {"error"|"notice"} [tone]
+ * @param {"error"|"notice"|"info"} [tone]
  */
 function showBanner(text, tone = "error") {
   elements.bannerText.textContent = text;
@@ -324,8 +324,10 @@ function listen(client, current) {
     const message = describeClose(code, details);
     const failed =
       code === ConnectionClosedCode.WEBRTC_FAILURE || code === ConnectionClosedCode.SIGNALLING_CLIENT_CONNECTION_FAILURE;
+    // An end the server chose (a hang-up, a limit) is told plainly; a failure is an error.
+    const ended = code === ConnectionClosedCode.SERVER_CLOSED_CONNECTION;
     if (failed) showBanner(message, "error");
-    else if (message) showBanner(message, "notice");
+    else if (message) showBanner(message, ended ? "info" : "notice");
     finish(failed ? "error" : "ended");
     if (code !== ConnectionClosedCode.NORMAL) client.stopStreaming().catch(() => {});
   });

@@ -314,6 +314,8 @@ def test_a_silent_visitor_hears_the_check_in_and_is_told_why_the_session_ended(
         lambda: expect(page.locator("#state-pill")).to_have_attribute("data-state", "ended", timeout=timeout),
     )
     expect(page.locator("#error-text")).to_have_text("The session ended: nobody spoke for a while.")
+    # Told plainly, not as a warning or an error: the server ended it as calls end.
+    expect(page.locator("#error-banner")).to_have_attribute("data-tone", "info")
     assert history_texts(page, "persona")[-1] == "Are you still there?"
     deadline = time.monotonic() + CALL_END_TIMEOUT_SECONDS  # the server stores the end after endsession
     while not Call.objects.get(persona__slug=mara).end_reason and time.monotonic() < deadline:
