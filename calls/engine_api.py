@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -153,7 +154,13 @@ class EngineSessionView(EngineAPIView):
 
 
 class TalkSerializer(StrictSerializer):
-    content = serializers.CharField(max_length=MAX_TALK_CHARACTERS, allow_blank=False, trim_whitespace=True)
+    content = serializers.CharField(
+        max_length=MAX_TALK_CHARACTERS,
+        allow_blank=False,
+        trim_whitespace=True,
+        # Also in the schema (`pattern`): only spaces is blank, and refused as such.
+        validators=[RegexValidator(r"\S", message="This field may not be blank.")],
+    )
 
 
 class TalkQuerySerializer(serializers.Serializer):
