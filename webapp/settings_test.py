@@ -11,10 +11,13 @@ os.environ.setdefault("PARLEY_STREAM_POLL_SECONDS", "1.0")
 os.environ.setdefault("PARLEY_WARM_UP", "0")
 # Recordings made by the test process and by its server processes (which inherit this
 # environment) go to one temporary directory, not the checkout's var/.
-_TEST_RECORDINGS = os.path.join(tempfile.gettempdir(), f"parley-test-recordings-{os.getpid()}")
-os.environ.setdefault("PARLEY_RECORDINGS_DIR", _TEST_RECORDINGS)
+os.environ.setdefault(
+    "PARLEY_RECORDINGS_DIR", os.path.join(tempfile.gettempdir(), f"parley-test-recordings-{os.getpid()}")
+)
 # Calls being recorded too: a running `make run` purges the checkout's scratch files it does not know.
-os.environ.setdefault("PARLEY_RECORDINGS_SCRATCH_DIR", os.path.join(_TEST_RECORDINGS, "partial"))
+os.environ.setdefault(
+    "PARLEY_RECORDINGS_SCRATCH_DIR", os.path.join(os.environ["PARLEY_RECORDINGS_DIR"], "partial")
+)
 
 from webapp.settings import *  # noqa: F403
 from webapp.settings import DATABASES, PARLEY_DATA_DIR
