@@ -35,6 +35,9 @@ from tests.fakes.spoken import RATE, ScriptedMicrophone
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 VISITOR_TONE_HZ = 330.0
+# How far below the visitor's side its tone must be on the persona's (dB): a reviewer listening
+# to one side does not hear the other (measured 35-38 dB in real calls; mixed sides give ~0).
+SIDES_APART_DB = 25.0
 # The recording is stored after call.ended (the last batch encoded, the file saved), in seconds.
 RECORDING_STORED_TIMEOUT_SECONDS = 15.0
 SCREENSHOT = Path(settings.BASE_DIR) / "docs" / "screenshots" / "call-review-recording.png"
@@ -87,6 +90,13 @@ def conversation_offsets(call: Call) -> list[float]:
     ]
 
 
+def tone_level(samples: np.ndarray) -> float:
+    """The visitor's tone in these samples, in dB (its frequency, ±3 Hz)."""
+    spectrum = np.abs(np.fft.rfft(samples))
+    near = np.abs(np.fft.rfftfreq(samples.size, 1 / RATE) - VISITOR_TONE_HZ) <= 3
+    return float(20 * np.log10(spectrum[near].max() + 1e-9))
+
+
 def strongest_hz(samples: np.ndarray) -> float:
     spectrum = np.abs(np.fft.rfft(samples))
     return float(np.fft.rfftfreq(samples.size, 1 / RATE)[spectrum.argmax()])
@@ -129,7 +139,10 @@ def test_a_real_call_is_recorded_in_stereo_and_plays_from_a_transcript_line(
     assert np.sqrt((visitor**2).mean()) > 0.05
     assert np.sqrt((persona**2).mean()) > 0.01
     assert strongest_hz(visitor) == pytest.approx(VISITOR_TONE_HZ, abs=3)
-    assert strongest_hz(persona) != pytest.approx(VISITOR_TONE_HZ, abs=3)
+    # The tone stays on its side. Opus's stereo coding lets a trace of it through (35-38 dB
+    # below): a pure tone sums over the whole call in one frequency, so the persona's side is
+    # judged by how far below the visitor's the tone is there, not by its loudest frequency.
+    assert tone_level(visitor) - tone_level(persona) > SIDES_APART_DB
     # Its 0:00 is the call's start, within the time it takes to store that start.
     assert abs(recording_offset_seconds(call=call, recording=recording)) < 1.0
 
