@@ -107,6 +107,7 @@ async def app_on_the_front_drives_a_call_on_the_worker(
     from parley_agent import Agent, AgentError
 
     seen: dict = {"said": None, "errors": []}
+    handled = asyncio.Event()
     agent = Agent(front.url.replace("http://", "ws://"), api_key=key, agents=["mara"])
 
     @agent.on("call.started")
@@ -118,6 +119,8 @@ async def app_on_the_front_drives_a_call_on_the_worker(
             await call.hangup()
         except AgentError as error:
             seen["errors"].append(error.code)
+        finally:
+            handled.set()
 
     runner = asyncio.create_task(agent.run())
     try:
@@ -132,6 +135,10 @@ async def app_on_the_front_drives_a_call_on_the_worker(
             )
             seen["session_id"] = record.session_id
             seen["persona"] = record.persona_messages()
+        # The browser can hear of the hangup before the app has its ack: the ack comes back
+        # from the worker through the channel layer. Stopping the agent before it came would
+        # fail the hangup with "disconnected".
+        await asyncio.wait_for(handled.wait(), 10)
     finally:
         agent.stop()
         await asyncio.wait_for(runner, 10)
