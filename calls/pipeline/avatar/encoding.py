@@ -41,6 +41,10 @@ class Vp8InlineEncoder:
         """Take keyframe requests and bitrate changes from this `RTCRtpSender` (see module doc)."""
         self._sender = sender
 
+    def keyframe_wanted(self) -> bool:
+        """Whether the receiver asked for a keyframe that has not been encoded yet."""
+        return bool(getattr(self._sender, "_RTCRtpSender__force_keyframe", False))
+
     def _sender_requests(self) -> tuple[bool, int | None]:
         """(a keyframe was asked for, the bitrate the sender's estimate wants), consuming the former."""
         sender = self._sender

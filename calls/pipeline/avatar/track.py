@@ -1,4 +1,5 @@
-"""The avatar as an aiortc video track: the animated face at 20 fps, lip-synced to the voice.
+"""The avatar as an aiortc video track: the animated face at 20 fps, lip-synced to the voice (an
+unchanged picture is sent again only 4 times a second).
 
 Timing contract (one clock for everything)
 ------------------------------------------
@@ -48,6 +49,11 @@ VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 DEFAULT_FPS = 20
 # If frames fall this far behind the clock (a stalled loop), skip ahead instead of bursting.
 MAX_LAG_SECONDS = 0.25
+# An unchanged picture (an idle face between blinks) is sent again only this often (seconds):
+# the browser holds the last frame meanwhile. Every frame sent costs the event loop its VP8
+# encoding (~0.2 ms even for a repeat), RTP, SRTP and a datagram; a call's idle face went from
+# 20 frames a second to about 5. A changed picture is sent at its own due time, as before.
+REPEAT_SEND_SECONDS = 0.25
 
 
 Renderer = FaceRenderer | PortraitRenderer
@@ -147,6 +153,7 @@ class AvatarVideoTrack(VideoStreamTrack):
         self._encoder: Vp8InlineEncoder | None = None
         self._last_key: tuple[Any, ...] | None = None
         self._last_frame: av.VideoFrame | None = None
+        self._last_sent_index: int | None = None  # the latest frame sent (encoding inline)
         if encode:
             from aiortc.codecs import vpx
 
@@ -206,15 +213,20 @@ class AvatarVideoTrack(VideoStreamTrack):
                     raise MediaStreamError from None  # stopped while it was being built
                 raise
             self._renderer_build = None
-        pts, time_base = await self.next_timestamp()
-        frame_time = self.frame_time
-        assert frame_time is not None
-        state = self.animator.state_at(frame_time)
-        key = self.renderer.frame_key(state)
-        if self._encoder is not None and key == self._last_key and self._last_frame is not None:
-            # Most idle frames repeat the last one (86 % of them, measured): skip drawing it.
-            # Only when encoding inline, where the frame is used up at once: whoever gets raw
-            # frames may keep them (and aiortc's encoder marks a keyframe on the frame itself).
+        while True:
+            pts, time_base = await self.next_timestamp()
+            frame_time = self.frame_time
+            assert frame_time is not None
+            state = self.animator.state_at(frame_time)
+            key = self.renderer.frame_key(state)
+            # Most idle frames repeat the last one (86 % of them, measured). Only when encoding
+            # inline, where the frame is used up at once (whoever gets raw frames may keep them,
+            # and aiortc's encoder marks a keyframe on the frame itself): a repeated picture is
+            # neither drawn again nor, within `REPEAT_SEND_SECONDS`, encoded and sent again.
+            repeat = self._encoder is not None and key == self._last_key and self._last_frame is not None
+            if not repeat or not self._repeat_skippable():
+                break
+        if repeat:
             frame = self._last_frame
         else:
             frame = self.renderer.render(state)
@@ -222,8 +234,17 @@ class AvatarVideoTrack(VideoStreamTrack):
         frame.pts = pts
         frame.time_base = time_base
         if self._encoder is not None:
+            self._last_sent_index = self._frame_index
             return self._encoder.encode(frame)
         return frame
+
+    def _repeat_skippable(self) -> bool:
+        """Whether a frame that repeats the last picture can go unsent (encoding inline only)."""
+        assert self._encoder is not None
+        last = self._last_sent_index
+        if last is None or self._frame_index - last >= max(1, round(REPEAT_SEND_SECONDS * self.fps)):
+            return False
+        return not self._encoder.keyframe_wanted()
 
     def stop(self) -> None:
         """End the track and unhook it from the audio track."""

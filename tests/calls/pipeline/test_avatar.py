@@ -286,7 +286,8 @@ async def test_an_encoding_track_sends_vp8_that_decodes_to_the_face():
     track.sender_attach(sender)
     decoder = av.CodecContext.create("libvpx", "r")
     packets = [await track.recv() for _ in range(4)]
-    assert [p.pts for p in packets] == [i * 4500 for i in range(4)]
+    pts = [p.pts for p in packets]
+    assert pts[0] == 0 and all(b > a and b % 4500 == 0 for a, b in itertools.pairwise(pts))
     assert _vp8_keyframe(packets[0]) and not any(_vp8_keyframe(p) for p in packets[1:])
     frames = [frame for packet in packets for frame in decoder.decode(packet)]
     assert len(frames) == 4 and (frames[-1].width, frames[-1].height) == (320, 240)
@@ -326,7 +327,21 @@ async def test_an_encoding_track_draws_an_unchanged_picture_once(monkeypatch):
     monkeypatch.setattr(track.renderer, "frame_key", lambda state: still)  # nothing moves
     packets = [await track.recv() for _ in range(3)]
     assert len(drawn) == (0 if still == first else 1)  # drawn once at most, then reused
-    assert [p.pts for p in packets] == [4500, 9000, 13500]
+    # Sent again only every REPEAT_SEND_SECONDS (5 frames at 20 fps), not at every frame.
+    assert [p.pts for p in packets] == ([4500, 27000, 49500] if still != first else [22500, 45000, 67500])
+    track.stop()
+
+
+async def test_an_idle_track_answers_a_keyframe_request_at_the_next_frame(monkeypatch):
+    track = AvatarVideoTrack(look=LOOK, seed=9, encode=True)
+    sender = FakeSender(bitrate=200_000)
+    track.sender_attach(sender)
+    first = await track.recv()
+    monkeypatch.setattr(track.renderer, "frame_key", lambda state: track._last_key)  # nothing moves
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.06, setattr, sender, "_RTCRtpSender__force_keyframe", True)  # a PLI, mid-gap
+    requested = await track.recv()
+    assert _vp8_keyframe(requested) and requested.pts - first.pts < 22500  # before the 0.25 s repeat
     track.stop()
 
 
