@@ -258,6 +258,10 @@ def test_the_words_temper_the_turn_model():
     assert text_completeness("I think so") is None
     assert text_completeness("I would like to speak to the manager please") == 0.9
     assert text_completeness("Please") is None  # too short to tell
+    # Whisper writes a sentence left hanging with an ellipsis, a word cut off with a dash.
+    assert text_completeness("My phone number is...") == text_completeness("I would like to m-") == 0.1
+    assert text_completeness("So the thing is\u2026") == 0.1
+    assert text_completeness("My phone number is 555 1234.") is None
     # A preface alone ("Wait, do you deliver?" pauses at the comma) has not said anything yet.
     assert text_completeness("Wait,") == text_completeness("Hold on") == text_completeness("sorry") == 0.1
     assert text_completeness("Sorry about that, thank you") is None

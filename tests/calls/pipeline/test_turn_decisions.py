@@ -227,6 +227,15 @@ async def test_a_preface_alone_does_not_end_the_turn_at_once(turns):
     assert t.outcomes == ["speculation"]
 
 
+async def test_words_written_as_trailing_off_do_not_end_the_turn_at_once(turns):
+    # A falling voice on "My phone number is" sounds finished; Whisper's ellipsis says it is not.
+    t = await turns(0.95, silence=0.6)
+    await t.utterance("My phone number is...")
+    await t.silence(0.2)
+    assert t.listener.names() == ["user.message", "eager.turn"]
+    assert t.outcomes == ["speculation"]
+
+
 async def test_the_turn_model_starts_on_the_first_silent_window_not_the_vads_stop(turns):
     t = await turns(0.95)
     t.model.delay = 0.15
