@@ -59,11 +59,15 @@ Channel = Literal["spoken", "typed", "voice_note", "unknown"]
 
 
 def offset_label(seconds: float | None) -> str:
-    """Time since the call started, as `m:ss.s` (`-` if unknown)."""
+    """Time since the call started, as `m:ss.s`, or `h:mm:ss` from an hour on (a WhatsApp thread
+    lasts up to a day); `-` if unknown."""
     if seconds is None:
         return "-"
     sign = "-" if seconds < 0 else "+"
     minutes, rest = divmod(abs(seconds), 60)
+    if minutes >= 60:
+        hours, minutes = divmod(int(minutes), 60)
+        return f"{sign}{hours}:{minutes:02d}:{int(rest):02d}"
     return f"{sign}{int(minutes)}:{rest:04.1f}"
 
 

@@ -31,6 +31,7 @@ import itertools
 import json
 import logging
 import mimetypes
+import secrets
 import sys
 import threading
 import time
@@ -134,6 +135,7 @@ class FakeGraphAPI:
     _failures: deque[_Failure] = field(default_factory=deque)
     _expired_urls: int = 0
     _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _run: str = field(default_factory=lambda: secrets.token_hex(3))
     _runner: web.AppRunner | None = None
 
     @property
@@ -296,7 +298,10 @@ class FakeGraphAPI:
                 return _invalid(
                     f"(#100) Param text['body'] must be at most {TEXT_MAX_CHARACTERS} characters long."
                 )
-        wamid = "wamid." + base64.b64encode(f"fake-{next(self._serial):06d}".encode()).decode()
+        # Unique across runs too, as Meta's are: a fake restarted beside the same database must
+        # not hand out a wamid it gave before.
+        serial = f"fake-{self._run}-{next(self._serial):06d}"
+        wamid = "wamid." + base64.b64encode(serial.encode()).decode()
         self.sent.append(SentMessage(wamid=wamid, body=body))
         kind = str(body.get("type", "text"))
         shown = text if kind == "text" else json.dumps(body.get(kind), ensure_ascii=False)

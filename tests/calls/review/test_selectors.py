@@ -232,3 +232,5 @@ def test_offsets_read_as_minutes_and_seconds():
     assert offset_label(None) == "-"
     assert offset_label(75.25) == "+1:15.2"
     assert offset_label(-0.5) == "-0:00.5"
+    assert offset_label(3599.9) == "+59:59.9"
+    assert offset_label(21 * 3600 + 38 * 60 + 20.4) == "+21:38:20"
