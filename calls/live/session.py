@@ -62,6 +62,9 @@ WATCHDOG_INTERVAL_SECONDS = 1.0
 TALK_READY_TIMEOUT_SECONDS = 10.0
 # Talk-stream chunks kept while the session is still connecting (more are refused).
 MAX_EARLY_TALK_CHUNKS = 200
+# Data messages kept for the client while its data channel is not open yet (the greeting's
+# first words can be due before it is: the peer connects, then the channel's own handshake).
+MAX_EARLY_DATA_MESSAGES = 200
 
 SendSignal = Callable[[str, Any], Awaitable[None]]
 
@@ -88,6 +91,8 @@ class LiveSession(ConversationListener):
         self._speaking_since: dict[str, Any] = {}
         self.peer: RTCPeerConnection | None = None
         self.channel: RTCDataChannel | None = None
+        # What was due on the data channel before it opened, sent once it does (oldest first).
+        self._early_data: list[str] | None = []
         self.conversation: Conversation | None = None
         self._send_signal: SendSignal | None = None
         self._socket_lost_at: float | None = time.monotonic()
@@ -203,6 +208,7 @@ class LiveSession(ConversationListener):
             if channel.label != "session":
                 return
             self.channel = channel
+            self._early_data_flush()
 
             @channel.on("message")
             def on_message(message: str | bytes) -> None:
@@ -298,9 +304,21 @@ class LiveSession(ConversationListener):
     # --- data channel ----------------------------------------------------------------------
 
     def send_data(self, message_type: str, data: dict[str, Any]) -> None:
+        payload = json.dumps({"messageType": message_type, "data": data})
         channel = self.channel
         if channel is not None and channel.readyState == "open":
-            channel.send(json.dumps({"messageType": message_type, "data": data}))
+            channel.send(payload)
+        elif self._early_data is not None and len(self._early_data) < MAX_EARLY_DATA_MESSAGES:
+            self._early_data.append(payload)
+
+    def _early_data_flush(self) -> None:
+        """The channel opened: what was due before goes first; from now on nothing is kept."""
+        early, self._early_data = self._early_data or [], None
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return
+        for payload in early:
+            channel.send(payload)
 
     async def _on_data_message(self, raw: str | bytes) -> None:
         try:

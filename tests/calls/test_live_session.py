@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -126,3 +127,41 @@ async def test_a_connected_call_whose_media_still_flows_outlives_the_grace_witho
 
     # The media stops too: the client has gone.
     assert (await call_ended(session_id)).end_reason == "hangup"
+
+
+class OpeningChannel:
+    """A data channel as the session sees it: not open at first, then open; keeps what is sent."""
+
+    label = "session"
+
+    def __init__(self) -> None:
+        self.readyState = "connecting"
+        self.sent: list[dict] = []
+
+    def send(self, payload: str) -> None:
+        assert self.readyState == "open", "sent on a channel that is not open"
+        self.sent.append(json.loads(payload))
+
+
+async def test_data_messages_due_before_the_data_channel_opens_reach_the_client_once_it_does(
+    client_a, persona_a
+):
+    session_id = await database_sync_to_async(session_start)(client_a)
+    socket = WebsocketCommunicator(application, f"/ws/engine/?session_id={session_id}")
+    connected, _ = await socket.connect()
+    assert connected
+    session = live_session_get(session_id)
+
+    # The greeting's first words, due before the browser's channel has opened.
+    session.send_data("speechText", {"text": "Hi,", "index": 0})
+    session.send_data("speechText", {"text": " I'm", "index": 1})
+    channel = OpeningChannel()
+    session.channel = channel
+    session.send_data("speechText", {"text": " Mara", "index": 2})  # still connecting
+    channel.readyState = "open"
+    session._early_data_flush()  # what the session does when the channel arrives open
+    session.send_data("speechText", {"text": " here.", "index": 3})
+
+    assert [message["data"]["text"] for message in channel.sent] == ["Hi,", " I'm", " Mara", " here."]
+    assert {message["messageType"] for message in channel.sent} == {"speechText"}
+    await socket.disconnect()

@@ -20,14 +20,20 @@ a WAV with audio in it.
 
 `GET /v1/models` lists the one model. Every chat request is kept in `requests` (headers and
 JSON body) so a test can assert what the client sent.
+
+By hand (to try `examples/agent_llm.py` or a persona's LLM offline):
+`python tests/fakes/openai_server.py --port 8092` serves `http://127.0.0.1:8092/v1` and logs
+each request's last message and the reply; `--reply TEXT` changes the default answer.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import io
 import json
+import logging
 import re
 import threading
 import time
@@ -45,6 +51,8 @@ SERVER_START_TIMEOUT_SECONDS = 10.0
 # `name=value` or `name="several words"` in the user's text: a tool argument.
 _ARGUMENT = re.compile(r'(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?:"(?P<quoted>[^"]*)"|(?P<bare>[^\s"]+))')
 MODEL_LISTED = "fake-model"
+
+logger = logging.getLogger("fake-openai")
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class FakeOpenAIServer:
     _transcripts: deque[str] = field(default_factory=deque)
     _runner: web.AppRunner | None = None
     port: int = 0
+    default_reply: str = DEFAULT_REPLY
 
     @property
     def base_url(self) -> str:
@@ -117,7 +126,7 @@ class FakeOpenAIServer:
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self
@@ -166,7 +175,19 @@ class FakeOpenAIServer:
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(RecordedRequest(headers=dict(request.headers), body=body))
-        reply = self._script.popleft() if self._script else reply_for_request(body, serial=len(self.requests))
+        reply = (
+            self._script.popleft()
+            if self._script
+            else reply_for_request(body, serial=len(self.requests), default=self.default_reply)
+        )
+        if logger.isEnabledFor(logging.INFO):
+            messages = body.get("messages") or [{}]
+            logger.info(
+                "chat %s: %r -> %s",
+                "streamed" if body.get("stream") else "whole",
+                _text_of(messages[-1])[:200],
+                "".join(reply.pieces) if isinstance(reply, TextReply) else f"tool calls {reply.calls}",
+            )
         if not body.get("stream"):
             return web.json_response(self._whole(body, reply))
 
@@ -267,11 +288,13 @@ class FakeOpenAIServer:
 # --- replies derived from the request ------------------------------------------------------
 
 
-def reply_for_request(body: dict[str, Any], *, serial: int) -> TextReply | ToolCallReply:
+def reply_for_request(
+    body: dict[str, Any], *, serial: int, default: str = DEFAULT_REPLY
+) -> TextReply | ToolCallReply:
     """What a model would answer to this request (see the module docstring)."""
     messages = body.get("messages") or []
     if not messages:
-        return TextReply(pieces=(DEFAULT_REPLY,))
+        return TextReply(pieces=_pieces(default))
     last = messages[-1]
     if last.get("role") == "tool":
         return _answer_from_tool_results(messages)
@@ -279,7 +302,12 @@ def reply_for_request(body: dict[str, Any], *, serial: int) -> TextReply | ToolC
         calls = _tool_calls_asked_for(_text_of(last), body["tools"], serial=serial)
         if calls:
             return ToolCallReply(calls=calls)
-    return TextReply(pieces=(DEFAULT_REPLY,))
+    return TextReply(pieces=_pieces(default))
+
+
+def _pieces(text: str) -> tuple[str, ...]:
+    """`text` as a model streams it: a word (with the space before it) per delta."""
+    return tuple(re.findall(r"\s*\S+", text)) or (text,)
 
 
 def _text_of(message: dict[str, Any]) -> str:
@@ -385,3 +413,29 @@ def fake_openai_server_in_thread() -> Iterator[FakeOpenAIServer]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(SERVER_START_TIMEOUT_SECONDS)
         loop.close()
+
+
+async def _serve(port: int, reply: str) -> None:
+    async with FakeOpenAIServer(port=port, default_reply=reply) as server:
+        print(f"fake OpenAI-compatible server at {server.base_url} (model {MODEL_LISTED!r})", flush=True)
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="A fake OpenAI-compatible chat server on 127.0.0.1 for trying Parley by hand."
+    )
+    parser.add_argument("--port", type=int, default=8092, help="the port on 127.0.0.1 (0: any free one)")
+    parser.add_argument(
+        "--reply",
+        default="This answer comes from the fake LLM on your machine.",
+        help="what it answers when no tool is asked for",
+    )
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(arguments.port, arguments.reply))
+
+
+if __name__ == "__main__":
+    main()
