@@ -19,9 +19,9 @@ import contextvars
 import functools
 import logging
 import os
+import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -239,23 +239,32 @@ async def acall_event_publish(
     """The async twin for the pipeline and consumers: ephemeral events skip the thread hop.
 
     Kept events wait in line for the database thread, which stores all those waiting in one
-    trip and one transaction, in the order they came (see `_publishes_store`). An awaiting
+    trip and one transaction, in the order they came (see `_EventStore`). An awaiting
     task that is cancelled does not unpublish its event.
     """
     if event.kept:
-        global _publisher
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[CallEvent | None] = loop.create_future()
-        _pending_publishes.append(_PendingPublish(call, event, at, future))
-        rings_expected_change(+1)
-        # A publisher left on another loop (one that closed, as in tests) is replaced.
-        if _publisher is None or _publisher.done() or _publisher.get_loop() is not loop:
-            _publisher = loop.create_task(_publishes_store())
-        return await future
+        return await call_event_submit(call=call, event=event, at=at)
     organization_id, persona_id, agent = _call_parts(call)
     data = events.event_frame(event=event, call_id=call.id, agent=agent)
     await _broadcast_async(Broadcast(event.name, None, data, organization_id, persona_id, call.id))
     return None
+
+
+def call_event_submit(
+    *, call: Call, event: events.Event, at: datetime | None = None
+) -> asyncio.Future[CallEvent | None]:
+    """On the event loop: hand a kept event to the store now; the future is its stored row.
+
+    Events are stored in the order they are submitted, so a caller that submits one event
+    after another need not wait for the first to be stored (a live call's events come in
+    bursts: `bot.speaking`, `message.confirmed`...).
+    """
+    if not event.kept:
+        raise ValueError(f"{event.name} is ephemeral: publish it with acall_event_publish")
+    future: asyncio.Future[CallEvent | None] = asyncio.get_running_loop().create_future()
+    rings_expected_change(+1)
+    _event_store.submit(_PendingPublish(call, event, at, future))
+    return future
 
 
 # Layer broadcasts waiting to be sent beyond which `call_event_broadcast_soon` sends an event
@@ -290,10 +299,6 @@ class _PendingPublish:
     future: asyncio.Future[CallEvent | None]
 
 
-_pending_publishes: deque[_PendingPublish] = deque()
-_publisher: asyncio.Task[None] | None = None
-
-
 def _publish_each(
     pending: list[_PendingPublish], rung: Callable[[], None]
 ) -> list[CallEvent | Exception | None]:
@@ -305,6 +310,9 @@ def _publish_each(
     """
     outcomes: list[CallEvent | Exception | None] = []
     try:
+        together = _publish_together(pending)
+        if together is not None:
+            return together
         with transaction.atomic():
             for each in pending:
                 try:
@@ -318,65 +326,173 @@ def _publish_each(
     return outcomes
 
 
-async def _publishes_store() -> None:
-    """Store waiting kept events, all that are waiting in each trip to the database thread.
+def _publish_together(pending: list[_PendingPublish]) -> list[CallEvent | Exception | None] | None:
+    """Store the events of live calls in one multi-row INSERT: four statements a trip, not four
+    an event (a savepoint, the insert, the cursor before it, the release). On a busy server
+    each statement hands the interpreter's lock to the event loop's thread and waits to get
+    it back, so a trip of 3 events took 14 waits. None if it could not: the caller stores them
+    one by one (a WhatsApp thread's events also go to hooks; one that fails must not take the
+    others with it).
+    """
+    if any(each.call.transport == Transport.WHATSAPP for each in pending):
+        return None
+    outcomes: list[CallEvent | Exception | None] = []
+    rows: list[CallEvent] = []
+    agents: list[str] = []
+    now = timezone.now()
+    for each in pending:
+        try:
+            organization_id, persona_id, agent = _call_parts(each.call)
+            data = events.event_frame(event=each.event, call_id=each.call.id, agent=agent)
+        except Exception as error:  # that publish's caller gets it; the others go on
+            outcomes.append(error)
+            continue
+        row = CallEvent(
+            organization_id=organization_id,
+            persona_id=persona_id,
+            call_id=each.call.id,
+            type=each.event.name,
+            data=data,
+            created_at=each.at or now,
+        )
+        rows.append(row)
+        agents.append(agent)
+        outcomes.append(row)
+    if not rows:
+        return outcomes
+    try:
+        with transaction.atomic():
+            _lock_event_log()
+            CallEvent.objects.bulk_create(rows)
+            cursors = [row.cursor for row in rows]
+            if None in cursors or cursors != sorted(set(cursors)):
+                raise _TogetherRefused  # no cursors back, or not in order: one by one
+            broadcasts = []
+            previous: dict[int, int] = {}  # the organization's cursor before each row
+            for row in rows:
+                if row.organization_id not in previous:  # under the log's lock: nothing between
+                    previous[row.organization_id] = organization_event_cursor_before(
+                        organization_id=row.organization_id, cursor=row.cursor
+                    )
+                broadcasts.append(
+                    Broadcast(
+                        row.type,
+                        row.cursor,
+                        row.data,
+                        row.organization_id,
+                        row.persona_id,
+                        row.call_id,
+                        previous[row.organization_id],
+                    )
+                )
+                previous[row.organization_id] = row.cursor
+            transaction.on_commit(lambda: [_broadcast_sync(broadcast) for broadcast in broadcasts])
+    except Exception:
+        return None
+    return outcomes
+
+
+class _TogetherRefused(Exception):
+    pass
+
+
+class _EventStore:
+    """The process's thread that stores kept events, all those waiting in each trip.
 
     A trip and a transaction per event cost each of them a thread hop, a connection opened and
     closed (SQLite checkpoints its WAL at each close) and a commit (PostgreSQL flushes its log
     at each): ten events published at once took 45 ms (SQLite) to 75 ms (PostgreSQL) to
-    store, one after the other (bench/streams.py).
+    store, one after the other (bench/streams.py). Events wait on a thread of their own, not
+    on the one every other database call of the process waits in line for: at 20 live calls
+    that wait was most of an event's delay to an app (p99 21 ms of 34, bench/agents.py
+    --stages). The thread takes what came during a trip as soon as the trip ends, without a
+    round trip through the event loop (on a busy loop, several milliseconds each). On SQLite
+    it keeps its connection while events come (opening one costs ~2 ms, and closing it
+    checkpoints the log) and closes it once they stop; on PostgreSQL the pool makes opening
+    cheap, so it hands the connection back after each trip as every other caller does.
     """
-    loop = asyncio.get_running_loop()
-    while _pending_publishes:
-        pending = list(_pending_publishes)
-        _pending_publishes.clear()
-        expected = [len(pending)]  # what this trip still counts in `rings_expected`
-        settle_expected = functools.partial(_rings_expected_settle, expected)
-        # Called on the database thread: the loop runs it after the trip's doorbells.
-        rung = functools.partial(loop.call_soon_threadsafe, settle_expected)
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._waiting: list[_PendingPublish] = []
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def submit(self, item: _PendingPublish) -> None:
+        with self._condition:
+            self._waiting.append(item)
+            thread = self._thread
+            if thread is None or not thread.is_alive() or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="parley-events", daemon=True)
+                self._thread.start()
+            self._condition.notify()
+
+    def _run(self) -> None:
+        connected = False
+        while True:
+            with self._condition:
+                if not self._waiting:
+                    # While connected, wait only so long: then let the connection go (outside
+                    # the lock: closing SQLite's checkpoints its log, and publishers wait on it).
+                    self._condition.wait(EVENT_STORE_IDLE_CLOSE_SECONDS if connected else None)
+                waiting, self._waiting = self._waiting, []
+            if not waiting:
+                if connected:
+                    _connection_close()
+                    connected = False
+                continue
+            connected = True
+            for loop, pending in _by_loop(waiting):
+                _event_store_trip(loop, pending)
+
+
+def _by_loop(waiting: list[_PendingPublish]) -> list[tuple[asyncio.AbstractEventLoop, list[_PendingPublish]]]:
+    """The waiting events by the loop that published them (a server has one; tests have many)."""
+    groups: dict[asyncio.AbstractEventLoop, list[_PendingPublish]] = {}
+    for each in waiting:
+        groups.setdefault(each.future.get_loop(), []).append(each)
+    return list(groups.items())
+
+
+def _event_store_trip(loop: asyncio.AbstractEventLoop, pending: list[_PendingPublish]) -> None:
+    """On the store's thread: store `pending` and tell their publishers, on their loop."""
+    expected = [len(pending)]  # what this trip still counts in `rings_expected`
+    settle_expected = functools.partial(_rings_expected_settle, expected)
+
+    def on_loop(callback: Callable[..., None], *args: Any) -> None:
         try:
-            outcomes: list[CallEvent | BaseException | None] = list(await _event_store_trip()(pending, rung))
-        except BaseException as error:  # no caller may wait forever
-            for each in pending:
-                _publish_settle(each.future, error)
-            raise
-        finally:
-            settle_expected()  # the trip failed before its commit (or the loop is late): now
-        for each, outcome in zip(pending, outcomes, strict=True):
-            _publish_settle(each.future, outcome)
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop closed (shutdown, or a test's): nobody waits there
+            pass
 
-
-# Kept events are stored on a thread of their own, not on the thread every other database call
-# of the process waits in line for: at 20 live calls an event's wait for that shared thread
-# was most of its delay to an app (p99 21 ms of 34, bench/agents.py --stages). On SQLite the
-# thread keeps its connection while events come (opening one costs ~2 ms, and closing it
-# checkpoints the log) and closes it once they stop; on PostgreSQL the pool makes opening
-# cheap, so it hands the connection back after each trip as every other caller does.
-EVENT_STORE_IDLE_CLOSE_SECONDS = 2.0
-_event_store_executor: ThreadPoolExecutor | None = None
-_event_store_trips = 0  # trips made; an idle close checks none came since it was planned
-
-
-def _event_store_trip() -> Callable[..., Awaitable[list[CallEvent | Exception | None]]]:
-    global _event_store_executor, _event_store_trips
-    if _event_store_executor is None:
-        _event_store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-events")
-    _event_store_trips += 1
-    trip = _event_store_trips
-    loop = asyncio.get_running_loop()
-    loop.call_later(EVENT_STORE_IDLE_CLOSE_SECONDS, _event_store_close_if_idle, trip)
-    # SyncToAsync (not a bare executor) so the thread knows the loop: the doorbells of the
-    # events it stores are handed to it (`_broadcast_sync`).
-    return SyncToAsync(_event_store_publish, thread_sensitive=False, executor=_event_store_executor)
-
-
-def _event_store_publish(
-    pending: list[_PendingPublish], rung: Callable[[], None]
-) -> list[CallEvent | Exception | None]:
+    # The doorbells of the events stored go to the loop they came from (`_broadcast_sync`).
+    SyncToAsync.threadlocal.main_event_loop = loop
+    SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
+    outcomes: list[CallEvent | BaseException | None]
     try:
-        return _publish_each(pending, rung)
+        # `rung` runs after the commit handed the doorbells to the loop, before the tidying.
+        outcomes = list(_publish_each(pending, functools.partial(on_loop, settle_expected)))
+    except BaseException as error:  # no caller may wait forever
+        outcomes = [error] * len(pending)
     finally:
-        _event_store_tidy()
+        try:
+            _event_store_tidy()
+        except Exception:
+            logger.exception("the event store could not tidy its connection")
+        on_loop(settle_expected)  # the trip failed before its commit: now
+    on_loop(_publishes_settle, pending, outcomes)
+
+
+def _publishes_settle(
+    pending: list[_PendingPublish], outcomes: list[CallEvent | BaseException | None]
+) -> None:
+    for each, outcome in zip(pending, outcomes, strict=True):
+        _publish_settle(each.future, outcome)
+
+
+EVENT_STORE_IDLE_CLOSE_SECONDS = 2.0
+_event_store = _EventStore()
 
 
 def _event_store_tidy() -> None:
@@ -385,12 +501,6 @@ def _event_store_tidy() -> None:
         close_old_connections()
     elif connection.errors_occurred and not connection.is_usable():
         connection.close()
-
-
-def _event_store_close_if_idle(trip: int) -> None:
-    """On the loop: no event was stored since `trip`; the store's thread closes its connection."""
-    if trip == _event_store_trips and _event_store_executor is not None and not _pending_publishes:
-        _event_store_executor.submit(_connection_close)
 
 
 def _connection_close() -> None:

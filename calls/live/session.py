@@ -101,6 +101,7 @@ class LiveSession(ConversationListener):
         # The latest event write; each write waits for the one before it, so a call's events
         # are stored (and broadcast) in the order they happened.
         self._publish_tail: asyncio.Future[Any] | None = None
+        self._tail_is_event = False  # the latest write is a kept event, handed to the store
         self._ended = asyncio.Event()
         self._connected = False
         self._video_track: Any = None
@@ -443,18 +444,39 @@ class LiveSession(ConversationListener):
 
     async def publish(self, event: events.Event) -> None:
         """Store and broadcast an event, after those published before it; returns once stored."""
-        at = timezone.now()
-        await self._in_order(lambda: self._publish_now(event, at))
+        await self._publish_in_order(event)
 
     def publish_soon(self, event: events.Event) -> None:
         """Like `publish`, without waiting: for the listening side, whose decisions (the end of
         the user's turn, the start of the reply) must not wait for the database."""
-        at = timezone.now()
-        self._in_order(lambda: self._publish_now(event, at))
+        self._publish_in_order(event)
 
-    async def _publish_now(self, event: events.Event, at: Any = None) -> None:
+    def _publish_in_order(self, event: events.Event) -> asyncio.Future[Any]:
+        """A kept event goes to the event store at once when nothing but events is ahead of it
+        (the store keeps their order); behind another write (a transcript row), it waits."""
+        at = timezone.now()
+        previous = self._publish_tail
+        if not event.kept or not (previous is None or previous.done() or self._tail_is_event):
+            return self._in_order(lambda: self._publish_now(event, at))
+        stored = asyncio.get_running_loop().create_future()
         try:
-            await services.acall_event_publish(call=self.call, event=event, at=at)
+            stored = services.call_event_submit(call=self.call, event=event, at=at)
+        except Exception:  # the conversation goes on even if one event cannot be stored
+            logger.exception("session %s: could not publish %s", self.session_id, event.name)
+            stored.set_result(None)
+        task = asyncio.ensure_future(self._publish_now(event, at, stored=stored))
+        self._publish_tail = task
+        self._tail_is_event = True  # submitted: the next event may go straight after it
+        return task
+
+    async def _publish_now(
+        self, event: events.Event, at: Any = None, *, stored: asyncio.Future[Any] | None = None
+    ) -> None:
+        try:
+            if stored is not None:
+                await stored
+            else:
+                await services.acall_event_publish(call=self.call, event=event, at=at)
         except Exception:  # the conversation goes on even if one event cannot be stored
             logger.exception("session %s: could not publish %s", self.session_id, event.name)
         if hooks_present(self.config.agent):
@@ -485,6 +507,7 @@ class LiveSession(ConversationListener):
 
         task = asyncio.ensure_future(run())
         self._publish_tail = task
+        self._tail_is_event = False
         return task
 
     def on_audio_metrics(self, *, source: AudioSource, level: AudioLevel) -> None:

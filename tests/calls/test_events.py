@@ -284,6 +284,62 @@ async def test_kept_events_published_at_once_are_stored_in_one_trip_in_call_orde
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_trip_of_live_call_events_costs_the_same_few_statements_however_many_it_stores(
+    persona_a, persona_b, make_call, monkeypatch
+):
+    """One multi-row insert, not a savepoint, insert, lookup and release per event: on a busy
+    server each statement waits for the interpreter's lock. Each broadcast still names the
+    organization's event just before it."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    import calls.services
+
+    calls_ = [make_call(persona_a), make_call(persona_b), make_call(persona_a)]
+    before = {
+        persona.organization_id: call_event_publish(
+            call=call, event=events.UserMessage(text="before", message_id="msg_before")
+        ).cursor
+        for persona, call in ((persona_a, calls_[0]), (persona_b, calls_[1]))
+    }
+    broadcasts = []
+    monkeypatch.setattr(calls.services, "_broadcast_sync", broadcasts.append)
+    loop = asyncio.new_event_loop()
+    try:
+
+        def trip(count: int) -> tuple[list, int]:
+            pending = [
+                calls.services._PendingPublish(
+                    calls_[index % 3],
+                    events.UserMessage(text=f"line {index}", message_id=f"msg_{index}"),
+                    None,
+                    loop.create_future(),
+                )
+                for index in range(count)
+            ]
+            with CaptureQueriesContext(connection) as queries:
+                outcomes = calls.services._publish_each(pending, lambda: None)
+            return outcomes, len(queries.captured_queries)
+
+        outcomes, statements_for_3 = trip(3)
+        more_outcomes, statements_for_12 = trip(12)
+    finally:
+        loop.close()
+
+    assert statements_for_12 == statements_for_3 <= 6
+    stored = outcomes + more_outcomes
+    assert all(isinstance(row, CallEvent) for row in stored)
+    assert [row.data["text"] for row in CallEvent.objects.filter(type="user.message").order_by("cursor")][
+        2:
+    ] == [f"line {index}" for index in (*range(3), *range(12))]
+    previous = dict(before)
+    for broadcast in broadcasts:  # in commit order, each chained to its organization's last
+        assert broadcast.previous == previous[broadcast.organization_id]
+        previous[broadcast.organization_id] = broadcast.cursor
+    assert len(broadcasts) == 15
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_stored_events_stop_counting_as_on_their_way_before_the_thread_tidies_its_connection(
     persona_a, make_call, monkeypatch
 ):
