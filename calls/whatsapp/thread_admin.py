@@ -122,7 +122,8 @@ class WhatsAppSessionAdmin(admin.ModelAdmin):
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
     ) -> Any:
         session = self.get_object(request, object_id)
-        context = dict(extra_context or {})
+        # Every field is read-only: the thread changes through its own actions, not a save.
+        context = {"show_save": False, "show_save_and_continue": False, **(extra_context or {})}
         if session is not None:
             context.update(
                 thread=whatsapp_thread_bubbles(session),

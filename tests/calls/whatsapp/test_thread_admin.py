@@ -56,6 +56,7 @@ def test_the_thread_page_shows_the_conversation_and_the_takeover_controls(admin_
     assert "131047: Re-engagement message" in html
     assert "Take over (pause the persona)" in html
     assert "Write to the contact as" in html
+    assert 'name="_save"' not in html and 'name="_continue"' not in html  # nothing to save here
 
 
 def test_staff_take_the_thread_over_write_as_themselves_and_hand_it_back(admin_client, admin_user, session):
