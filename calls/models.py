@@ -174,7 +174,9 @@ class WhatsAppSession(models.Model):
         null=True, blank=True, help_text="Free-form replies are allowed for 24 hours after this."
     )
     ended_at = models.DateTimeField(
-        null=True, blank=True, help_text="The window closed; the contact's next message starts a new session."
+        null=True,
+        blank=True,
+        help_text="When the 24-hour window closed (empty while it is open); the contact's next message then starts a new session.",
     )
     # The claim of the process answering this thread now (`calls.whatsapp.answering`): a lease,
     # taken by another process once it expires (its holder was killed).
