@@ -291,12 +291,30 @@ def call_event_broadcast_soon(*, call: Call, event: events.Event) -> None:
     _broadcast_enqueue(broadcast)
 
 
+def call_write_submit(write: Callable[[], Any]) -> asyncio.Future[Any]:
+    """On the event loop: run `write` (a write of a live call's rows: its transcript, a turn's
+    latency, a tool's result) on the event store's thread, after the events and writes handed to
+    the store before it; the future is what it returned (or raised).
+
+    A live call's writes go to the store with its events, not to the thread every other
+    database call of the process waits in line for: an event behind a transcript row would
+    wait there too (at 20 live calls, turn.end waited a median 30 ms behind user.message's row,
+    bench/agents.py --stages).
+    """
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    _event_store.submit(_PendingPublish(None, None, None, future, write))
+    return future
+
+
 @dataclass(frozen=True)
 class _PendingPublish:
-    call: Call
-    event: events.Event
+    """A kept event waiting for the store, or (`write`) a write of the call's rows."""
+
+    call: Call | None
+    event: events.Event | None
     at: datetime | None
-    future: asyncio.Future[CallEvent | None]
+    future: asyncio.Future[Any]
+    write: Callable[[], Any] | None = None
 
 
 def _publish_each(
@@ -455,10 +473,33 @@ def _by_loop(waiting: list[_PendingPublish]) -> list[tuple[asyncio.AbstractEvent
     return list(groups.items())
 
 
+def _runs(pending: list[_PendingPublish]) -> list[list[_PendingPublish]]:
+    """`pending` cut where it turns from events to writes or back, in order."""
+    runs: list[list[_PendingPublish]] = []
+    for each in pending:
+        if runs and (runs[-1][0].write is None) == (each.write is None):
+            runs[-1].append(each)
+        else:
+            runs.append([each])
+    return runs
+
+
+def _writes_run(pending: list[_PendingPublish]) -> list[Any]:
+    outcomes: list[Any] = []
+    for each in pending:
+        assert each.write is not None
+        try:
+            outcomes.append(each.write())
+        except Exception as error:  # that write's caller gets it; the others go on
+            outcomes.append(error)
+    return outcomes
+
+
 def _event_store_trip(loop: asyncio.AbstractEventLoop, pending: list[_PendingPublish]) -> None:
-    """On the store's thread: store `pending` and tell their publishers, on their loop."""
-    expected = [len(pending)]  # what this trip still counts in `rings_expected`
-    settle_expected = functools.partial(_rings_expected_settle, expected)
+    """On the store's thread: store `pending` and tell their publishers, on their loop.
+
+    Events are stored together up to the next write, which runs after them, and so on.
+    """
 
     def on_loop(callback: Callable[..., None], *args: Any) -> None:
         try:
@@ -469,24 +510,32 @@ def _event_store_trip(loop: asyncio.AbstractEventLoop, pending: list[_PendingPub
     # The doorbells of the events stored go to the loop they came from (`_broadcast_sync`).
     SyncToAsync.threadlocal.main_event_loop = loop
     SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
-    outcomes: list[CallEvent | BaseException | None]
+    runs = _runs(pending)
+    # What each run of events still counts in `rings_expected` (a run of writes: nothing).
+    expected = [[0 if run[0].write is not None else len(run)] for run in runs]
+    outcomes: list[Any] = []
     try:
-        # `rung` runs after the commit handed the doorbells to the loop, before the tidying.
-        outcomes = list(_publish_each(pending, functools.partial(on_loop, settle_expected)))
-    except BaseException as error:  # no caller may wait forever
-        outcomes = [error] * len(pending)
+        for run, run_expected in zip(runs, expected, strict=True):
+            try:
+                if run[0].write is not None:
+                    outcomes.extend(_writes_run(run))
+                    continue
+                # `rung` runs after the commit handed the doorbells to the loop.
+                settle = functools.partial(_rings_expected_settle, run_expected)
+                outcomes.extend(_publish_each(run, functools.partial(on_loop, settle)))
+            except BaseException as error:  # no caller may wait forever
+                outcomes.extend([error] * len(run))
     finally:
         try:
             _event_store_tidy()
         except Exception:
             logger.exception("the event store could not tidy its connection")
-        on_loop(settle_expected)  # the trip failed before its commit: now
+        for run_expected in expected:  # a run that failed before its commit: now
+            on_loop(_rings_expected_settle, run_expected)
     on_loop(_publishes_settle, pending, outcomes)
 
 
-def _publishes_settle(
-    pending: list[_PendingPublish], outcomes: list[CallEvent | BaseException | None]
-) -> None:
+def _publishes_settle(pending: list[_PendingPublish], outcomes: list[Any]) -> None:
     for each, outcome in zip(pending, outcomes, strict=True):
         _publish_settle(each.future, outcome)
 
@@ -513,9 +562,7 @@ def _rings_expected_settle(expected: list[int]) -> None:
     expected[0] = 0
 
 
-def _publish_settle(
-    future: asyncio.Future[CallEvent | None], outcome: CallEvent | BaseException | None
-) -> None:
+def _publish_settle(future: asyncio.Future[Any], outcome: Any) -> None:
     # A caller that was cancelled (or whose loop closed, as in tests) is told nothing; its event
     # is stored all the same.
     if future.done() or future.get_loop().is_closed():

@@ -11,6 +11,7 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -101,7 +102,9 @@ class LiveSession(ConversationListener):
         # The latest event write; each write waits for the one before it, so a call's events
         # are stored (and broadcast) in the order they happened.
         self._publish_tail: asyncio.Future[Any] | None = None
-        self._tail_is_event = False  # the latest write is a kept event, handed to the store
+        # The latest write was handed to the event store (a kept event or a row of the call),
+        # which keeps their order: the next may go straight after it.
+        self._tail_on_store = False
         self._ended = asyncio.Event()
         self._connected = False
         self._video_track: Any = None
@@ -384,16 +387,18 @@ class LiveSession(ConversationListener):
         self.control.user_message(message_id)
         at = timezone.now()
 
-        async def store() -> None:
-            await self._publish_now(events.UserMessage(text=text, message_id=message_id, channel=channel), at)
-            try:
-                await database_sync_to_async(services.message_record)(
-                    call=self.call, message_id=message_id, role="user", text=text, channel=channel
-                )
-            except Exception:
-                logger.exception("session %s: could not record the user's message", self.session_id)
-
-        stored = self._in_order(store)
+        self._publish_in_order(events.UserMessage(text=text, message_id=message_id, channel=channel), at=at)
+        stored = self._write_in_order(
+            functools.partial(
+                services.message_record,
+                call=self.call,
+                message_id=message_id,
+                role="user",
+                text=text,
+                channel=channel,
+            ),
+            what="the user's message",
+        )
         if wait:
             await stored
         self.send_data(
@@ -451,12 +456,12 @@ class LiveSession(ConversationListener):
         the user's turn, the start of the reply) must not wait for the database."""
         self._publish_in_order(event)
 
-    def _publish_in_order(self, event: events.Event) -> asyncio.Future[Any]:
-        """A kept event goes to the event store at once when nothing but events is ahead of it
-        (the store keeps their order); behind another write (a transcript row), it waits."""
-        at = timezone.now()
+    def _publish_in_order(self, event: events.Event, *, at: Any = None) -> asyncio.Future[Any]:
+        """A kept event goes to the event store at once when nothing but what went to the store
+        is ahead of it (the store keeps their order); behind another write, it waits."""
+        at = at or timezone.now()
         previous = self._publish_tail
-        if not event.kept or not (previous is None or previous.done() or self._tail_is_event):
+        if not event.kept or not (previous is None or previous.done() or self._tail_on_store):
             return self._in_order(lambda: self._publish_now(event, at))
         stored = asyncio.get_running_loop().create_future()
         try:
@@ -466,8 +471,25 @@ class LiveSession(ConversationListener):
             stored.set_result(None)
         task = asyncio.ensure_future(self._publish_now(event, at, stored=stored))
         self._publish_tail = task
-        self._tail_is_event = True  # submitted: the next event may go straight after it
+        self._tail_on_store = True  # submitted: the next event may go straight after it
         return task
+
+    def _write_in_order(self, write: Callable[[], Any], *, what: str) -> asyncio.Future[Any]:
+        """A write of the call's rows (`write`, a blocking function of the database) on the event
+        store's thread, behind the call's events and writes before it; a failure is logged."""
+        previous = self._publish_tail
+        if not (previous is None or previous.done() or self._tail_on_store):
+            return self._in_order(lambda: self._write_now(write, what=what))
+        task = asyncio.ensure_future(self._write_now(write, what=what))
+        self._publish_tail = task
+        self._tail_on_store = True
+        return task
+
+    async def _write_now(self, write: Callable[[], Any], *, what: str) -> None:
+        try:
+            await services.call_write_submit(write)
+        except Exception:  # the conversation goes on even if a row cannot be stored
+            logger.exception("session %s: could not record %s", self.session_id, what)
 
     async def _publish_now(
         self, event: events.Event, at: Any = None, *, stored: asyncio.Future[Any] | None = None
@@ -507,7 +529,7 @@ class LiveSession(ConversationListener):
 
         task = asyncio.ensure_future(run())
         self._publish_tail = task
-        self._tail_is_event = False
+        self._tail_on_store = False
         return task
 
     def on_audio_metrics(self, *, source: AudioSource, level: AudioLevel) -> None:
@@ -607,15 +629,19 @@ class LiveSession(ConversationListener):
                 **({"correlationId": correlation_id} if correlation_id else {}),
             },
         )
-        await self.publish(events.BotFinished(message_id=message_id))
-        await database_sync_to_async(services.message_record)(
-            call=self.call,
-            message_id=message_id,
-            role="persona",
-            text=text or spoken,
-            spoken_text=spoken,
-            started_at=self._speaking_since.pop(message_id, None),
-            ended_at=timezone.now(),
+        self.publish_soon(events.BotFinished(message_id=message_id))
+        await self._write_in_order(
+            functools.partial(
+                services.message_record,
+                call=self.call,
+                message_id=message_id,
+                role="persona",
+                text=text or spoken,
+                spoken_text=spoken,
+                started_at=self._speaking_since.pop(message_id, None),
+                ended_at=timezone.now(),
+            ),
+            what="the persona's message",
         )
         if not self.control.owns(message_id):  # an app's messages were confirmed when accepted
             # The persona's own message, now in the transcript: committed to the conversation.
@@ -656,15 +682,19 @@ class LiveSession(ConversationListener):
                 last_word=words[-1] if words else None,
             )
         )
-        await database_sync_to_async(services.message_record)(
-            call=self.call,
-            message_id=message_id,
-            role="persona",
-            text=text or spoken,
-            spoken_text=spoken,
-            interrupted=True,
-            started_at=self._speaking_since.pop(message_id, None),
-            ended_at=timezone.now(),
+        await self._write_in_order(
+            functools.partial(
+                services.message_record,
+                call=self.call,
+                message_id=message_id,
+                role="persona",
+                text=text or spoken,
+                spoken_text=spoken,
+                interrupted=True,
+                started_at=self._speaking_since.pop(message_id, None),
+                ended_at=timezone.now(),
+            ),
+            what="the persona's interrupted message",
         )
 
     async def on_tool_call(self, *, message_id: str, calls: list[dict[str, str]]) -> None:
@@ -706,11 +736,15 @@ class LiveSession(ConversationListener):
 
     async def on_tool_call_completed(self, *, call: PendingToolCall, result: Any) -> None:
         self.send_data("toolCallCompleted", {**self._tool_call_frame(call), "result": result})
-        self._in_order(lambda: tool_result_write(call=self.call, tool_call=call, result=result))
+        self._write_in_order(
+            tool_result_write(call=self.call, tool_call=call, result=result), what="a tool's result"
+        )
 
     async def on_tool_call_failed(self, *, call: PendingToolCall, error: str) -> None:
         self.send_data("toolCallFailed", {**self._tool_call_frame(call), "error_message": error})
-        self._in_order(lambda: tool_result_write(call=self.call, tool_call=call, error=error))
+        self._write_in_order(
+            tool_result_write(call=self.call, tool_call=call, error=error), what="a tool's failure"
+        )
 
     def _turn_latency_store(self, message_id: str) -> None:
         """The stages of the turn this persona message answered, stored behind the call's events
@@ -719,7 +753,9 @@ class LiveSession(ConversationListener):
         if stamps is None or stamps.origin is None:
             return
         started_at = stamp_wall_time(stamps.origin)
-        self._in_order(lambda: turn_latency_write(call=self.call, stamps=stamps, started_at=started_at))
+        self._write_in_order(
+            turn_latency_write(call=self.call, stamps=stamps, started_at=started_at), what="a turn's latency"
+        )
 
     # --- ending -----------------------------------------------------------------------------
 
