@@ -37,6 +37,11 @@ built-in brain and no greeting, an API key, its Daphne process) and removes it a
     python bench/agents.py              # 20 calls
     python bench/agents.py --calls 4    # a quick check
     python bench/agents.py --stages     # and where the time goes
+    python bench/agents.py --postgres-redis --workers 2   # the production shape
+
+`--postgres-redis` runs the server on a throwaway PostgreSQL database and Redis (`--database-url`,
+`--redis-url`), and `--workers 2` spreads the calls over two Daphne processes: the app listens on
+the first, and hears of the other's events through Redis.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -62,7 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "clients" / "python" / "src"))
 
-from bench.streams import percentile  # noqa: E402
+from bench.streams import percentile, postgres_database  # noqa: E402
 from bench.webrtc_client import ParleyWebRTCClient, video_decoding_disable  # noqa: E402
 from bench.webrtc_sessions import cpu_seconds, server_environment, server_log_tail, start_server  # noqa: E402
 
@@ -281,8 +287,8 @@ def machine_cpu_seconds() -> float:
 class PhaseClock:
     """Marks the phases, and the CPU the server, the calls (this process) and the app used in each."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids  # by name: the processes counted together (a server's workers)
         self.phases: list[Phase] = []
         self._cpu: dict[str, float] = {}
 
@@ -296,7 +302,7 @@ class PhaseClock:
 
     def _cpu_now(self) -> dict[str, float]:
         return {"machine": machine_cpu_seconds()} | {
-            name: cpu_seconds(pid) for name, pid in self.pids.items()
+            name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()
         }
 
     def _close(self) -> None:
@@ -370,12 +376,12 @@ async def questions_ask(clients: list[ParleyWebRTCClient], rounds: int) -> None:
 
 
 async def run(
-    base_url: str, server_pid: int, args: argparse.Namespace
+    base_url: str, server_pids: list[int], args: argparse.Namespace
 ) -> tuple[AppRecord, PhaseClock, dict[str, list[float]]]:
     """The calls and the app through both phases; what the app recorded, the phases, and each
     call's loud audio frames (monotonic times) by call id."""
     app = AppProcess(base_url, API_KEY, args.token_ms / 1000)
-    clock = PhaseClock({"server": server_pid, "calls": os.getpid(), "app": app.process.pid})
+    clock = PhaseClock({"server": server_pids, "calls": [os.getpid()], "app": [app.process.pid]})
     clients: list[ParleyWebRTCClient] = []
     try:
         await app.receive("ready", APP_TIMEOUT_SECONDS)
@@ -736,11 +742,46 @@ def main() -> None:
         help="also show where the time goes: the server (bench/agents_server.py) stamps each event's"
         " stages, each streamed chunk's arrival and espeak's first audio (the stamps cost a little)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Daphne processes the calls are spread over (more than one needs --postgres-redis)",
+    )
+    parser.add_argument(
+        "--postgres-redis",
+        action="store_true",
+        help="PostgreSQL and Redis (the production shape) instead of SQLite and the in-memory layer",
+    )
+    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
+    if args.workers > 1 and not args.postgres_redis:
+        raise SystemExit("--workers > 1 needs --postgres-redis (SQLite is the embedded, one-process shape)")
     video_decoding_disable()
+    environment = dict(SERVER_ENVIRONMENT)
+    if args.postgres_redis:
+        environment |= {
+            "DATABASE_URL": postgres_database(args.database_url, create=True),
+            "REDIS_URL": args.redis_url,
+            "PARLEY_REDIS_PREFIX": f"parley-bench-{uuid.uuid4().hex[:8]}",
+        }
+    try:
+        bench(args, environment)
+    finally:
+        if args.postgres_redis:
+            postgres_database(args.database_url, create=False)
+
+
+def bench(args: argparse.Namespace, environment: dict[str, str]) -> None:
+    shape = (
+        f"{args.workers} Daphne process{'es' if args.workers > 1 else ''} (PostgreSQL, Redis)"
+        if args.postgres_redis
+        else "One Daphne process (SQLite, in-memory channel layer)"
+    )
     with tempfile.TemporaryDirectory(prefix="parley-bench-agents-") as data_dir:
         # This process reads and writes the server's database too (set-up, then the stored events).
-        os.environ.update({**server_environment(data_dir), **SERVER_ENVIRONMENT})
+        os.environ.update({**server_environment(data_dir), **environment})
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
         import django
 
@@ -759,23 +800,23 @@ def main() -> None:
         if args.stages:
             processes, base_url = start_server(
                 data_dir,
+                args.workers,
                 application="bench.agents_server:application",
-                environment={**SERVER_ENVIRONMENT, "PARLEY_BENCH_STAGES": str(stages_path)},
+                environment={**environment, "PARLEY_BENCH_STAGES": str(stages_path)},
             )
         else:
-            processes, base_url = start_server(data_dir, environment=SERVER_ENVIRONMENT)
-        (server,) = processes
+            processes, base_url = start_server(data_dir, args.workers, environment=environment)
         try:
             print(
-                f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}. One Daphne process (SQLite,"
-                f" in-memory channel layer);\n{args.calls} live calls held by aiortc clients in this process;"
+                f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}. {shape};"
+                f"\n{args.calls} live calls held by aiortc clients in this process;"
                 " one app, Parley's Python client in a process\nof its own, answering the persona's turns."
                 f" Each call types {args.questions} question(s), answered by the app;\nthen each persona"
                 f" says a line every {args.say_every:g} s for {args.seconds:g} s.\n",
                 flush=True,
             )
             try:
-                record, clock, audio = asyncio.run(run(base_url, server.pid, args))
+                record, clock, audio = asyncio.run(run(base_url, [server.pid for server in processes], args))
             except (AssertionError, TimeoutError) as failure:
                 raise SystemExit(f"FAILED: {failure}\nserver log:\n{server_log_tail(data_dir)}") from None
             events = stored_events()
@@ -788,11 +829,13 @@ def main() -> None:
                 f" streamed reply {'met' if heard else 'NOT met'}"
             )
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except Exception:
-                server.kill()
+            for server in processes:
+                server.terminate()
+            for server in processes:
+                try:
+                    server.wait(timeout=10)
+                except Exception:
+                    server.kill()
             connections.close_all()
 
 
