@@ -50,9 +50,14 @@ def test_a_voice_call_followed_live_is_then_reviewed_played_found_and_exported(
     log_in(page, live_server_url, reviewer.username, PASSWORD)
     page.goto(live_server_url + reverse("admin:calls_call_change", args=[quote(call_id)]))
     conversation = page.locator("#conversation")
-    # The question may be heard as one line or two (a pause in it can end a turn).
+    # The question may be heard as one line or two (a pause in it can end a turn), and each may
+    # be answered: once, in CI on PostgreSQL, two answers named the hours.
     expect(conversation.locator(".parley-turn.visitor", has_text=SAID_WORD)).not_to_have_count(0)
-    expect(conversation.locator(".parley-turn.persona", has_text="seven")).to_have_count(1)
+    expect(conversation.locator(".parley-turn.persona", has_text="seven")).not_to_have_count(0)
+    assert (
+        conversation.locator(".parley-turn.persona", has_text="seven").count()
+        <= conversation.locator(".parley-turn.visitor").count()
+    )
     # A bar per answer with its stages, and the call's median.
     bars = page.locator(".parley-latency-row")
     assert bars.count() >= 1
@@ -62,7 +67,7 @@ def test_a_voice_call_followed_live_is_then_reviewed_played_found_and_exported(
     # The recording plays, and a transcript line moves the player to where it was said.
     audio = page.locator("#recording-audio")
     expect(audio).to_be_visible()
-    answer = conversation.locator(".parley-turn.persona[data-offset]", has_text="seven")
+    answer = conversation.locator(".parley-turn.persona[data-offset]", has_text="seven").first
     line_at = float(answer.get_attribute("data-offset")) + float(
         page.locator("#recording-player").get_attribute("data-offset")
     )
