@@ -47,6 +47,23 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def env_log_levels(name: str) -> dict[str, str]:
+    """Per-logger levels from `logger=LEVEL,logger=LEVEL` (PARLEY_LOG_LEVELS)."""
+    levels: dict[str, str] = {}
+    for item in env_list(name):
+        logger_name, _, level = item.partition("=")
+        logger_name, level = logger_name.strip(), level.strip().upper()
+        if not logger_name or level not in _LOG_LEVELS:
+            raise ImproperlyConfigured(
+                f"{name} takes logger=LEVEL pairs, LEVEL one of {', '.join(_LOG_LEVELS)}; got {item!r}"
+            )
+        levels[logger_name] = level
+    return levels
+
+
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
 # Where the embedded default keeps its SQLite file and generated local secrets.
@@ -481,3 +498,6 @@ LOGGING = {
         "aioice": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
+# One part's log in detail without the rest's: "calls.pipeline.turns=DEBUG,calls.agents=INFO".
+for _name, _level in env_log_levels("PARLEY_LOG_LEVELS").items():
+    LOGGING["loggers"][_name] = {"handlers": ["console"], "level": _level, "propagate": False}
