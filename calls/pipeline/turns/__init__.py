@@ -54,6 +54,7 @@ from calls.pipeline.turns.settings import TurnSettings
 from calls.pipeline.turns.smart_turn import smart_turn_analyzer_build, smart_turn_session
 from calls.pipeline.turns.stop_strategy import (
     FINAL_TRANSCRIPT_WAIT_SECONDS,
+    LATER_OPINION_SECONDS,
     ParleyTurnStopStrategy,
     UserSideListener,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "ECHO_LEVEL_RATIO",
     "ECHO_MARGIN",
     "FINAL_TRANSCRIPT_WAIT_SECONDS",
+    "LATER_OPINION_SECONDS",
     "LEVEL_WINDOW_SECONDS",
     "MIC_LEVEL_WINDOW_SECONDS",
     "PREFACES",

@@ -34,5 +34,25 @@ class TurnSettings:
 
     @property
     def eager_confirm_seconds(self) -> float:
-        """Silence after an eager turn that confirms it."""
-        return min(self.silence_seconds, round(0.15 + 0.6 * (1.0 - self.sensitivity), 3))
+        """Silence after an eager turn that confirms it, for a turn barely eager (the longest)."""
+        return min(self.silence_seconds, round(EAGER_CONFIRM_MIN_SECONDS + 0.6 * (1.0 - self.sensitivity), 3))
+
+    def eager_confirm_seconds_at(self, probability: float) -> float:
+        """Silence that confirms an eager turn of this probability: the surer, the sooner.
+
+        From `eager_confirm_seconds` at the eager threshold down to `EAGER_CONFIRM_MIN_SECONDS`
+        at the confident one, in a straight line: a turn at 0.59 was nearly a turn end and
+        waited as long as one at 0.31, then one at 0.60 waited nothing.
+        """
+        longest = self.eager_confirm_seconds
+        shortest = min(longest, EAGER_CONFIRM_MIN_SECONDS)
+        span = self.confident - self.eager
+        if span <= 0:
+            return shortest
+        doubt = min(1.0, max(0.0, (self.confident - probability) / span))
+        return round(shortest + (longest - shortest) * doubt, 3)
+
+
+# The shortest silence that confirms an eager turn: time for a user pausing mid-sentence to go
+# on (a pause inside a sentence ends the VAD's 0.2 s stop time, and this more, before the reply).
+EAGER_CONFIRM_MIN_SECONDS = 0.15

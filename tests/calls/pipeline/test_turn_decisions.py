@@ -30,6 +30,7 @@ from pipecat.utils.asyncio.task_manager import TaskManager
 from calls.pipeline.conversation import TURN_STOP_TIMEOUT_EXTRA_SECONDS
 from calls.pipeline.turns import (
     FINAL_TRANSCRIPT_WAIT_SECONDS,
+    LATER_OPINION_SECONDS,
     ParleyTurnStopStrategy,
     TurnSettings,
     UserSideListener,
@@ -260,10 +261,13 @@ async def test_an_early_verdict_is_dropped_when_the_user_goes_on_inside_the_stop
     t.strategy.vad_state_changed(VADState.SPEAKING)  # a pause inside the sentence
     t.model.probability = 0.1
     await t.silence(0.1)
+    stopped_at = time.monotonic()
     await t.feed(VADUserStoppedSpeakingFrame())
     await t.feed(TranscriptionFrame(text="i would like", user_id="u", timestamp="t", finalized=True))
     await t.silence(0.2)
-    assert len(t.model.analyses) == 2  # the early one was dropped; the stop got a fresh verdict
+    # The early one was dropped; the stop got a fresh verdict (and a later one, still doubtful).
+    assert len([at for at in t.model.analyses if at < stopped_at]) == 1
+    assert t.model.analyses[1] - stopped_at < 0.05
     assert t.listener.names() == ["user.message"]
 
 
@@ -297,11 +301,45 @@ async def test_a_second_opinion_that_is_worse_leaves_the_eager_turn_as_it_was(tu
     t.model.probability = 0.05
     await t.feed(VADUserStoppedSpeakingFrame())
     await t.feed(TranscriptionFrame(text="my sister is visiting", user_id="u", timestamp="t", finalized=True))
-    await t.silence(0.2)
+    await t.silence(0.1)
     assert len(t.model.analyses) == 2
     assert t.listener.names() == ["user.message", "eager.turn"]
-    await t.silence(t.settings.eager_confirm_seconds + 0.2)
+    await t.silence(t.settings.eager_confirm_seconds + 0.1)
+    assert len(t.model.analyses) == 3  # and the later one, no better either
     assert t.listener.names() == ["user.message", "eager.turn", "turn.end"]
+
+
+async def test_an_eager_turn_is_confirmed_as_soon_as_smartturn_hears_it_complete_on_the_longer_silence(
+    turns,
+):
+    t = await turns(0.2)
+    await early_pause(t)
+    t.model.probability = 0.45  # at the VAD's stop: eager
+    stopped_at = time.monotonic()
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.feed(TranscriptionFrame(text="my sister is visiting", user_id="u", timestamp="t", finalized=True))
+    await t.silence(0.1)
+    assert t.listener.names() == ["user.message", "eager.turn"]
+    t.model.probability = 0.9  # 0.15 s after the stop SmartTurn hears a finished turn
+    await t.silence(0.15)
+    assert t.listener.names() == ["user.message", "eager.turn", "turn.end"]
+    assert len(t.model.analyses) == 3
+    assert t.model.analyses[2] - stopped_at >= LATER_OPINION_SECONDS
+    # ... well before the eager turn's own confirmation would have come.
+    assert time.monotonic() - stopped_at < t.settings.eager_confirm_seconds
+
+
+async def test_a_turn_left_to_the_silence_timer_becomes_eager_on_a_better_later_verdict(turns):
+    t = await turns(0.1, silence=1.0)
+    await t.utterance("we are planning a party for twenty people")
+    await t.silence(0.05)
+    assert t.listener.names() == ["user.message"]
+    t.model.probability = 0.4
+    await t.silence(0.2)
+    assert t.listener.names() == ["user.message", "eager.turn"]
+    assert t.outcomes == ["speculation"]
+    await t.feed(VADUserStartedSpeakingFrame())  # it was a pause after all: the reply goes unheard
+    assert t.listener.names()[-1] == "turn.continued"
 
 
 async def test_a_complete_early_verdict_needs_no_second_opinion(turns):
@@ -423,3 +461,43 @@ async def test_calls_share_one_smartturn_session_with_pipecats_verdicts():
     await first.cleanup()
     await second.cleanup()
     await reference.cleanup()
+
+
+def test_the_surer_an_eager_turn_the_shorter_the_silence_that_confirms_it():
+    settings = TurnSettings.from_persona(sensitivity=0.5, silence_seconds=1.5)
+    waits = [settings.eager_confirm_seconds_at(p) for p in (0.2, settings.eager, 0.4, 0.5, 0.59, 0.7)]
+    assert waits[0] == waits[1] == settings.eager_confirm_seconds == 0.45
+    assert waits[1] > waits[2] > waits[3] > waits[4] >= 0.15
+    assert waits[4] == pytest.approx(0.16, abs=0.01) and waits[5] == 0.15
+    # The most eager sensitivity already confirms in the shortest time, whatever the probability.
+    eager_person = TurnSettings.from_persona(sensitivity=1.0, silence_seconds=1.5)
+    assert {eager_person.eager_confirm_seconds_at(p) for p in (0.1, 0.2, 0.3)} == {0.15}
+    # Never longer than the silence that ends a turn anyway.
+    short = TurnSettings.from_persona(sensitivity=0.0, silence_seconds=0.3)
+    assert short.eager_confirm_seconds_at(short.eager) == 0.3
+
+
+async def test_a_nearly_certain_eager_turn_is_confirmed_sooner_than_a_barely_eager_one(turns):
+    sure, unsure = await turns(0.58), await turns(0.32)
+    for t in (sure, unsure):
+        await t.utterance("my sister is visiting next week")
+    await sure.silence(0.25)
+    assert sure.listener.names() == ["user.message", "eager.turn", "turn.end"]
+    assert unsure.listener.names() == ["user.message", "eager.turn"]
+    await unsure.silence(0.3)
+    assert unsure.listener.names() == ["user.message", "eager.turn", "turn.end"]
+
+
+async def test_a_surer_later_verdict_inside_the_eager_band_shortens_the_wait(turns):
+    t = await turns(0.2)
+    await early_pause(t)
+    t.model.probability = 0.31  # at the VAD's stop: barely eager, 0.45 s to wait
+    stopped_at = time.monotonic()
+    await t.feed(VADUserStoppedSpeakingFrame())
+    await t.feed(TranscriptionFrame(text="my sister is visiting", user_id="u", timestamp="t", finalized=True))
+    await t.silence(0.1)
+    assert t.listener.names() == ["user.message", "eager.turn"]
+    t.model.probability = 0.58  # the later verdict: nearly certain, 0.16 s from the eager turn
+    await t.silence(0.2)
+    assert t.listener.names() == ["user.message", "eager.turn", "turn.end"]
+    assert time.monotonic() - stopped_at < 0.45
