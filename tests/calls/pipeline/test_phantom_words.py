@@ -176,7 +176,12 @@ async def test_a_question_over_music_is_recognised():
 
 def mara_prompt() -> str:
     recogniser = whisper_recogniser()
-    return persona_prompt(name=MARA["name"], knowledge=tuple(MARA_KNOWLEDGE), tokens=recogniser.count_tokens)
+    return persona_prompt(
+        name=MARA["name"],
+        knowledge=tuple(MARA_KNOWLEDGE),
+        phrases=MARA["stt_phrases"].splitlines(),
+        tokens=recogniser.count_tokens,
+    )
 
 
 @pytest.mark.parametrize("sound", list(SOUNDS))
