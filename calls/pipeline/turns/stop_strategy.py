@@ -290,9 +290,13 @@ class ParleyTurnStopStrategy(BaseUserTurnStopStrategy):
             return
         if early is not None:
             state = await self._second_opinion("at the VAD's stop")
-        if state is not None and state != EndOfTurnState.COMPLETE:
-            stopped = self.timings.get("speech_stopped") or self._clock()
-            await asyncio.sleep(max(0.0, stopped + LATER_OPINION_SECONDS - self._clock()))
+        if state is None or state == EndOfTurnState.COMPLETE:
+            return
+        if self._analysis_task is not asyncio.current_task():
+            return  # the turn ended (or another began) meanwhile: this analysis is done
+        stopped = self.timings.get("speech_stopped") or self._clock()
+        await asyncio.sleep(max(0.0, stopped + LATER_OPINION_SECONDS - self._clock()))
+        if self._analysis_task is asyncio.current_task():
             await self._second_opinion(f"{LATER_OPINION_SECONDS:.2f} s after the VAD's stop")
 
     async def _second_opinion(self, when: str) -> EndOfTurnState | None:
