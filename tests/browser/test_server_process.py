@@ -118,7 +118,10 @@ def test_after_sigkill_the_restarted_process_ends_the_dead_ones_call_as_failed(b
     finally:
         first.stop()
     call = Call.objects.get(pk=client.record.session_id)
-    assert call.status != CallStatus.ENDED, "nobody was left to end it"
+    if call.status == CallStatus.ENDED:
+        # A server of another test sharing the database (PostgreSQL leg in CI) may see the pid
+        # gone first: its housekeeper ends the call, and only ever as failed.
+        assert call.end_reason == "failed", call.end_reason
     assert call.owner_id, "the call records the process that held it"
 
     deadline = time.monotonic() + 5.0
