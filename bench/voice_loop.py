@@ -302,6 +302,7 @@ async def session(
         step_timeout_seconds=60,
         microphone=microphone,
         playout_packets=PLAYOUT_PACKETS,
+        inline_audio=True,
     ) as client:
         record = client.record
         try:

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 # A received 20 ms audio frame whose peak passes this (of 32767) counts as voice, not silence.
 LOUD_PEAK = 500
@@ -41,6 +41,34 @@ class _CountingVideoDecoder:
     def decode(self, encoded_frame: Any) -> list[av.VideoFrame]:
         self._frame.pts = encoded_frame.timestamp
         return [self._frame]
+
+
+class InlineOpusTrack(MediaStreamTrack):
+    """Sends another audio track's frames as Opus packets encoded on the event loop.
+
+    aiortc encodes each frame a track returns on asyncio's default thread pool: two thread
+    handoffs per 20 ms packet, which in a benchmark with many clients in one process cost the
+    client's loop more than the encoding itself and made it send its speech late. A track that
+    returns encoded packets is sent as they are (`calls.pipeline.transport.OpusPieceEncoder`,
+    what the server does with the persona's voice). The server receives the same Opus.
+    """
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        from calls.pipeline.transport import OpusPieceEncoder
+
+        self._source = source
+        self._encoder = OpusPieceEncoder()
+
+    async def recv(self) -> av.Packet:
+        frame = await self._source.recv()
+        return self._encoder.encode(frame)
+
+    def stop(self) -> None:
+        self._source.stop()
+        super().stop()
 
 
 def video_decoding_disable() -> None:
@@ -107,6 +135,7 @@ class ParleyWebRTCClient:
         step_timeout_seconds: float = 30.0,
         microphone: Any = None,
         playout_packets: int | None = None,
+        inline_audio: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session_token = session_token
@@ -116,6 +145,9 @@ class ParleyWebRTCClient:
         # Packets of the persona's voice held before playout: aiortc's default is 4 (80 ms); a
         # browser's adaptive buffer on a quiet loopback holds about 1-2. None keeps aiortc's.
         self.playout_packets = playout_packets
+        # Encode the microphone and decode the persona's voice on the event loop instead of
+        # aiortc's threads (benchmarks with many clients in one process: see InlineOpusTrack).
+        self.inline_audio = inline_audio
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._peer: RTCPeerConnection | None = None
@@ -166,7 +198,9 @@ class ParleyWebRTCClient:
         peer.addTransceiver("video", direction="recvonly")
         audio = peer.addTransceiver("audio", direction="sendrecv")
         if self.microphone is not None:
-            audio.sender.replaceTrack(self.microphone)
+            audio.sender.replaceTrack(
+                InlineOpusTrack(self.microphone) if self.inline_audio else self.microphone
+            )
 
         @peer.on("track")
         def on_track(track: Any) -> None:
@@ -178,6 +212,10 @@ class ParleyWebRTCClient:
                         receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(
                             capacity=16, prefetch=self.playout_packets
                         )
+            if track.kind == "audio" and self.inline_audio:
+                from calls.live.microphone import microphone_decode_inline
+
+                microphone_decode_inline(peer, track)  # the same as the server's, for the voice
             self._tasks.append(asyncio.ensure_future(self._read_track(track)))
 
         @channel.on("message")

@@ -170,3 +170,29 @@ def test_interrupting_stops_the_voice_and_keeps_only_what_was_spoken(live_server
     assert answer.interrupted and answer.spoken_text
     assert len(answer.spoken_text) < len(answer.text), (answer.spoken_text, answer.text)
     assert answer.text.startswith(answer.spoken_text.split()[0])
+
+
+async def ask_aloud(base_url: str, token: str, question: str) -> ParleyWebRTCClient:
+    from tests.fakes.spoken import ScriptedMicrophone, spoken_pcm, with_room
+
+    microphone = ScriptedMicrophone()
+    async with ParleyWebRTCClient(
+        base_url=base_url, session_token=token, microphone=microphone, inline_audio=True
+    ) as client:
+        record = client.record
+        await client.wait_for(lambda: record.persona_finished_count() >= 1, "the greeting")
+        microphone.say(with_room(await spoken_pcm(question), lead_seconds=0.3, tail_seconds=0.5))
+        await client.wait_for(lambda: record.persona_finished_count() >= 2, "the answer")
+    return client
+
+
+def test_a_client_that_encodes_and_decodes_its_audio_on_the_loop_is_heard_and_hears(live_server_url, bakery):
+    """The benchmarks' client (`inline_audio`: Opus packets made and read on its event loop,
+    not on aiortc's threads) speaks and listens as a browser does."""
+    client = asyncio.run(ask_aloud(live_server_url, mint(live_server_url, bakery), "When are you open?"))
+    record = client.record
+    heard = " ".join(chunk["content"] for chunk in record.speech_texts("user")).lower()
+    assert "open" in heard, heard
+    assert "seven in the morning" in record.persona_messages()[-1], record.persona_messages()
+    assert len(record.loud_audio_frames) > 50  # the greeting and the answer were heard, decoded
+    assert wait_for_call_end(record.session_id)

@@ -336,6 +336,7 @@ class _Job:
     run: Callable[[], Any]
     done: Callable[[Any, BaseException | None], None]
     stale: Callable[[], bool]
+    queued_at: float = 0.0
 
     def __lt__(self, other: _Job) -> bool:
         return (self.priority, self.order) < (other.priority, other.order)
@@ -388,7 +389,7 @@ class DecodeQueue:
             except RuntimeError:  # the call's loop has closed: nobody is waiting
                 pass
 
-        self._jobs.put(_Job(1 if interim else 0, next(self._order), run, done, stale))
+        self._jobs.put(_Job(1 if interim else 0, next(self._order), run, done, stale, time.monotonic()))
         return future
 
     def _work(self) -> None:
@@ -398,6 +399,7 @@ class DecodeQueue:
                 job.done(None, asyncio.CancelledError())
                 continue
             self.busy += 1
+            started = time.monotonic()
             try:
                 value = job.run()
             except Exception as error:  # handed to the waiting call, never lost in this thread
@@ -406,6 +408,14 @@ class DecodeQueue:
                 job.done(value, None)
             finally:
                 self.busy -= 1
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s decode waited %.0f ms in the queue (%d behind it), ran %.0f ms",
+                    "interim" if job.priority else "final",
+                    (started - job.queued_at) * 1000,
+                    self._jobs.qsize(),
+                    (time.monotonic() - started) * 1000,
+                )
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
