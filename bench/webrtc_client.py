@@ -24,6 +24,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 # A received 20 ms audio frame whose peak passes this (of 32767) counts as voice, not silence.
 LOUD_PEAK = 500
+# What a browser sends its microphone at (Chrome's default for mono Opus), bits a second.
+MICROPHONE_BITRATE = 32_000
 # The Anam SDK's default heartbeat period.
 HEARTBEAT_SECONDS = 5.0
 
@@ -50,7 +52,8 @@ class InlineOpusTrack(MediaStreamTrack):
     handoffs per 20 ms packet, which in a benchmark with many clients in one process cost the
     client's loop more than the encoding itself and made it send its speech late. A track that
     returns encoded packets is sent as they are (`calls.pipeline.transport.OpusPieceEncoder`,
-    what the server does with the persona's voice). The server receives the same Opus.
+    what the server does with the persona's voice). The microphone is coded as a browser codes
+    it: mono, libopus's "voip" mode (SILK for speech), at Chrome's default 32 kb/s.
     """
 
     kind = "audio"
@@ -60,7 +63,7 @@ class InlineOpusTrack(MediaStreamTrack):
         from calls.pipeline.transport import OpusPieceEncoder
 
         self._source = source
-        self._encoder = OpusPieceEncoder()
+        self._encoder = OpusPieceEncoder(MICROPHONE_BITRATE, application="voip")
 
     async def recv(self) -> av.Packet:
         frame = await self._source.recv()

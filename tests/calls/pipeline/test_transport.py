@@ -40,6 +40,30 @@ async def test_steady_silence_is_repeated_not_encoded_and_the_voice_after_it_is_
     track.stop()
 
 
+async def test_the_voice_comes_out_of_the_decoder_as_it_went_in_a_few_ms_later(monkeypatch):
+    # A sweep of tones and pauses through the track's own encoder and a browser's decoder: the
+    # waveform is kept (not only its level) and the codec's delay is small (CELT, "lowdelay").
+    track = PacedAudioTrack()
+    monkeypatch.setattr("calls.pipeline.transport.MAX_LAG_SECONDS", 1e9)
+    track._clock_start = -1e9
+    decoder = av.CodecContext.create("opus", "r")
+    decoder.sample_rate = 48_000
+    t = np.arange(48_000) / 48_000
+    voice = np.sin(2 * np.pi * (150 + 600 * t) * t) * 8_000 * (np.sin(2 * np.pi * 3 * t) > -0.5)
+    track.play(voice.astype(np.int16).tobytes())
+    heard = []
+    for _ in range(48_000 // 960 + 5):
+        for frame in decoder.decode(await track.recv()):
+            heard.append(frame.to_ndarray()[0] * 32768)  # planar floats; the left channel
+    track.stop()
+    heard = np.concatenate(heard)
+    said = voice.astype(np.int16).astype(np.float64)
+    errors = {lag: np.sum((said - heard[lag : lag + said.size]) ** 2) for lag in range(0, 1_500)}
+    lag = min(errors, key=errors.get)
+    assert lag * 1000 / 48_000 <= 3.0  # ms
+    assert 10 * np.log10(np.sum(said**2) / errors[lag]) > 15.0  # dB
+
+
 async def test_an_interruption_holds_the_voice_until_it_has_passed_the_output():
     # Between the barge-in and the InterruptionFrame reaching the output, the output still
     # writes the chunks it holds: none of them may be heard. Only the pipeline's own flush
