@@ -32,11 +32,16 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = OUTPUT_SAMPLE_RATE  # Opus's own rate; the persona's voice is already at it
 VISITOR, PERSONA = 0, 1  # the channels: left, right
-# Two voices of speech: ~4 kB a second, clear enough to review what was said and how.
-BITRATE = 32_000
-# libopus's complexity (0-10). Below 8 at this bitrate it codes some stereo as intensity
-# stereo: a 1 kHz tone on the right leaked into a silent left at -22 dB (complexity 5, which
-# costs ~20 % less CPU). The channels must stay apart (a reviewer may listen to one side).
+# Two voices of speech, each kept on its own side: ~6 kB a second. What the other side leaks
+# into a channel, below the side itself (`bench/recording.py`, espeak's voice against a tone):
+# at 32 kb/s in "voip" mode 17 dB at 3 kHz and 8 dB at 5 kHz, where SILK and CELT code the two
+# sides jointly (a reviewer listening to the persona heard the visitor); at 48 kb/s in "audio"
+# mode 47 dB or more from 330 Hz to 7 kHz.
+BITRATE = 48_000
+APPLICATION = "audio"
+# libopus's complexity (0-10). Below 8 at 32 kb/s it coded some stereo as intensity stereo: a
+# 1 kHz tone on the right leaked into a silent left at -22 dB (complexity 5, which costs ~20 %
+# less CPU). The channels must stay apart (a reviewer may listen to one side).
 ENCODER_COMPLEXITY = 10
 # How much the live side gathers before a thread encodes it (seconds): one hop a second.
 BATCH_SECONDS = 1.0
@@ -279,7 +284,7 @@ class CallRecorder(PlaybackListener):
             self._stream = self._container.add_stream("libopus", rate=SAMPLE_RATE, layout="stereo")
             self._stream.bit_rate = BITRATE
             self._stream.codec_context.options = {
-                "application": "voip",
+                "application": APPLICATION,
                 "compression_level": str(ENCODER_COMPLEXITY),
             }
         frame = av.AudioFrame.from_ndarray(stereo.reshape(1, -1), format="s16", layout="stereo")
