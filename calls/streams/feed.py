@@ -84,11 +84,16 @@ class EventFeed:
         tasks, self._tasks = list(self._tasks), set()
         for task in tasks:
             task.cancel()
+        # Leave the hub before the first wait: a feed closed while its own task is being
+        # cancelled by an anyio cancel scope (every await raises) must not stay subscribed.
+        subscription, self._subscription = self._subscription, None
+        stopping = None
+        if subscription is not None and self._hubs is not None:
+            stopping = self._hubs.leave(subscription)
         if tasks:
             await asyncio.wait(tasks, timeout=TASK_CANCEL_TIMEOUT_SECONDS)
-        subscription, self._subscription = self._subscription, None
-        if subscription is not None and self._hubs is not None:
-            await self._hubs.unsubscribe(subscription)
+        if stopping is not None:
+            await asyncio.shield(stopping)
 
     # --- inside -------------------------------------------------------------------------
 

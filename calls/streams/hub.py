@@ -335,24 +335,34 @@ class StreamHubs:
         subscription.start_cursor = hub.cursor
         return subscription
 
-    async def unsubscribe(self, subscription: Subscription) -> None:
-        """A reader leaves; the last one to leave stops the hub. Safe to call more than once."""
+    def leave(self, subscription: Subscription) -> asyncio.Task[None] | None:
+        """A reader leaves, at once: nothing here waits, so a reader that is being cancelled
+        (an anyio cancel scope raises at every await) leaves all the same. The last one to leave
+        starts stopping the hub, and gets that task. Safe to call more than once."""
         organization_id = subscription.organization_id
         hub = self._hubs.get(organization_id)
         if hub is None or subscription not in hub.subscriptions:
-            return
+            return None
         hub.subscriptions.discard(subscription)
         if hub.subscriptions:
-            return
+            return None
         del self._hubs[organization_id]
         # A task, so that a hub started meanwhile for the organization can wait for it.
         stopping = asyncio.create_task(hub.stop(), name="event-hub-stop")
         self._stopping[organization_id] = stopping
-        try:
-            await asyncio.shield(stopping)
-        finally:
-            if self._stopping.get(organization_id) is stopping:
+
+        def stopped(task: asyncio.Task[None]) -> None:
+            if self._stopping.get(organization_id) is task:
                 del self._stopping[organization_id]
+
+        stopping.add_done_callback(stopped)
+        return stopping
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        """A reader leaves (`leave`), and waits for the hub to stop if it was the last."""
+        stopping = self.leave(subscription)
+        if stopping is not None:
+            await asyncio.shield(stopping)
 
 
 _hubs: StreamHubs | None = None

@@ -346,3 +346,26 @@ async def test_open_streams_hold_no_database_connection(key_a, persona_a):
     for stream in streams:
         await stream.close()
     await socket.disconnect()
+
+
+async def test_a_stream_closed_while_an_anyio_cancel_scope_cancels_it_still_leaves_the_hub(org_a, call_a):
+    """An ASGI server that runs the application in an anyio cancel scope (schemathesis' test
+    transport, hypercorn) cancels at every await of the clean-up: the stream leaves its hub
+    all the same, and the hub stops with its last reader instead of reading the log forever."""
+    import anyio
+
+    feed = EventFeed(
+        request=StreamRequest(organization_id=org_a.id, agents=None, after=None), emit=asyncio.sleep
+    )
+    await feed.open()
+    feed.start()
+    assert stream_hubs().hub(org_a.id) is not None
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await feed.close()
+    assert stream_hubs().hub(org_a.id) is None
+    for _ in range(100):  # the hub's stop runs on as a task of its own
+        if not hub_tasks():
+            break
+        await asyncio.sleep(0.01)
+    assert hub_tasks() == []
