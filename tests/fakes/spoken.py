@@ -34,7 +34,11 @@ def noise(seconds: float, seed: int = 7, *, samples: int | None = None) -> np.nd
 
 
 async def spoken_pcm(text: str, *, voice: str = USER_VOICE, rate_wpm: int = 160) -> np.ndarray:
-    """`text` spoken by espeak-ng: float32 samples at 48 kHz (int16 scale), no padding."""
+    """`text` spoken by espeak-ng: float32 samples at 48 kHz (int16 scale), no padding.
+
+    Not the same samples at every call: espeak keeps state between utterances, so the same
+    text comes out slightly different depending on what the process had it say before.
+    """
     from calls.pipeline.speech.espeak import EspeakSynthesizer
 
     synthesizer = EspeakSynthesizer.shared()
