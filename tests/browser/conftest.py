@@ -92,6 +92,10 @@ def server_database_environment(settings_dict: dict[str, Any]) -> dict[str, str]
     raise RuntimeError(f"browser tests do not know how to share a {engine} test database")
 
 
+# What a failing browser test shows of the server's log (written during that test).
+SERVER_LOG_REPORT_CHARS = 20_000
+
+
 @dataclass
 class LiveServer:
     url: str
@@ -103,6 +107,22 @@ class LiveServer:
             return self.log_path.read_text(errors="replace")[-8000:]
         except FileNotFoundError:
             return ""
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_since(self, offset: int, limit: int = SERVER_LOG_REPORT_CHARS) -> str:
+        """What the server wrote from byte `offset` on (its last `limit` characters)."""
+        try:
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(offset)
+                text = log_file.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return text if len(text) <= limit else f"[... {len(text) - limit} characters before]\n{text[-limit:]}"
 
     def stop(self) -> None:
         if self.process.poll() is not None:
@@ -208,7 +228,7 @@ def daphne_server(django_db_setup, tmp_path_factory) -> Iterator[LiveServer]:
 
 
 @pytest.fixture
-def live_server_url(daphne_server: LiveServer, transactional_db) -> Iterator[str]:
+def live_server_url(daphne_server: LiveServer, transactional_db, request) -> Iterator[str]:
     """The base URL of the running server (no trailing slash); the test's rows are committed."""
     if daphne_server.process.poll() is not None:
         pytest.fail(
@@ -216,8 +236,21 @@ def live_server_url(daphne_server: LiveServer, transactional_db) -> Iterator[str
             f"Its output:\n{daphne_server.log()}",
             pytrace=False,
         )
+    request.node.server_log_start = (daphne_server, daphne_server.log_size())
     yield daphne_server.url
     calls_settle()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed browser test's report carries what the shared server logged during it."""
+    outcome = yield
+    report = outcome.get_result()
+    start = getattr(item, "server_log_start", None)
+    if start is None or not report.failed or report.when == "teardown":
+        return
+    server, offset = start
+    report.sections.append(("server log during the test", server.log_since(offset) or "(nothing)"))
 
 
 def calls_settle(timeout: float = 10.0) -> None:
