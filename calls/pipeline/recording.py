@@ -39,10 +39,13 @@ VISITOR, PERSONA = 0, 1  # the channels: left, right
 # mode 47 dB or more from 330 Hz to 7 kHz.
 BITRATE = 48_000
 APPLICATION = "audio"
-# libopus's complexity (0-10). Below 8 at 32 kb/s it coded some stereo as intensity stereo: a
-# 1 kHz tone on the right leaked into a silent left at -22 dB (complexity 5, which costs ~20 %
-# less CPU). The channels must stay apart (a reviewer may listen to one side).
-ENCODER_COMPLEXITY = 10
+# libopus's complexity (0-10). From 7 up libopus runs its tonality analysis on every frame, the
+# bulk of the cost: at 48 kb/s in "audio" mode (`bench/recording.py`, a 2-core EPYC) 27-33 CPU ms
+# per second of call at 7-10, 8.6-10.4 at 2-6, the sides still 45 dB or more apart, the file a
+# fifth larger (399 KiB a minute against 330). 16 calls in one machine spent half a core on it.
+# (At 32 kb/s, below 8 coded some stereo as intensity stereo: a 1 kHz tone on the right leaked
+# into a silent left at -22 dB; the channels must stay apart, a reviewer may listen to one side.)
+ENCODER_COMPLEXITY = 6
 # How much the live side gathers before a thread encodes it (seconds): one hop a second.
 BATCH_SECONDS = 1.0
 # Chunks kept waiting for a thread that has fallen this far behind (~30 s of both sides)
