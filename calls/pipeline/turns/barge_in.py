@@ -120,6 +120,11 @@ class OnsetDetector:
         self._buffer.clear()
         self._run = 0
 
+    @property
+    def windows_scored(self) -> int:
+        """Windows Silero was run on (quiet ones are not: `ONSET_QUIET_DBFS`)."""
+        return self._vad.windows_scored
+
     def push(self, pcm: bytes, sample_rate: int) -> bool:
         """Feed 16-bit mono audio; True when the latest windows are speech."""
         if sample_rate != self._rate:
@@ -134,7 +139,7 @@ class OnsetDetector:
         while len(self._buffer) >= size:
             window = bytes(self._buffer[:size])
             del self._buffer[:size]
-            if self._vad.voice_confidence(window) >= VAD_CONFIDENCE:
+            if self._vad.onset_confidence(window) >= VAD_CONFIDENCE:
                 self._run += 1
                 onset = onset or self._run >= self._needed
             else:

@@ -26,6 +26,14 @@ VAD_LEAD_IN_WINDOWS = 2
 # After this many quiet windows in a row (~0.5 s) the model's recurrent state starts afresh, as
 # pipecat resets it during quiet every few seconds.
 VAD_QUIET_RESET_WINDOWS = 16
+# The onset detector (`VoiceGuard`), which must react to the first window of speech and so
+# cannot wait for pipecat's smoothed volume, skips a window whose own RMS is below this (dBFS):
+# a quiet room (-60 dBFS), or a microphone whose echo canceller took the persona's voice out.
+# The VAD's floor (pipecat's 0.6: about -50 LUFS over the last 400 ms) would never confirm it
+# as speech. With the persona greeting 8 callers in one process, the onset detector's Silero
+# had been a third of the pipeline's samples (py-spy) on microphones that only heard the room.
+ONSET_QUIET_DBFS = -55.0
+ONSET_QUIET_RMS = 32768.0 * 10 ** (ONSET_QUIET_DBFS / 20)
 
 _SILERO_MODEL = "silero_vad.onnx"
 _silero_session: Any = None
@@ -114,11 +122,22 @@ class InlineSileroVADAnalyzer(SileroVADAnalyzer):
         window as speech only if both pass their thresholds; the volume is worked out first here
         (and handed back when it asks), so a window that cannot be speech costs no inference.
         """
-        if not self._analysing:  # asked on its own (the onset detector): the model always runs
+        if not self._analysing:  # asked on its own: the model always runs
             return super().voice_confidence(buffer)
         volume = super()._get_smoothed_volume(buffer)
         self._window_volume = (buffer, volume)
-        if volume < self._params.min_volume:
+        return self._scored_unless_quiet(buffer, quiet=volume < self._params.min_volume)
+
+    def onset_confidence(self, buffer: bytes) -> float:
+        """Silero's confidence for the onset detector, or 0 without running it when the window
+        itself is quiet (below `ONSET_QUIET_DBFS`; no smoothing, so speech's first window counts)."""
+        samples = np.frombuffer(buffer, dtype=np.int16).astype(np.float32)
+        rms = float(np.sqrt(np.dot(samples, samples) / samples.size)) if samples.size else 0.0
+        return self._scored_unless_quiet(buffer, quiet=rms < ONSET_QUIET_RMS)
+
+    def _scored_unless_quiet(self, buffer: bytes, *, quiet: bool) -> float:
+        """The model's confidence, or 0 for a quiet window (kept as lead-in, not scored)."""
+        if quiet:
             self._quiet_windows.append(buffer)
             self._quiet_run += 1
             self.windows_skipped += 1
@@ -127,8 +146,8 @@ class InlineSileroVADAnalyzer(SileroVADAnalyzer):
         if self._quiet_run:
             if self._quiet_run >= VAD_QUIET_RESET_WINDOWS:
                 self._model.reset_states()
-            for quiet in self._quiet_windows:  # the sound leading into this window
-                super().voice_confidence(quiet)
+            for quiet_window in self._quiet_windows:  # the sound leading into this window
+                super().voice_confidence(quiet_window)
             self._quiet_windows.clear()
             self._quiet_run = 0
         self.windows_scored += 1

@@ -119,6 +119,31 @@ async def test_a_user_at_a_normal_microphone_level_pauses_a_louder_persona():
     assert onset <= guard.last_pause_at <= onset + 0.04 + 1e-9
 
 
+async def test_the_onset_detector_leaves_a_quiet_room_unscored_and_hears_the_first_word_as_before():
+    """Silero is not run on the room's quiet (-60 dBFS) while the persona speaks; the first
+    confident window of speech is the same one a detector scoring every window finds."""
+    from calls.pipeline.turns.vad import InlineSileroVADAnalyzer
+
+    frames = await spoken_frames("Wait, do you deliver?")
+    room = int(LEAD_SECONDS / 0.02) - 2  # frames of the room alone
+    detector = OnsetDetector()
+    for frame in frames[:room]:
+        assert not detector.push(frame.audio, frame.sample_rate)
+    assert detector.windows_scored == 0
+
+    every_window = InlineSileroVADAnalyzer()
+    every_window.set_sample_rate(PIPELINE_RATE)
+    pcm = b"".join(frame.audio for frame in frames)
+    size = every_window.num_frames_required() * 2
+    first = next(
+        at + size
+        for at in range(0, len(pcm) - size + 1, size)
+        if every_window.voice_confidence(pcm[at : at + size]) >= 0.7
+    )
+    # The detector hears in 20 ms frames: it says so on the frame that completes that window.
+    assert onset_time(frames) == -(-first // FRAME_BYTES) * 0.02
+
+
 async def test_the_personas_own_voice_coming_back_does_not_pause_it():
     # Its echo from its first word on (no echo canceller), at -12 dB: a quarter of its voice.
     frames = await spoken_frames(
