@@ -142,7 +142,14 @@ DOUBT_LOG_PROB_MARGIN = 0.7
 # resampled to 16 kHz as a call's audio is): words kept from 49 of them before, 1 after ("I'm
 # not done.", 0.10 and -0.97). Of the 244 utterances of speech of bench/recognition.py (its
 # sets and the development sets) they drop none.
-UNSURE_NO_SPEECH_MIN = 0.05
+# That was on a Xeon (CTranslate2 on Intel MKL, AVX-512). On an AMD EPYC (no MKL: oneDNN, AVX2)
+# the same decodes come out a little surer of speech: of 750 sound decodes, 17 kept words at
+# 0.05, with no-speech probabilities of 0.036-0.049 (breathing as "I'm... ... ... ...", a chair
+# as "That's not that.", log-probability -1.25). Of the 244 utterances of speech there, none
+# with a probability above 0.03 had a failed decoding or looped ("Five five": 0.042 and -0.80);
+# so the rules start at 0.03, and a loop of marks, not words, at 0.01.
+UNSURE_NO_SPEECH_MIN = 0.03
+MARKS_LOOP_NO_SPEECH_MIN = 0.01
 LOOP_LOG_PROB_MARGIN = 0.35
 # A live utterance quieter than this (RMS of 32768) holds no speech, whatever Whisper says.
 SPEECH_RMS_MIN = 100.0
@@ -273,10 +280,12 @@ def phantom_reason(
         return f"doubtful words, probably no speech (p={no_speech_prob:.2f}, log-prob {avg_logprob:.2f})"
     if short and no_speech_prob > UNSURE_NO_SPEECH_MIN and avg_logprob < LOG_PROB_THRESHOLD:
         return f"a failed decoding of doubtful audio (p={no_speech_prob:.2f}, log-prob {avg_logprob:.2f})"
-    if short and looped and no_speech_prob > UNSURE_NO_SPEECH_MIN:
+    if short and looped and no_speech_prob > MARKS_LOOP_NO_SPEECH_MIN:
         parts = (raw or text).split()
         wordy = sum(1 for part in parts if _WORD.search(part.lower()))
-        if wordy * 2 < len(parts) or avg_logprob < no_speech_prob - LOOP_LOG_PROB_MARGIN:
+        if wordy * 2 < len(parts) or (
+            no_speech_prob > UNSURE_NO_SPEECH_MIN and avg_logprob < no_speech_prob - LOOP_LOG_PROB_MARGIN
+        ):
             return f"a decoding loop on doubtful audio (p={no_speech_prob:.2f}, log-prob {avg_logprob:.2f})"
     drawn_out = [re.sub(r"(.)\1+", r"\1", word) for word in words]  # "Awwww" → "aw", "Hmm" → "hm"
     phrase = " ".join(word for word, _ in itertools.groupby(drawn_out))  # "uh uh" → "uh"
