@@ -501,7 +501,10 @@ def conversation_warm_up(config: ConversationConfig) -> list[str]:
     loaded: list[str] = []
     # Drawing a look's layers took 230 ms on a cold process, before the first call's first frame.
     try:
-        renderer_create(FaceLook.from_dict(config.avatar_look, portrait=config.avatar_portrait or None))
+        renderer = renderer_create(
+            FaceLook.from_dict(config.avatar_look, portrait=config.avatar_portrait or None)
+        )
+        renderer.prepare_speech()
         loaded.append("face")
     except Exception:  # the call will draw it (or say why) when it starts; the rest still loads
         logger.warning("warm-up: the face of %s could not be drawn", config.name, exc_info=True)

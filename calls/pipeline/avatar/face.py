@@ -182,6 +182,23 @@ class FaceRenderer:
         paste(planes, self.layers.patch(("mouth", shape, mouth), dx, dy), dx, dy)
         return buffer
 
+    def prepare_speech(self) -> int:
+        """Draw now every mouth patch speech uses: each viseme at each openness, for either
+        parity of the head's offset. Returns how many.
+
+        A talking face otherwise draws them during its first sentences, on the event loop (a
+        frame with a new patch took ~1 ms against ~0.15 ms: `bench/avatar_render.py`); with 8
+        calls greeted at once by a process that had just started, drawing them was a tenth of
+        its samples (py-spy). The patches are shared by every session of the look.
+        """
+        count = 0
+        for shape in Viseme:
+            for step in range(MOUTH_OPEN_STEPS + 1):
+                for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                    self.layers.patch(("mouth", shape, step / MOUTH_OPEN_STEPS), dx, dy)
+                    count += 1
+        return count
+
     def feature_box(self, name: str) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) in pixels at head offset 0 of a feature patch: eye_left, brow_right, mouth..."""
         x0, y0, width, height = self.layers.patch_rects[name]

@@ -147,6 +147,19 @@ class PortraitRenderer:
                 paste(planes, layers.eye_patch(index, blink, level, start), -start)
         return buffer
 
+    def prepare_speech(self) -> int:
+        """Draw now every mouth patch speech uses (each viseme at each openness, at each zoom
+        level, for either parity of the sway): see `FaceRenderer.prepare_speech`. Returns how
+        many."""
+        count = 0
+        for level in range(ZOOM_LEVELS):
+            for shape in Viseme:
+                for step in range(1, MOUTH_OPEN_STEPS + 1):
+                    for start in (MARGIN_PX, MARGIN_PX + 1):
+                        self.layers.mouth_patch(shape, step / MOUTH_OPEN_STEPS, level, start)
+                        count += 1
+        return count
+
     def feature_box(self, name: str) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) in frame pixels, at rest, of what a feature may change: mouth,
         eye_left, eye_right."""

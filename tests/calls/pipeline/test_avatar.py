@@ -580,3 +580,48 @@ async def test_the_track_takes_the_portrait_by_path(portrait_look):
 def test_the_animator_breathes():
     breaths = [state.breath for _, state in run_animator(FaceAnimator(fps=FPS, seed=3), 10.0)]
     assert max(breaths) > 0.9 and min(breaths) < -0.9
+
+
+# --- ready to speak -------------------------------------------------------------------------
+
+
+def talking_states(count: int = 300, seed: int = 5) -> list[FaceState]:
+    """A talking face's states: any viseme, any openness, the head and breath moving a little."""
+    rng = np.random.default_rng(seed)
+    return [
+        FaceState(
+            mouth_open=float(rng.uniform(0.0, 1.0)),
+            mouth_shape=list(Viseme)[int(rng.integers(len(Viseme)))],
+            head_dx=float(rng.uniform(-1.5, 1.5)),
+            head_dy=float(rng.uniform(-1.5, 1.5)),
+            breath=float(rng.uniform(-1.0, 1.0)),
+        )
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["face", "portrait"])
+def test_a_face_prepared_for_speech_draws_no_mouth_while_it_talks(kind, tmp_path, monkeypatch):
+    """`prepare_speech` (the warm-up's) draws every mouth patch a talking face uses, so none is
+    drawn on the event loop during a call's first sentences."""
+    if kind == "face":  # a look of its own: its layers are not shared with another test's
+        renderer = FaceRenderer({**LOOK, "skin": "#d9a47f", "lips": "#a0404a"})
+        layers_class, draw = type(renderer.layers), "_draw_patch"
+    else:
+        path = draw_portrait(tmp_path / "speaker.png")
+        renderer = PortraitRenderer(
+            FaceLook.from_dict({**LOOK, "portraitMouth": MOUTH, "portraitEyes": EYES}, portrait=path)
+        )
+        layers_class, draw = type(renderer.layers), "_draw_mouth"
+    assert renderer.prepare_speech() > 100
+    drawn: list[tuple] = []
+    original = getattr(layers_class, draw)
+
+    def counting(self, *args, **kwargs):
+        drawn.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(layers_class, draw, counting)
+    for state in talking_states():
+        renderer.render_planes(state)
+    assert not [args for args in drawn if kind == "portrait" or args[0][0] == "mouth"], drawn[:3]
