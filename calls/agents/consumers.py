@@ -179,17 +179,21 @@ class AgentConsumer(AsyncWebsocketConsumer):
         task, self._presence_task = self._presence_task, None
         if task is not None:
             task.cancel()
-        if self.answering is not None and self.organization_id is not None:
-            slugs, self.answering = self._answer_slugs(), None
-            try:
-                await presence.answerer_leave(
-                    organization_id=self.organization_id, agents=slugs, app_id=self.app_id
-                )
-            except Exception:
-                logger.warning("could not remove an answering app's entry", exc_info=True)
         feed, self.feed = self.feed, None
-        if feed is not None:
-            await feed.close()
+        try:
+            if self.answering is not None and self.organization_id is not None:
+                slugs, self.answering = self._answer_slugs(), None
+                try:
+                    await presence.answerer_leave(
+                        organization_id=self.organization_id, agents=slugs, app_id=self.app_id
+                    )
+                except Exception:
+                    logger.warning("could not remove an answering app's entry", exc_info=True)
+        finally:
+            # Even when the leave above is cancelled (a socket torn down under an anyio cancel
+            # scope): `close()` leaves its hub before its first await.
+            if feed is not None:
+                await feed.close()
 
     # --- sending -----------------------------------------------------------------------
 

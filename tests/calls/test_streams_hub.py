@@ -369,3 +369,29 @@ async def test_a_stream_closed_while_an_anyio_cancel_scope_cancels_it_still_leav
             break
         await asyncio.sleep(0.01)
     assert hub_tasks() == []
+
+
+async def test_an_answering_agent_socket_torn_down_under_an_anyio_cancel_scope_still_leaves_the_hub(
+    org_a, call_a
+):
+    """The agent socket's clean-up first removes its answering entry (an await), then closes its
+    feed: cancelled at that first await, the feed still leaves its hub."""
+    import anyio
+
+    from calls.agents.consumers import AgentConsumer
+
+    consumer = AgentConsumer()
+    consumer.app_id = "app_test"
+    consumer.organization_id = org_a.id
+    consumer.answering = ["mara"]
+    consumer.feed = EventFeed(
+        request=StreamRequest(organization_id=org_a.id, agents=None, after=None), emit=asyncio.sleep
+    )
+    await consumer.feed.open()
+    consumer.feed.start()
+    assert stream_hubs().hub(org_a.id) is not None
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await consumer._unsubscribe()
+    assert consumer.feed is None
+    assert stream_hubs().hub(org_a.id) is None
