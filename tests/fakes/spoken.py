@@ -88,12 +88,21 @@ class ScriptedMicrophone(MediaStreamTrack):
         self._echo = np.zeros(0, dtype=np.float32)
         self._floor = noise(2.0, seed=11)
         self._floor_at = 0
+        # Where in `floor` the latest frame was taken from, when it was the room alone (nothing
+        # queued, no echo); else None. A client may replay that stretch's packets (`floor`).
+        self.floor_offset: int | None = None
         self._sent = 0
         self._start: float | None = None
         self.finished = asyncio.Event()  # set whenever the queue runs dry
         # When the last queued piece was handed out (monotonic, wall): the real end of what was
         # said, later than planned when the sender's loop is late.
         self.dry_at: tuple[float, float] | None = None
+
+    @property
+    def floor(self) -> np.ndarray:
+        """The room's noise, played in a loop whenever nothing is queued (the same for every
+        microphone)."""
+        return self._floor
 
     def say(self, samples: np.ndarray) -> float:
         """Queue speech; returns its duration in seconds."""
@@ -114,6 +123,7 @@ class ScriptedMicrophone(MediaStreamTrack):
         delay = self._start + self._sent / RATE - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        self.floor_offset = None
         if self._queue.size:
             piece, self._queue = self._queue[:PIECE], self._queue[PIECE:]
             if piece.size < PIECE:
@@ -125,6 +135,7 @@ class ScriptedMicrophone(MediaStreamTrack):
             if self._floor_at + PIECE > self._floor.size:
                 self._floor_at = 0
             piece = self._floor[self._floor_at : self._floor_at + PIECE]
+            self.floor_offset = None if self._echo.size else self._floor_at
             self._floor_at += PIECE
         if self._echo.size:
             echo, self._echo = self._echo[:PIECE], self._echo[PIECE:]
