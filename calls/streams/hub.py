@@ -47,6 +47,11 @@ RECEIVE_RETRY_SECONDS = 1.0
 # the database thread, which stores the burst's next events, waits for the GIL.
 BURST_HOLD_SECONDS = 0.010
 BURST_HOLD_STEP_SECONDS = 0.001
+# With fewer readers than this the hub passes events on at once: handing a batch to a few
+# streams costs the loop next to nothing, and each step of a hold waits a whole turn of a loop
+# that may be busy with live calls (20 calls in one process: the hub's part of an event's
+# delivery to one app was 53 ms at p99 with the hold, bench/agents.py --stages).
+BURST_HOLD_MIN_READERS = 16
 
 
 @dataclass(frozen=True)
@@ -245,7 +250,12 @@ class OrganizationHub:
                 for message in messages:
                     batch += await self._events_of(message)
                 messages = []
-                if not batch or not rings_expected() or loop.time() >= hold_until:
+                if (
+                    not batch
+                    or len(self.subscriptions) < BURST_HOLD_MIN_READERS
+                    or not rings_expected()
+                    or loop.time() >= hold_until
+                ):
                     break
                 # First one turn of the loop: a trip that just rang is over by then.
                 await asyncio.sleep(BURST_HOLD_STEP_SECONDS if held else 0)

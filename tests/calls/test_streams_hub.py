@@ -334,6 +334,40 @@ async def test_a_reader_too_slow_for_its_queue_reads_what_was_dropped_from_the_l
     await feed.close()
 
 
+async def test_a_lone_reader_gets_each_event_at_once_and_many_readers_get_a_burst_in_one_batch(
+    org_a, call_a, without_poll, monkeypatch
+):
+    """While this process is still storing events the hub holds a burst, but only for as many
+    readers as make handing it out costly: a lone app gets each event without the wait."""
+    on_their_way = [1]  # events still being stored, as the hub sees it: never none until told
+    monkeypatch.setattr("calls.streams.hub.rings_expected", lambda: on_their_way[0])
+    monkeypatch.setattr("calls.streams.hub.BURST_HOLD_SECONDS", NO_POLL_SECONDS)
+    batches: list[list[StreamEvent]] = []
+    arrived = asyncio.Event()
+
+    async def emit(batch: list[StreamEvent]) -> None:
+        batches.append(batch)
+        arrived.set()
+
+    feed = EventFeed(request=StreamRequest(organization_id=org_a.id, agents=None, after=None), emit=emit)
+    await feed.open()
+    feed.start()
+    row = await publish(call_a, said("at once"))
+    await asyncio.wait_for(arrived.wait(), RECEIVE_TIMEOUT_SECONDS)
+    assert [[event.cursor for event in batch] for batch in batches] == [[row.cursor]]
+
+    monkeypatch.setattr("calls.streams.hub.BURST_HOLD_MIN_READERS", 1)  # as if it had many readers
+    batches.clear()
+    arrived.clear()
+    rows = [await publish(call_a, said(f"held-{index}")) for index in range(3)]
+    await asyncio.sleep(0.2)
+    assert batches == []  # held while events are on their way
+    on_their_way[0] = 0
+    await asyncio.wait_for(arrived.wait(), RECEIVE_TIMEOUT_SECONDS)
+    assert [[event.cursor for event in batch] for batch in batches] == [[each.cursor for each in rows]]
+    await feed.close()
+
+
 async def test_open_streams_hold_no_database_connection(key_a, persona_a):
     """Each read of the database closes what it opened: no idle connection while streams are open."""
     streams = [await open_stream(headers=bearer(key_a)) for _ in range(3)]
