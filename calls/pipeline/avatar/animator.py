@@ -38,6 +38,12 @@ MOUTH_STOP_SECONDS = 0.022
 SPEECH_LEAD_SECONDS = 0.03
 # A timeline event holds at most this long with nothing after it (a lost final rest).
 TIMELINE_HOLD_SECONDS = 0.35
+# Keys already passed are dropped once this many have gathered (a few times a sentence). Kept,
+# a call's keys grew with everything the persona said, and each frame looked through them all:
+# 3 % of a process's samples with 8 calls talking (py-spy).
+KEYS_PRUNE_AFTER = 64
+# How far beyond a frame's stretch the keys are looked up before the exact comparison (seconds).
+KEY_SEARCH_MARGIN_SECONDS = 1e-6
 # Audio-level fallback: a level older than this is stale (the audio stopped reporting).
 LEVEL_STALE_SECONDS = 0.1
 LEVEL_HISTORY_SECONDS = 1.0
@@ -292,8 +298,13 @@ class FaceAnimator:
 
     def _advance_mouth(self, start: float, end: float) -> None:
         """Ease the mouth from `start` to `end`, in pieces split where the target changes."""
+        keys = self._keys
+        # Only the keys of this stretch (a little wider: the exact test is below); the list is
+        # sorted, and holds only what is still to come (`_keys_prune`).
+        first = bisect.bisect_left(keys, (start + SPEECH_LEAD_SECONDS - KEY_SEARCH_MARGIN_SECONDS,))
+        last = bisect.bisect_right(keys, (end + SPEECH_LEAD_SECONDS + KEY_SEARCH_MARGIN_SECONDS, "\uffff"))
         cuts = [start]
-        for key_time, _, _ in self._keys:
+        for key_time, _, _ in keys[first:last]:
             moment = key_time - SPEECH_LEAD_SECONDS
             if start < moment < end:
                 cuts.append(moment)
@@ -318,6 +329,14 @@ class FaceAnimator:
                 self._mouth_shape = viseme
             elif viseme is Viseme.CLOSED and self._mouth_open < 0.12:
                 self._mouth_shape = Viseme.CLOSED
+        self._keys_prune(end)
+
+    def _keys_prune(self, time: float) -> None:
+        """Forget the keys no later frame can use: all before the last one at or before `time`
+        (plus the lead). Frames come in time order, so the mouth only ever looks forward."""
+        keep_from = bisect.bisect_right(self._keys, (time + SPEECH_LEAD_SECONDS, "\uffff")) - 1
+        if keep_from >= KEYS_PRUNE_AFTER:
+            del self._keys[:keep_from]
 
     # -- idle life -------------------------------------------------------------------------------
 

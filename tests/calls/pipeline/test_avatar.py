@@ -200,6 +200,38 @@ def test_speech_stop_closes_the_mouth_within_100_ms():
     assert all(s.mouth_open == 0 for t, s in after if t >= stop_at + 0.1)
 
 
+def test_a_long_talk_forgets_spoken_keys_and_moves_the_mouth_as_keeping_them_all_would(monkeypatch):
+    """Keys already spoken are dropped as the face moves on: over a long talk the animator
+    holds a few dozen, not all of them, and every frame is the one keeping all would give."""
+    import calls.pipeline.avatar.animator as animator_module
+
+    shapes = [Viseme.OPEN, Viseme.WIDE, Viseme.ROUND, Viseme.TEETH_ON_LIP, Viseme.CLOSED]
+
+    def talk(prune_after: int) -> tuple[list[FaceState], int]:
+        monkeypatch.setattr(animator_module, "KEYS_PRUNE_AFTER", prune_after)
+        animator = FaceAnimator(fps=FPS, seed=6)
+        animator.state_at(100.0)
+        states: list[FaceState] = []
+        most = 0
+        for sentence in range(30):  # 30 sentences of 40 phonemes, 2 s apart, pushed as they start
+            start = 100.0 + FRAME + sentence * 2.0
+            events = [
+                (index * 0.04, shapes[(index + sentence) % 5], 0.3 + (index % 7) / 10) for index in range(40)
+            ]
+            events.append((1.6, Viseme.CLOSED, 0.0))
+            animator.speech_timeline_push(start, events)
+            states += [state for _, state in run_animator(animator, 2.0, start=start)]
+            most = max(most, len(animator._keys))
+        return states, most
+
+    pruned, most_kept = talk(animator_module.KEYS_PRUNE_AFTER)
+    unpruned, most_unpruned = talk(10**9)
+    assert pruned == unpruned
+    assert any(state.mouth_open > 0.5 for state in pruned)
+    assert most_unpruned == 30 * 41
+    assert most_kept <= animator_module.KEYS_PRUNE_AFTER + 41
+
+
 def test_audio_levels_move_the_mouth_when_there_is_no_timeline():
     animator = FaceAnimator(fps=FPS, seed=4)
     animator.state_at(100.0)
