@@ -26,7 +26,7 @@ from typing import Any
 from webapp.asgi import application  # noqa: F401 (what Daphne serves; builds Django first)
 
 # isort: split
-from calls import services
+from calls import publishing
 from calls.agents import consumers, control
 from calls.pipeline.speech import espeak
 from calls.streams import hub
@@ -46,7 +46,7 @@ def _stamp(stage: str, keys: list[Any], at: float, text: str = "") -> None:
     _write([f"{stage} {key} {at:.6f}{suffix}\n" for key in keys])
 
 
-_publish_each = services._publish_each
+_publish_each = publishing._publish_each
 
 
 def _publish_each_stamped(pending: list[Any], rung: Any) -> list[Any]:
@@ -59,7 +59,7 @@ def _publish_each_stamped(pending: list[Any], rung: Any) -> list[Any]:
     return outcomes
 
 
-_broadcast_enqueue = services._broadcast_enqueue
+_broadcast_enqueue = publishing._broadcast_enqueue
 
 
 def _broadcast_enqueue_stamped(broadcast: Any) -> None:
@@ -105,8 +105,8 @@ async def _synthesize_stamped(self: Any, text: str, **options: Any) -> AsyncIter
         yield chunk
 
 
-services._publish_each = _publish_each_stamped
-services._broadcast_enqueue = _broadcast_enqueue_stamped
+publishing._publish_each = _publish_each_stamped
+publishing._broadcast_enqueue = _broadcast_enqueue_stamped
 hub.Subscription.offer = _offer_stamped  # type: ignore[method-assign]
 consumers.AgentConsumer._send_events = _send_events_stamped  # type: ignore[method-assign]
 control.CallControl._stream_text = _stream_text_stamped  # type: ignore[method-assign]

@@ -150,10 +150,10 @@ async def path_figure() -> None:
             bot.on_piece(pcm=piece if speaking else bytes(PIECE_BYTES), started_at=0.0, speaking=speaking)
             if index % 5 == 4:
                 await asyncio.sleep(0)  # the readings of this 100 ms go out, as they would
-    from calls import services
+    from calls import publishing
 
-    if services._broadcast_sender is not None:  # the last readings go out
-        await services._broadcast_sender
+    if publishing._broadcast_sender is not None:  # the last readings go out
+        await publishing._broadcast_sender
     seconds = time.process_time() - started
     print(
         f"The taps and the broadcast of each event: {readings} readings for {SIMULATED_SECONDS} s of both"

@@ -22,7 +22,7 @@ from channels.db import database_sync_to_async
 
 from calls import events
 from calls.models import Call, Transport
-from calls.services import acall_event_publish
+from calls.publishing import acall_event_publish
 from personas.models import Persona
 
 PUBLISH_PATH = "/bench/publish"

@@ -1,6 +1,6 @@
 """The doorbell that follows every event: its message, its groups, and its ring inside the process.
 
-`calls.services` rings it after a commit; the stream hub (`calls.streams.hub`) hears it. A
+`calls.publishing` rings it after a commit; the stream hub (`calls.streams.hub`) hears it. A
 doorbell travels over the channel layer to every process, and straight to the hub of the
 publishing process, whose streams then need not wait for the layer's round trip. The layer's
 copy carries the hub's `origin`, so that hub skips it instead of hearing the event twice.

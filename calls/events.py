@@ -2,7 +2,7 @@
 
 Every event travels as a flat JSON object: the envelope (`callId`, `agent`) plus its payload
 fields in camelCase. Payload models refuse unknown fields, so a typo fails where it is made.
-Nothing here stores or sends; `calls.services` is the one publish path.
+Nothing here stores or sends; `calls.publishing` is the one publish path.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ class Message(models.Model):
 
 
 class CallEvent(models.Model):
-    """The call log. `cursor` is strictly increasing in commit order (see calls.services)."""
+    """The call log. `cursor` is strictly increasing in commit order (see calls.publishing)."""
 
     cursor = models.BigAutoField(primary_key=True)
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")

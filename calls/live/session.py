@@ -4,8 +4,8 @@ A `LiveSession` outlives any one signalling socket (the Anam SDK reconnects its 
 within a session) and ends when the call ends: the client goes away for longer than the
 grace period, media and heartbeats stop, a limit is hit, or the server shuts it down. It is
 the bridge between the pipeline (plain asyncio, no ORM) and the database: what happens in
-the conversation becomes events and transcript rows through `calls.services`, run off the
-event loop.
+the conversation becomes events (`calls.publishing`) and transcript rows (`calls.services`),
+run off the event loop.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from calls import events, services
+from calls import events, publishing, services
 from calls.agents.control import CallControl
 from calls.agents.hooks import hooks_dispatch, hooks_present
 from calls.live.latency import stamp_wall_time, tool_result_write, turn_latency_write
@@ -465,7 +465,7 @@ class LiveSession(ConversationListener):
             return self._in_order(lambda: self._publish_now(event, at))
         stored = asyncio.get_running_loop().create_future()
         try:
-            stored = services.call_event_submit(call=self.call, event=event, at=at)
+            stored = publishing.call_event_submit(call=self.call, event=event, at=at)
         except Exception:  # the conversation goes on even if one event cannot be stored
             logger.exception("session %s: could not publish %s", self.session_id, event.name)
             stored.set_result(None)
@@ -487,7 +487,7 @@ class LiveSession(ConversationListener):
 
     async def _write_now(self, write: Callable[[], Any], *, what: str) -> None:
         try:
-            await services.call_write_submit(write)
+            await publishing.call_write_submit(write)
         except Exception:  # the conversation goes on even if a row cannot be stored
             logger.exception("session %s: could not record %s", self.session_id, what)
 
@@ -498,7 +498,7 @@ class LiveSession(ConversationListener):
             if stored is not None:
                 await stored
             else:
-                await services.acall_event_publish(call=self.call, event=event, at=at)
+                await publishing.acall_event_publish(call=self.call, event=event, at=at)
         except Exception:  # the conversation goes on even if one event cannot be stored
             logger.exception("session %s: could not publish %s", self.session_id, event.name)
         if hooks_present(self.config.agent):
@@ -506,7 +506,7 @@ class LiveSession(ConversationListener):
             hooks_dispatch(call_id=self.session_id, slug=self.config.agent, name=event.name, data=frame)
 
     async def _hooks_tell_stored(self, name: str) -> None:
-        """Hand in-process hooks an event `calls.services` published (call.started, call.ended:
+        """Hand in-process hooks an event `calls.publishing` published (call.started, call.ended:
         they change the call's row too), as it was stored."""
         if not hooks_present(self.config.agent):
             return
@@ -551,7 +551,7 @@ class LiveSession(ConversationListener):
             vad_prob=level.vad_prob,
         )
         try:
-            services.call_event_broadcast_soon(call=self.call, event=event)
+            publishing.call_event_broadcast_soon(call=self.call, event=event)
         except Exception:  # the conversation goes on; a reading is soon followed by the next
             logger.exception("session %s: could not broadcast audio.metrics", self.session_id)
 

@@ -8,7 +8,7 @@ reads the gap from the event log, once. A periodic read finds events whose lost 
 the last one. Each reader holds a `Subscription`: its personas' share of every batch, in cursor
 order, queued without waiting, so a slow reader holds up nobody.
 
-Doorbells from this process come straight from `calls.services` (`calls.doorbells.local_ring`);
+Doorbells from this process come straight from `calls.publishing` (`calls.doorbells.local_ring`);
 the channel layer's copy of them carries this hub's origin and is skipped.
 """
 

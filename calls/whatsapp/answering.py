@@ -252,7 +252,7 @@ def contact_turn(owed: list[WhatsAppMessage]) -> tuple[str, str | None]:
 
 def _db(function: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     # SyncToAsync (not a bare executor) so the thread knows the loop: the events it publishes
-    # are broadcast on it as any other's (`calls.services._broadcast_sync`).
+    # are broadcast on it as any other's (`calls.publishing._broadcast_sync`).
     return SyncToAsync(
         closing_connections(_after_intake(function)), thread_sensitive=False, executor=_executor
     )

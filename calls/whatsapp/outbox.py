@@ -24,7 +24,8 @@ from django.utils import timezone
 
 from calls import events
 from calls.models import Direction, WhatsAppMessage, WhatsAppSession
-from calls.services import call_event_publish, message_record
+from calls.publishing import call_event_publish
+from calls.services import message_record
 from calls.whatsapp.graph import TEXT_MAX_CHARACTERS
 
 logger = logging.getLogger(__name__)

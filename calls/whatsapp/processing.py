@@ -128,7 +128,7 @@ async def _run() -> None:
     assert _wake is not None
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-whatsapp")
     # SyncToAsync (not a bare executor) so the thread knows the loop: the events it publishes
-    # are broadcast on it as any other's (`calls.services._broadcast_sync`).
+    # are broadcast on it as any other's (`calls.publishing._broadcast_sync`).
     round_async = SyncToAsync(
         closing_connections(whatsapp_processing_round), thread_sensitive=False, executor=executor
     )

@@ -31,7 +31,8 @@ from calls.models import (
     WhatsAppMessage,
     WhatsAppSession,
 )
-from calls.services import call_end, call_event_publish, call_events_lock, call_start, message_record
+from calls.publishing import call_event_publish, call_events_lock
+from calls.services import call_end, call_start, message_record
 from calls.whatsapp.outbox import whatsapp_outbound_by_callback
 from calls.whatsapp.payloads import InboundMessage, PayloadProblem, StatusUpdate, delivery_parse
 from calls.whatsapp.selectors import (

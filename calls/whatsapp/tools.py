@@ -140,7 +140,7 @@ def whatsapp_tool_calls_announce(*, call_id: str, msg_id: str, asked: list[Asked
     """`llm.tool_call` on the thread's call, as a call's LLM announces its batch."""
     from calls import events
     from calls.models import Call
-    from calls.services import call_event_publish
+    from calls.publishing import call_event_publish
 
     call = Call.objects.select_related("persona").get(pk=call_id)
     call_event_publish(

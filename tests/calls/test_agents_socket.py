@@ -22,7 +22,7 @@ from calls.agents import presence, routing
 from calls.agents.commands import MAX_FRAME_BYTES, MAX_TEXT_CHARS, Command
 from calls.models import Call, CallEvent, CallStatus, EndReason
 from calls.pipeline.tools import PendingToolCall
-from calls.services import call_event_publish
+from calls.publishing import call_event_publish
 from tests.fakes.live_call import (
     LiveCall,
     call_ended,

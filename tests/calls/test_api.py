@@ -10,7 +10,8 @@ from rest_framework import status
 
 from calls import events
 from calls.models import CallStatus, Message, Transport
-from calls.services import call_end, call_event_publish, call_start
+from calls.publishing import call_event_publish
+from calls.services import call_end, call_start
 
 
 @pytest.mark.django_db

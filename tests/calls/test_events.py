@@ -11,14 +11,13 @@ from channels.layers import get_channel_layer
 
 from calls import events
 from calls.models import CallEvent
-from calls.services import (
+from calls.publishing import (
     acall_event_publish,
-    call_end,
     call_event_broadcast_soon,
     call_event_publish,
-    call_start,
     group_for_organization,
 )
+from calls.services import call_end, call_start
 
 # Generous: only a broken broadcast path takes this long.
 RECEIVE_TIMEOUT_SECONDS = 5.0
@@ -250,17 +249,17 @@ async def test_kept_events_published_at_once_are_stored_in_one_trip_in_call_orde
 ):
     from django.core.exceptions import ValidationError
 
-    import calls.services
+    import calls.publishing
 
     call = await database_sync_to_async(make_call)(persona_a)
     trips: list[int] = []
-    publish_each = calls.services._publish_each
+    publish_each = calls.publishing._publish_each
 
     def counting_trips(pending, rung):
         trips.append(len(pending))
         return publish_each(pending, rung)
 
-    monkeypatch.setattr(calls.services, "_publish_each", counting_trips)
+    monkeypatch.setattr(calls.publishing, "_publish_each", counting_trips)
     outcomes = await asyncio.gather(
         *(
             acall_event_publish(
@@ -293,7 +292,7 @@ def test_a_trip_of_live_call_events_costs_the_same_few_statements_however_many_i
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    import calls.services
+    import calls.publishing
 
     calls_ = [make_call(persona_a), make_call(persona_b), make_call(persona_a)]
     before = {
@@ -303,13 +302,13 @@ def test_a_trip_of_live_call_events_costs_the_same_few_statements_however_many_i
         for persona, call in ((persona_a, calls_[0]), (persona_b, calls_[1]))
     }
     broadcasts = []
-    monkeypatch.setattr(calls.services, "_broadcast_sync", broadcasts.append)
+    monkeypatch.setattr(calls.publishing, "_broadcast_sync", broadcasts.append)
     loop = asyncio.new_event_loop()
     try:
 
         def trip(count: int) -> tuple[list, int]:
             pending = [
-                calls.services._PendingPublish(
+                calls.publishing._PendingPublish(
                     calls_[index % 3],
                     events.UserMessage(text=f"line {index}", message_id=f"msg_{index}"),
                     None,
@@ -318,7 +317,7 @@ def test_a_trip_of_live_call_events_costs_the_same_few_statements_however_many_i
                 for index in range(count)
             ]
             with CaptureQueriesContext(connection) as queries:
-                outcomes = calls.services._publish_each(pending, lambda: None)
+                outcomes = calls.publishing._publish_each(pending, lambda: None)
             return outcomes, len(queries.captured_queries)
 
         outcomes, statements_for_3 = trip(3)
@@ -345,20 +344,20 @@ async def test_stored_events_stop_counting_as_on_their_way_before_the_thread_tid
 ):
     """The stream hub holds a burst while events are on their way; once stored and rung they
     are not, even if the database thread is still closing its connection."""
-    import calls.services
+    import calls.publishing
     from calls.doorbells import rings_expected
     from tests.fakes.live_call import eventually
 
     call = await database_sync_to_async(make_call)(persona_a)
     tidying, release = threading.Event(), threading.Event()
-    tidy = calls.services._event_store_tidy
+    tidy = calls.publishing._event_store_tidy
 
     def slow_tidy() -> None:
         tidying.set()
         release.wait(RECEIVE_TIMEOUT_SECONDS)
         tidy()
 
-    monkeypatch.setattr(calls.services, "_event_store_tidy", slow_tidy)
+    monkeypatch.setattr(calls.publishing, "_event_store_tidy", slow_tidy)
     publish = asyncio.create_task(
         acall_event_publish(call=call, event=events.UserMessage(text="Hello", message_id="msg_1"))
     )

@@ -17,7 +17,7 @@ from channels.testing import WebsocketCommunicator
 
 from calls import events
 from calls.models import Call, CallEvent
-from calls.services import call_event_publish
+from calls.publishing import call_event_publish
 from personas.services import stream_token_issue
 from personas.tokens import SESSION_AUDIENCE, STREAM_AUDIENCE, token_encode
 from webapp.asgi import application

@@ -23,7 +23,7 @@ from django.db.backends.utils import CursorWrapper
 from calls import events
 from calls.doorbells import group_for_organization
 from calls.models import Call, CallEvent
-from calls.services import acall_event_publish
+from calls.publishing import acall_event_publish
 from calls.streams import EventFeed, StreamEvent, StreamRequest, stream_hubs
 from tests.calls.test_streams import (
     RECEIVE_TIMEOUT_SECONDS,
@@ -165,9 +165,9 @@ async def test_lost_doorbells_still_give_every_stream_every_event_once_in_cursor
     key_a, call_a, call_lena, monkeypatch
 ):
     """Every third doorbell is lost on both paths; the next one's `previous`, or the poll, finds it."""
-    import calls.services
+    import calls.publishing
 
-    ring = calls.services.local_ring
+    ring = calls.publishing.local_ring
     counter = itertools.count()
 
     def lossy_ring(message: Any) -> str | None:
@@ -175,7 +175,7 @@ async def test_lost_doorbells_still_give_every_stream_every_event_once_in_cursor
             return stream_hubs().origin  # as if heard here: the hub skips the layer's copy too
         return ring(message)
 
-    monkeypatch.setattr(calls.services, "local_ring", lossy_ring)
+    monkeypatch.setattr(calls.publishing, "local_ring", lossy_ring)
     everything = await open_stream(headers=bearer(key_a))
     only_lena = await open_stream(query={"agents": "lena"}, headers=bearer(key_a))
 
@@ -201,11 +201,11 @@ async def test_lost_doorbells_still_give_every_stream_every_event_once_in_cursor
 async def test_the_channel_layers_copy_of_a_doorbell_heard_in_process_is_not_delivered_twice(
     key_a, call_a, without_poll, monkeypatch
 ):
-    import calls.services
+    import calls.publishing
 
     copies: list[dict[str, Any]] = []
     both_sent = asyncio.Event()
-    layer_send = calls.services._layer_send
+    layer_send = calls.publishing._layer_send
 
     async def keeping_copies(broadcast: Any, message: dict[str, Any]) -> None:
         await layer_send(broadcast, message)
@@ -214,7 +214,7 @@ async def test_the_channel_layers_copy_of_a_doorbell_heard_in_process_is_not_del
             if len(copies) == 2:
                 both_sent.set()
 
-    monkeypatch.setattr(calls.services, "_layer_send", keeping_copies)
+    monkeypatch.setattr(calls.publishing, "_layer_send", keeping_copies)
     stream = await open_stream(headers=bearer(key_a))
     await publish(call_a, events.BotWord(message_id="m1", word="once"))
     kept = await publish(call_a, said("kept once"))

@@ -21,9 +21,9 @@ from django.urls import reverse
 
 from calls import events
 from calls.models import Call, CallStatus, Transport
+from calls.publishing import call_event_publish
 from calls.review import live
 from calls.review.models import ReviewAction, ReviewAuditEntry
-from calls.services import call_event_publish
 from tests.fakes.live_call import call_ended, live_call_start
 from webapp.asgi import application
 from webapp.inputs import InputRefused
