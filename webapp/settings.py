@@ -30,6 +30,13 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from error
 
 
+def env_int_within(name: str, default: int, lowest: int, highest: int) -> int:
+    value = env_int(name, default)
+    if not lowest <= value <= highest:
+        raise ImproperlyConfigured(f"{name} must be from {lowest} to {highest}, got {value}")
+    return value
+
+
 def env_float(name: str, default: float) -> float:
     value = os.environ.get(name, "").strip()
     if not value:
@@ -422,6 +429,10 @@ PARLEY_ICE_LOOPBACK_ONLY = env_bool("PARLEY_ICE_LOOPBACK_ONLY", False)
 # Listening (VAD, SmartTurn, speech recognition, barge-in) in live calls. Off: typed text only
 # (the microphone is drained, no recogniser workers are started).
 PARLEY_LISTENING = env_bool("PARLEY_LISTENING", True)
+# The offline recogniser (Whisper): live decodes a process runs at once, and how much nicer than
+# the event loop its computing threads are (calls.pipeline.listening.whisper says why 1 and 5).
+PARLEY_WHISPER_DECODE_THREADS = env_int_within("PARLEY_WHISPER_DECODE_THREADS", 1, 1, 64)
+PARLEY_WHISPER_NICENESS = env_int_within("PARLEY_WHISPER_NICENESS", 5, 0, 19)
 # At server start, load on a background thread what calls need (pipecat, the turn model, the
 # synthesizer, the recogniser's workers, the sentence encoder) and prepare the personas most
 # recently called, up to PARLEY_WARM_UP_PERSONAS, so the first visitors do not wait for it.

@@ -12,10 +12,15 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import os
+import sys
+import threading
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
+from django.conf import settings
 from pipecat.frames.frames import InterimTranscriptionFrame, TranscriptionFrame
 from pipecat.tests.utils import run_test
 
@@ -23,6 +28,8 @@ from bench.voice_loop import word_errors
 from calls.pipeline.listening import whisper
 from calls.pipeline.listening.providers import WhisperSTTService, build_stt_service
 from calls.pipeline.listening.whisper import (
+    DECODE_THREADS,
+    FILE_WORKERS,
     DecodeQueue,
     persona_prompt,
     phantom_reason,
@@ -115,6 +122,30 @@ def test_inventions_on_noise_are_dropped_and_the_same_words_spoken_are_kept():
 
 def test_the_model_is_loaded_once_per_process():
     assert whisper_recogniser() is whisper_recogniser()
+
+
+def niceness_of_threads() -> list[int]:
+    niceness = []
+    for stat in Path(f"/proc/{os.getpid()}/task").glob("*/stat"):
+        try:
+            niceness.append(int(stat.read_text().rsplit(")", 1)[1].split()[16]))
+        except (OSError, IndexError):  # a thread that has just ended
+            continue
+    return niceness
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness per thread is Linux's")
+async def test_decodes_are_computed_by_threads_nicer_than_the_event_loop():
+    recogniser = whisper_recogniser()
+    assert recogniser.queue.niceness == settings.PARLEY_WHISPER_NICENESS == 5
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    queue_thread = await recogniser.queue.submit(
+        lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    )
+    assert queue_thread == own + 5
+    # The model's computing threads (a live decode's and a recording's) were started as nice.
+    assert niceness_of_threads().count(own + 5) >= DECODE_THREADS + 1 + FILE_WORKERS
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the loop's is unchanged
 
 
 async def test_final_decodes_go_before_waiting_interim_ones_and_overtaken_interims_are_skipped():
