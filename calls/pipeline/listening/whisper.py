@@ -30,10 +30,8 @@ import asyncio
 import io
 import itertools
 import logging
-import os
 import queue
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from calls.pipeline.listening.stream_service import settled_text_of
+from calls.pipeline.niceness import on_thread_at_niceness
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +57,14 @@ DECODE_THREADS = 1
 # The model's own computing threads (CTranslate2 workers): the live decodes' and one more, so a
 # whole recording (a voice note, `transcribe_file`) never holds up a live call's decode.
 FILE_WORKERS = 1
-# The niceness of the threads that compute decodes (Linux: a thread's own). The event loop
-# carries every call's audio, voice activity and voice; a decode matters to one utterance, and
-# on saturated cores it took the loops' time: at 0, 16 calls with 8 speaking heard the end of
-# speech 208 ms late (VAD) and spoke 176 ms after the reply was ready; at 5, 172 and 110; at 10,
-# 168 and 70 (the median voice to voice 1.11, 1.07 and 0.96 s, p95 3.0, 3.5 and 3.8 s: the
-# decodes wait longer). Unprivileged, a process may raise its threads' niceness, never lower it.
+# The niceness of the model's computing threads (CTranslate2's workers, which never hold the
+# GIL; `calls.pipeline.niceness`). The event loop carries every call's audio, voice activity and
+# voice; a decode matters to one utterance, and on saturated cores it took the loops' time: at
+# 0, 16 calls with 8 speaking heard the end of speech 208 ms late (VAD) and spoke 176 ms after
+# the reply was ready; at 5, 172 and 110; at 10, 168 and 70 (the median voice to voice 1.11,
+# 1.07 and 0.96 s, p95 3.0, 3.5 and 3.8 s: the decodes wait longer). The queue's own threads,
+# which run Python, keep the loop's niceness. Unprivileged, a process may raise a thread's
+# niceness, never lower it.
 DECODE_NICENESS = 5
 # The live decode's features: the audio, then silence to max(audio + PAD_AFTER_SECONDS,
 # PAD_MIN_SECONDS). Whisper was trained on 30 s windows; much shorter ones make it repeat
@@ -376,8 +377,7 @@ class DecodeQueue:
     interim caption. Daemon threads: a process that exits does not wait for them.
     """
 
-    def __init__(self, threads: int = DECODE_THREADS, *, niceness: int = 0) -> None:
-        self.niceness = niceness
+    def __init__(self, threads: int = DECODE_THREADS) -> None:
         self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._order = itertools.count()
         self.busy = 0
@@ -420,7 +420,6 @@ class DecodeQueue:
         return future
 
     def _work(self) -> None:
-        thread_niceness_raise(self.niceness)
         while True:
             job = self._jobs.get()
             if job.stale():
@@ -444,38 +443,6 @@ class DecodeQueue:
                     self._jobs.qsize(),
                     (time.monotonic() - started) * 1000,
                 )
-
-
-def thread_niceness_raise(niceness: int) -> None:
-    """Make the calling thread `niceness` nicer (Linux, where niceness is per thread; threads it
-    starts inherit it). Elsewhere, or if refused, the thread runs as it was."""
-    if niceness <= 0 or not sys.platform.startswith("linux"):
-        return
-    try:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + niceness)
-    except OSError as error:
-        logger.warning("decoding threads keep their priority: %s", error)
-
-
-def on_thread_at_niceness(build: Callable[[], Any], niceness: int) -> Any:
-    """`build()` run on a thread of its own made `niceness` nicer: the threads it starts (a
-    CTranslate2 model's workers) are as nice. Its exception is raised here."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        thread_niceness_raise(niceness)
-        try:
-            outcome["value"] = build()
-        except BaseException as error:  # handed to the caller
-            outcome["error"] = error
-
-    thread = threading.Thread(target=run, name="parley-whisper-load", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -511,7 +478,8 @@ class WhisperRecogniser:
         self.model = self.whisper.model  # ctranslate2.models.Whisper
         self.tokenizer = self._tokenizer()
         self.features = self.whisper.feature_extractor
-        self.queue = DecodeQueue(threads, niceness=niceness)
+        self.queue = DecodeQueue(threads)
+        self.niceness = niceness
         self._prompts: dict[str, list[int]] = {}
         self._prompts_lock = threading.Lock()
         # CPU seconds spent decoding and decodes done, by kind ("interim" or "final"): benchmarks.
