@@ -10,6 +10,9 @@ Only threads that never take the GIL may be made nicer (native workers such as C
 a nice thread that runs Python is descheduled while it holds the GIL, and the loop waits for
 it. The recordings' encoding threads made nicer by 10 held 16 greetings to a third of their
 pace (bench/voice_loop.py --sessions 16: the 8.8 s greeting played in 30 s, not 12).
+Batch work that runs Python yields another way: it holds back while latency-critical work is
+in flight in the process (`FOREGROUND`: a live call's final decode, which a user is waiting
+for), and catches up after.
 """
 
 from __future__ import annotations
@@ -54,3 +57,27 @@ def on_thread_at_niceness(build: Callable[[], Any], niceness: int) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+class Foreground:
+    """A count of latency-critical jobs in flight in this process (thread-safe): `enter()` when
+    one is queued, `leave()` once it is done. Batch work asks `busy()` and, if so, puts itself
+    off (within a bound of its own)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._count = max(0, self._count - 1)
+
+    def busy(self) -> bool:
+        return self._count > 0
+
+
+FOREGROUND = Foreground()

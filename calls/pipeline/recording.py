@@ -2,7 +2,8 @@
 
 The live side only collects: each microphone frame and each 20 ms piece of the persona's
 voice is appended to a list with the moment it passed (a few hundred nanoseconds of the event
-loop). Once a second that list is handed to a worker thread, which places every chunk on the
+loop). Once a second that list is handed to a worker thread (later while a user waits for a
+live decode in this process: `MAX_DEFER_SECONDS`), which places every chunk on the
 call's timeline (silence where a side had none), mixes the two sides into stereo and encodes
 it with libopus (PyAV) into an Ogg file on local disk. `CallRecorder.finish` encodes what is
 left and closes the file; storing it (Django's storage API) is `calls.review.recordings`.
@@ -26,6 +27,7 @@ from typing import Any
 import av
 import numpy as np
 
+from calls.pipeline.niceness import FOREGROUND
 from calls.pipeline.transport import OUTPUT_SAMPLE_RATE, PlaybackListener
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,11 @@ APPLICATION = "audio"
 ENCODER_COMPLEXITY = 6
 # How much the live side gathers before a thread encodes it (seconds): one hop a second.
 BATCH_SECONDS = 1.0
+# While a user waits for a live decode in this process (`niceness.FOREGROUND`), a batch is put
+# off, up to this long after the last one (seconds): the encoding uses the cores after the
+# burst. 16 calls with 8 speaking on a 2-core EPYC spent 11 % of a server process's samples in
+# the recordings' threads, which run Python and so cannot be made nicer than the loop.
+MAX_DEFER_SECONDS = 4.0
 # Chunks kept waiting for a thread that has fallen this far behind (~30 s of both sides)
 # before the recording is given up (the call goes on; its memory must not grow).
 MAX_PENDING_CHUNKS = 3_000
@@ -181,6 +188,8 @@ class CallRecorder(PlaybackListener):
             self._submit(at)
 
     def _submit(self, now: float) -> None:
+        if FOREGROUND.busy() and now - self._batch_at < MAX_DEFER_SECONDS:
+            return  # the next chunk tries again; the batch only grows meanwhile
         job = self._job
         if job is not None and not job.done():
             if len(self._pending) > MAX_PENDING_CHUNKS:

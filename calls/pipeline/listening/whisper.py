@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from calls.pipeline.listening.stream_service import settled_text_of
-from calls.pipeline.niceness import on_thread_at_niceness
+from calls.pipeline.niceness import FOREGROUND, on_thread_at_niceness
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,14 @@ INTERIM_PAD_MIN_SECONDS = 4.0
 # would otherwise keep a decoding thread busy (8 users on 2 cores took 1.5 cores for captions).
 # One user gets one every 0.5 s (the service's own pace); many share these.
 INTERIM_DECODES_PER_SECOND = 4.0
+# The share of the decoding threads' time interim decodes may take: after an interim decode that
+# ran r seconds, the next one waits r * (1 / INTERIM_SHARE - 1) (divided among the threads). On
+# an idle machine (~60 ms a decode) this never binds; on busy cores a decode runs longer and the
+# captions come less often. At 4 a second alone, 16 calls with 8 speaking on a 2-core EPYC
+# (`bench/voice_loop.py --sessions 16 --workers 2 --speaking 8`) ran interim decodes of 238 ms
+# on average: the decoding thread was busy with captions when the users stopped, and the final
+# decodes waited 393 ms on average behind them and ran 389 ms among them.
+INTERIM_SHARE = 0.3
 # Whisper's window (seconds): longer live utterances are decoded in pieces of this length.
 WINDOW_SECONDS = 30.0
 # Tokens one second of speech may take (text and timestamps), and a few more: a bound on the
@@ -374,15 +382,19 @@ class DecodeQueue:
 
     Under load interim decodes wait behind every final one and are skipped when their
     utterance has asked for a newer one (or ended): a final transcript never waits for an
-    interim caption. Daemon threads: a process that exits does not wait for them.
+    interim caption. A decode whose future was cancelled before its turn (a settled utterance
+    the speaker went on with) is skipped too. Daemon threads: a process that exits does not wait for them.
     """
 
-    def __init__(self, threads: int = DECODE_THREADS) -> None:
+    def __init__(self, threads: int = DECODE_THREADS, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._order = itertools.count()
+        self._clock = clock
+        self._thread_count = threads
         self.busy = 0
         self._interim_lock = threading.Lock()
-        self._next_interim_at = 0.0
+        self._next_interim_at = 0.0  # by the pace (INTERIM_DECODES_PER_SECOND)
+        self._interims_rest_until = 0.0  # by the share of the threads' time (INTERIM_SHARE)
         self._threads = [
             threading.Thread(target=self._work, name=f"parley-whisper-{index}", daemon=True)
             for index in range(threads)
@@ -391,13 +403,19 @@ class DecodeQueue:
             thread.start()
 
     def interim_allowed(self) -> bool:
-        """Whether an interim decode may start now (`INTERIM_DECODES_PER_SECOND` per process)."""
+        """Whether an interim decode may start now: at most `INTERIM_DECODES_PER_SECOND` per
+        process, and within `INTERIM_SHARE` of the decoding threads' time."""
         with self._interim_lock:
-            now = time.monotonic()
-            if now < self._next_interim_at:
+            now = self._clock()
+            if now < self._next_interim_at or now < self._interims_rest_until:
                 return False
             self._next_interim_at = now + 1.0 / INTERIM_DECODES_PER_SECOND
             return True
+
+    def _interim_ran(self, seconds: float) -> None:
+        rest = seconds * (1.0 / INTERIM_SHARE - 1.0) / max(1, self._thread_count)
+        with self._interim_lock:
+            self._interims_rest_until = max(self._interims_rest_until, self._clock() + rest)
 
     @property
     def waiting(self) -> int:
@@ -416,33 +434,48 @@ class DecodeQueue:
             except RuntimeError:  # the call's loop has closed: nobody is waiting
                 pass
 
-        self._jobs.put(_Job(1 if interim else 0, next(self._order), run, done, stale, time.monotonic()))
+        def dropped() -> bool:  # its caller stopped waiting (a settled decode the speaker went on from)
+            return future.cancelled() or stale()
+
+        if not interim:  # a user is waiting for it: the process's batch work holds back
+            FOREGROUND.enter()
+        self._jobs.put(_Job(1 if interim else 0, next(self._order), run, done, dropped, self._clock()))
         return future
 
     def _work(self) -> None:
         while True:
             job = self._jobs.get()
-            if job.stale():
-                job.done(None, asyncio.CancelledError())
-                continue
-            self.busy += 1
-            started = time.monotonic()
             try:
-                value = job.run()
-            except Exception as error:  # handed to the waiting call, never lost in this thread
-                job.done(None, error)
-            else:
-                job.done(value, None)
+                self._run(job)
             finally:
-                self.busy -= 1
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "%s decode waited %.0f ms in the queue (%d behind it), ran %.0f ms",
-                    "interim" if job.priority else "final",
-                    (started - job.queued_at) * 1000,
-                    self._jobs.qsize(),
-                    (time.monotonic() - started) * 1000,
-                )
+                if not job.priority:
+                    FOREGROUND.leave()
+
+    def _run(self, job: _Job) -> None:
+        if job.stale():
+            job.done(None, asyncio.CancelledError())
+            return
+        self.busy += 1
+        started = self._clock()
+        try:
+            value = job.run()
+        except Exception as error:  # handed to the waiting call, never lost in this thread
+            job.done(None, error)
+        else:
+            job.done(value, None)
+        finally:
+            self.busy -= 1
+        ran = self._clock() - started
+        if job.priority:
+            self._interim_ran(ran)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s decode waited %.0f ms in the queue (%d behind it), ran %.0f ms",
+                "interim" if job.priority else "final",
+                (started - job.queued_at) * 1000,
+                self._jobs.qsize(),
+                ran * 1000,
+            )
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 from fractions import Fraction
 from pathlib import Path
@@ -10,7 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from calls.pipeline.recording import PERSONA, SAMPLE_RATE, VISITOR, CallRecorder
+from calls.pipeline.niceness import FOREGROUND
+from calls.pipeline.recording import MAX_DEFER_SECONDS, PERSONA, SAMPLE_RATE, VISITOR, CallRecorder
 from calls.pipeline.transport import PIECE_SAMPLES
 
 ZERO = 1_000.0  # the fake monotonic clock at the recording's 0:00
@@ -124,6 +126,56 @@ async def test_the_persona_alone_is_recorded_against_a_silent_visitor(tmp_path: 
     samples, _ = decoded(result.path)
     assert level(samples, 0.1, 1.9)[VISITOR] < 0.005
     assert level(samples, 0.1, 1.9)[PERSONA] > 0.1
+
+
+class InlineExecutor(concurrent.futures.Executor):
+    """Runs each job at once on the caller's thread, and counts the recorder's batches."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        if fn.__name__ == "_encode":
+            self.batches += 1
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as error:
+            future.set_exception(error)
+        return future
+
+
+async def test_batches_are_put_off_while_a_user_waits_for_a_decode_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    clock, executor = FakeClock(), InlineExecutor()
+    recorder = CallRecorder(path=tmp_path / "call.ogg", clock=clock, executor=executor)
+    pieces = 0
+
+    def speak(seconds: float) -> None:
+        nonlocal pieces
+        for _ in range(round(seconds / 0.02)):
+            clock.now = ZERO + pieces * 0.02
+            recorder.on_piece(
+                pcm=tone(PERSONA_HZ, pieces * PIECE_SAMPLES).tobytes(), started_at=clock.now, speaking=True
+            )
+            pieces += 1
+
+    FOREGROUND.enter()  # a final decode is queued
+    try:
+        speak(MAX_DEFER_SECONDS - 0.5)
+        assert executor.batches == 0, "put off while the decode is in flight"
+        speak(1.0)
+        assert executor.batches == 1, "but not beyond MAX_DEFER_SECONDS"
+    finally:
+        FOREGROUND.leave()
+    speak(1.2)
+    assert executor.batches == 2, "once a second again after it"
+    result = await recorder.finish()
+    assert result is not None
+    samples, _ = decoded(result.path)
+    assert result.duration_seconds == pytest.approx(pieces * 0.02, abs=0.05)
+    assert level(samples, 0.1, pieces * 0.02 - 0.1)[PERSONA] > 0.1
 
 
 async def test_a_call_with_no_audio_leaves_no_recording(tmp_path: Path) -> None:

@@ -30,12 +30,15 @@ from calls.pipeline.listening.providers import WhisperSTTService, build_stt_serv
 from calls.pipeline.listening.whisper import (
     DECODE_THREADS,
     FILE_WORKERS,
+    INTERIM_DECODES_PER_SECOND,
+    INTERIM_SHARE,
     DecodeQueue,
     persona_prompt,
     phantom_reason,
     whisper_recogniser,
     without_repeats,
 )
+from calls.pipeline.niceness import FOREGROUND
 from personas.management.commands.seed_demo import MARA, MARA_KNOWLEDGE
 from tests.fakes.hearing import MarkedWhisperSTTService, error_rate, finals
 from tests.fakes.sounds import ogg_opus
@@ -167,6 +170,76 @@ async def test_final_decodes_go_before_waiting_interim_ones_and_overtaken_interi
     with pytest.raises(asyncio.CancelledError):
         await overtaken
     assert order == ["final", "interim"]
+
+
+async def test_a_decode_cancelled_before_its_turn_is_not_run():
+    queue = DecodeQueue(threads=1)
+    order: list[str] = []
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def blocker() -> None:
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+
+    first = queue.submit(blocker)
+    await asyncio.sleep(0.05)
+    settled = queue.submit(lambda: order.append("settled"))  # the speaker then went on
+    final = queue.submit(lambda: order.append("final"))
+    settled.cancel()
+    gate.set()
+    await asyncio.gather(first, final)
+    assert order == ["final"]
+
+
+async def test_the_process_is_busy_for_batch_work_while_a_final_decode_is_queued_or_running():
+    queue = DecodeQueue(threads=1)
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def blocker() -> None:
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+
+    assert not FOREGROUND.busy()
+    await queue.submit(lambda: None, interim=True)
+    assert not FOREGROUND.busy(), "a caption is not waited for"
+    running = queue.submit(blocker)
+    waiting = queue.submit(lambda: None)
+    skipped = queue.submit(lambda: None)
+    skipped.cancel()
+    await asyncio.sleep(0.05)
+    assert FOREGROUND.busy()
+    gate.set()
+    await asyncio.gather(running, waiting)
+    await asyncio.sleep(0.05)  # the skipped one is taken off the queue after
+    assert not FOREGROUND.busy()
+
+
+async def test_interim_decodes_keep_to_their_share_of_the_decoding_time():
+    now = [100.0]
+    queue = DecodeQueue(threads=1, clock=lambda: now[0])
+
+    def interim_taking(seconds: float):
+        def run() -> None:
+            now[0] += seconds
+
+        return run
+
+    assert queue.interim_allowed()
+    await queue.submit(interim_taking(0.06), interim=True)  # an idle machine's interim decode
+    now[0] += 1.0 / INTERIM_DECODES_PER_SECOND
+    assert queue.interim_allowed(), "a quick decode leaves the pace as it was"
+
+    await queue.submit(interim_taking(0.3), interim=True)  # busy cores: it ran long
+    rest = 0.3 * (1 / INTERIM_SHARE - 1)
+    now[0] += rest - 0.01
+    assert not queue.interim_allowed()
+    now[0] += 0.02
+    assert queue.interim_allowed()
+
+    # Final decodes are not held back by it, however long they run.
+    await queue.submit(interim_taking(2.0))
+    now[0] += 1.0 / INTERIM_DECODES_PER_SECOND
+    assert queue.interim_allowed()
 
 
 def test_an_english_persona_hears_through_whisper_by_default():
