@@ -84,13 +84,17 @@ INTERIM_PAD_MIN_SECONDS = 4.0
 # One user gets one every 0.5 s (the service's own pace); many share these.
 INTERIM_DECODES_PER_SECOND = 4.0
 # The share of the decoding threads' time interim decodes may take: after an interim decode that
-# ran r seconds, the next one waits r * (1 / INTERIM_SHARE - 1) (divided among the threads). On
+# ran r seconds, the next one waits r * (1 / INTERIM_SHARE - 1) (divided among the threads: the
+# utterance that asks meanwhile gets its decode after the rest, not none). On
 # an idle machine (~60 ms a decode) this never binds; on busy cores a decode runs longer and the
 # captions come less often. At 4 a second alone, 16 calls with 8 speaking on a 2-core EPYC
 # (`bench/voice_loop.py --sessions 16 --workers 2 --speaking 8`) ran interim decodes of 238 ms
 # on average: the decoding thread was busy with captions when the users stopped, and the final
 # decodes waited 393 ms on average behind them and ran 389 ms among them.
 INTERIM_SHARE = 0.3
+# The longest such rest (seconds): one slow decode (a cold start, a stalled machine) must not
+# take a speaker's captions away for long.
+INTERIM_REST_MAX_SECONDS = 1.0
 # Whisper's window (seconds): longer live utterances are decoded in pieces of this length.
 WINDOW_SECONDS = 30.0
 # Tokens one second of speech may take (text and timestamps), and a few more: a bound on the
@@ -402,18 +406,22 @@ class DecodeQueue:
         for thread in self._threads:
             thread.start()
 
-    def interim_allowed(self) -> bool:
-        """Whether an interim decode may start now: at most `INTERIM_DECODES_PER_SECOND` per
-        process, and within `INTERIM_SHARE` of the decoding threads' time."""
+    def interim_slot(self) -> float | None:
+        """When an interim decode may start: None if not now (`INTERIM_DECODES_PER_SECOND` per
+        process, all taken), else in how many seconds (0: at once), once the interim decodes
+        are back within `INTERIM_SHARE` of the decoding threads' time. The slot is taken."""
         with self._interim_lock:
             now = self._clock()
-            if now < self._next_interim_at or now < self._interims_rest_until:
-                return False
-            self._next_interim_at = now + 1.0 / INTERIM_DECODES_PER_SECOND
-            return True
+            if now < self._next_interim_at:
+                return None
+            delay = max(0.0, self._interims_rest_until - now)
+            self._next_interim_at = now + delay + 1.0 / INTERIM_DECODES_PER_SECOND
+            return delay
 
     def _interim_ran(self, seconds: float) -> None:
-        rest = seconds * (1.0 / INTERIM_SHARE - 1.0) / max(1, self._thread_count)
+        rest = min(
+            INTERIM_REST_MAX_SECONDS, seconds * (1.0 / INTERIM_SHARE - 1.0) / max(1, self._thread_count)
+        )
         with self._interim_lock:
             self._interims_rest_until = max(self._interims_rest_until, self._clock() + rest)
 
@@ -457,17 +465,18 @@ class DecodeQueue:
             return
         self.busy += 1
         started = self._clock()
+        value: Any = None
+        error: BaseException | None = None
         try:
             value = job.run()
-        except Exception as error:  # handed to the waiting call, never lost in this thread
-            job.done(None, error)
-        else:
-            job.done(value, None)
+        except Exception as failure:  # handed to the waiting call, never lost in this thread
+            error = failure
         finally:
             self.busy -= 1
         ran = self._clock() - started
-        if job.priority:
+        if job.priority:  # before the caller hears of it: its next ask sees the rest
             self._interim_ran(ran)
+        job.done(value, error)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s decode waited %.0f ms in the queue (%d behind it), ran %.0f ms",
@@ -711,8 +720,13 @@ class WhisperStream:
 
     async def partial(self) -> str:
         """The words of the utterance so far ("" when a newer request or the end overtook it)."""
-        if self.closed or not self._recogniser.queue.interim_allowed():
+        delay = None if self.closed else self._recogniser.queue.interim_slot()
+        if delay is None:
             return ""
+        if delay > 0:
+            await asyncio.sleep(delay)
+            if self.closed:
+                return ""
         self._interims += 1
         asked = self._interims
         future = self._recogniser.queue.submit(

@@ -26,11 +26,12 @@ from pipecat.tests.utils import run_test
 
 from bench.voice_loop import word_errors
 from calls.pipeline.listening import whisper
-from calls.pipeline.listening.providers import WhisperSTTService, build_stt_service
+from calls.pipeline.listening.providers import WhisperSTTService
 from calls.pipeline.listening.whisper import (
     DECODE_THREADS,
     FILE_WORKERS,
     INTERIM_DECODES_PER_SECOND,
+    INTERIM_REST_MAX_SECONDS,
     INTERIM_SHARE,
     DecodeQueue,
     persona_prompt,
@@ -224,33 +225,30 @@ async def test_interim_decodes_keep_to_their_share_of_the_decoding_time():
 
         return run
 
-    assert queue.interim_allowed()
+    assert queue.interim_slot() == 0
+    assert queue.interim_slot() is None, "the pace: the slot is taken"
     await queue.submit(interim_taking(0.06), interim=True)  # an idle machine's interim decode
     now[0] += 1.0 / INTERIM_DECODES_PER_SECOND
-    assert queue.interim_allowed(), "a quick decode leaves the pace as it was"
+    assert queue.interim_slot() == 0, "a quick decode leaves the pace as it was"
 
     await queue.submit(interim_taking(0.3), interim=True)  # busy cores: it ran long
     rest = 0.3 * (1 / INTERIM_SHARE - 1)
-    now[0] += rest - 0.01
-    assert not queue.interim_allowed()
-    now[0] += 0.02
-    assert queue.interim_allowed()
+    now[0] += 0.25
+    assert queue.interim_slot() == pytest.approx(rest - 0.25), "the next waits out the rest"
+    now[0] += rest - 0.25 + 0.1  # that decode started, 0.1 s ago
+    assert queue.interim_slot() is None, "and that slot was taken"
+    now[0] += 1.0 / INTERIM_DECODES_PER_SECOND
+    assert queue.interim_slot() == 0
 
     # Final decodes are not held back by it, however long they run.
     await queue.submit(interim_taking(2.0))
     now[0] += 1.0 / INTERIM_DECODES_PER_SECOND
-    assert queue.interim_allowed()
+    assert queue.interim_slot() == 0
 
-
-def test_an_english_persona_hears_through_whisper_by_default():
-    class Config:
-        name, greeting, knowledge, stt_phrases, language = "Mara", "", (), (), "en-GB"
-        stt_provider = ""
-
-    assert isinstance(build_stt_service(Config()), WhisperSTTService)
-
-
-# Through the pipeline service -------------------------------------------------------------------
+    # One very slow interim decode (a stalled machine) rests the captions a second at most.
+    await queue.submit(interim_taking(5.0), interim=True)
+    now[0] += 1.0 / INTERIM_DECODES_PER_SECOND
+    assert queue.interim_slot() == pytest.approx(INTERIM_REST_MAX_SECONDS - 1.0 / INTERIM_DECODES_PER_SECOND)
 
 
 async def test_the_personas_own_questions_are_recognised():
