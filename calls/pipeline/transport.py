@@ -33,7 +33,7 @@ from pipecat.frames.frames import (
     StartFrame,
     SystemFrame,
 )
-from pipecat.processors.frame_processor import FrameDirection
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
@@ -399,6 +399,26 @@ class ParleyInput(BaseInputTransport):
     async def cancel(self, frame: CancelFrame) -> None:
         await self._stop_reader()
         await super().cancel(frame)
+
+
+class MicrophoneAudioEnd(FrameProcessor):
+    """Where the microphone's audio leaves the pipeline: right after the user aggregator.
+
+    pipecat passes every frame a processor does not consume on downstream, and the user
+    aggregator (the last to listen: its VAD and turn strategies) pushes each microphone frame on
+    before reading it. Nothing after it uses that audio, yet each 20 ms frame took eight more
+    queue hops (the gate, the brain, the collector, the synthesizer, the aligner, the output, the
+    tracker, the assistant aggregator): 400 a second per listening call on the event loop.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="MicrophoneAudioEnd")
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            return
+        await self.push_frame(frame, direction)
 
 
 class ParleyOutput(BaseOutputTransport):

@@ -196,3 +196,21 @@ async def test_waiting_microphone_audio_reaches_the_pipeline_in_a_few_loop_turns
     spent = arrived_at[-1] - arrived_at[0]
     print(f"{len(arrived_at)} frames through in {spent} loop turns")
     assert spent < 100, spent
+
+
+async def test_the_microphone_audio_goes_no_further_than_the_listeners_and_everything_else_passes():
+    # After the user aggregator nothing uses the microphone's audio; each 20 ms frame went on
+    # through eight more processors. The end of speech, words and control frames go on.
+    from pipecat.frames.frames import InputAudioRawFrame, TextFrame, VADUserStoppedSpeakingFrame
+    from pipecat.tests.utils import run_test
+
+    from calls.pipeline.transport import MicrophoneAudioEnd
+
+    audio = InputAudioRawFrame(audio=bytes(640), sample_rate=16_000, num_channels=1)
+    down, up = await run_test(
+        MicrophoneAudioEnd(),
+        frames_to_send=[audio, VADUserStoppedSpeakingFrame(), TextFrame("hello"), audio],
+        expected_down_frames=[VADUserStoppedSpeakingFrame, TextFrame],
+    )
+    assert down[1].text == "hello"
+
