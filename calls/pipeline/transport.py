@@ -449,12 +449,14 @@ class ParleyOutput(BaseOutputTransport):
         words) would reach the tracker that much early. Frames on the clock (pipecat's timed
         words) and the pipeline's own control and system frames are not stamped.
         """
+        if direction == FrameDirection.DOWNSTREAM and isinstance(frame, OutputAudioRawFrame):
+            # The audio chunks themselves, once played: nothing after the output uses them, and
+            # each (25 a second while the persona speaks) took three more queue hops.
+            return
         if (
             direction == FrameDirection.DOWNSTREAM
             and frame.pts is None
-            # The audio chunks themselves: nothing after the output uses them, and a wait for
-            # each (25 a second) would only cost the event loop.
-            and not isinstance(frame, (EndFrame, OutputAudioRawFrame))
+            and not isinstance(frame, EndFrame)
             and (
                 not isinstance(frame, SystemFrame)
                 or isinstance(frame, (BotStartedSpeakingFrame, BotStoppedSpeakingFrame))

@@ -207,10 +207,38 @@ async def test_the_microphone_audio_goes_no_further_than_the_listeners_and_every
     from calls.pipeline.transport import MicrophoneAudioEnd
 
     audio = InputAudioRawFrame(audio=bytes(640), sample_rate=16_000, num_channels=1)
-    down, up = await run_test(
+    down, _ = await run_test(
         MicrophoneAudioEnd(),
         frames_to_send=[audio, VADUserStoppedSpeakingFrame(), TextFrame("hello"), audio],
         expected_down_frames=[VADUserStoppedSpeakingFrame, TextFrame],
     )
     assert down[1].text == "hello"
 
+
+
+async def test_the_personas_audio_chunks_end_at_the_output_once_played():
+    # Nothing after the output uses them; each took three more queue hops, 25 a second.
+    from pipecat.frames.frames import OutputAudioRawFrame, TextFrame
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from calls.pipeline.transport import ParleyOutput, transport_params
+
+    track = PacedAudioTrack()
+    output = ParleyOutput(transport_params(), track)
+    output.peer_ready.set()
+    tone = (np.sin(np.arange(1920) / 4) * 10_000).astype(np.int16).tobytes()
+    chunks = [OutputAudioRawFrame(audio=tone, sample_rate=48_000, num_channels=1) for _ in range(3)]
+
+    async def send() -> None:  # as aiortc pulls the track
+        while True:
+            await track.recv()
+
+    sender = asyncio.create_task(send())
+    try:
+        down, _ = await run_test(output, frames_to_send=[*chunks, SleepFrame(sleep=0.3), TextFrame("after")])
+    finally:
+        sender.cancel()
+        track.stop()
+    assert track.position == 6, "the chunks were played"
+    assert not [frame for frame in down if isinstance(frame, OutputAudioRawFrame)]
+    assert [frame.text for frame in down if isinstance(frame, TextFrame)] == ["after"]
