@@ -215,7 +215,6 @@ async def test_the_microphone_audio_goes_no_further_than_the_listeners_and_every
     assert down[1].text == "hello"
 
 
-
 async def test_the_personas_audio_chunks_end_at_the_output_once_played():
     # Nothing after the output uses them; each took three more queue hops, 25 a second.
     from pipecat.frames.frames import OutputAudioRawFrame, TextFrame
